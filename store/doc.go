@@ -1,0 +1,29 @@
+// Package store is attestd's durable state: one bbolt file holding the
+// per-digest state machine, the job queue, intake dedupe keys and tag history.
+//
+// # Buckets
+//
+// All values are JSON unless noted; all keys are bytes as described.
+//
+//	meta      "schema" → 8-byte big-endian schema version (see migrations.go).
+//	images    image ref "host/repo@sha256:…" → Record. The per-digest state machine:
+//	          discovered → analysed → attested → evaluated → promoted | denied,
+//	          and any non-final state → failed. Every change is a compare-and-set
+//	          on (State, Rev) inside one db.Update.
+//	jobs      8-byte big-endian job ID (bucket sequence) → Job.
+//	queue     1-byte priority ‖ 8-byte job ID → empty. Exactly the pending jobs;
+//	          cursor order is the claim order, so webhook events (PriorityEvent)
+//	          are claimed before poller backfill (PriorityBackfill).
+//	byref     image ref → 8-byte job ID of the newest job for that ref. There is
+//	          at most one pending or claimed job per ref.
+//	events    intake dedupe key (e.g. a webhook event ID) → RFC 3339 time first seen.
+//	tags      "host/repo:tag" ‖ 0x00 ‖ 8-byte big-endian UnixNano → digest.
+//	          The history of what a tag pointed at, oldest first.
+//
+// # Rules
+//
+// Reads and writes only happen inside View/Update/Batch closures and bytes are
+// copied out before a transaction ends. Intake writes go through db.Batch so
+// that a burst of webhooks shares fsyncs. bbolt allows one process per file:
+// Open always sets a lock timeout and reports ErrLocked instead of hanging.
+package store

@@ -1,0 +1,211 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// State is where a digest is in the pipeline (ARCHITECTURE.md, "State machine").
+type State string
+
+const (
+	StateDiscovered State = "discovered"
+	StateAnalysed   State = "analysed"
+	StateAttested   State = "attested"
+	StateEvaluated  State = "evaluated"
+	StatePromoted   State = "promoted"
+	StateDenied     State = "denied"
+	StateFailed     State = "failed"
+)
+
+// Final reports whether no stage will move the record on by itself.
+func (s State) Final() bool {
+	return s == StatePromoted || s == StateDenied || s == StateFailed
+}
+
+// next lists the forward moves of the state machine. Any non-final state may
+// also move to failed, and failed may move back to the state it failed in
+// (re-drive); see allowed.
+var next = map[State][]State{
+	StateDiscovered: {StateAnalysed},
+	StateAnalysed:   {StateAttested},
+	StateAttested:   {StateEvaluated},
+	StateEvaluated:  {StatePromoted, StateDenied},
+}
+
+func allowed(r *Record, from, to State) bool {
+	if from == to {
+		return true // annotate (stage results) without moving
+	}
+	if to == StateFailed {
+		return !from.Final()
+	}
+	if from == StateFailed {
+		return to == r.FailedFrom
+	}
+	for _, s := range next[from] {
+		if s == to {
+			return true
+		}
+	}
+	return false
+}
+
+// StageStatus is the outcome of one pipeline stage for one digest.
+type StageStatus string
+
+const (
+	StagePassed  StageStatus = "passed"
+	StageFailed  StageStatus = "failed"
+	StageSkipped StageStatus = "skipped"
+)
+
+// StageResult records what a stage did. Detail says why when it did not pass.
+type StageResult struct {
+	Status StageStatus `json:"status"`
+	Detail string      `json:"detail,omitempty"`
+	At     time.Time   `json:"at"`
+}
+
+// Child is one platform manifest of an image index.
+type Child struct {
+	Digest   string `json:"digest"`
+	Platform string `json:"platform,omitempty"`
+}
+
+// Record is the per-digest state. Ref is "host/repo@sha256:…", the key.
+type Record struct {
+	Ref        string                 `json:"ref"`
+	Registry   string                 `json:"registry"`
+	Repository string                 `json:"repository"`
+	Digest     string                 `json:"digest"`
+	MediaType  string                 `json:"mediaType,omitempty"`
+	Children   []Child                `json:"children,omitempty"`
+	State      State                  `json:"state"`
+	Rev        uint64                 `json:"rev"`
+	Stages     map[string]StageResult `json:"stages,omitempty"`
+	FailedFrom State                  `json:"failedFrom,omitempty"`
+	LastError  string                 `json:"lastError,omitempty"`
+	Source     string                 `json:"source,omitempty"`
+	CreatedAt  time.Time              `json:"createdAt"`
+	UpdatedAt  time.Time              `json:"updatedAt"`
+}
+
+// SplitRef splits "host/repo@sha256:hex" into its parts.
+func SplitRef(ref string) (registry, repo, digest string, err error) {
+	at := strings.LastIndex(ref, "@")
+	if at < 0 {
+		return "", "", "", fmt.Errorf("image ref %q: want host/repo@sha256:<hex>", ref)
+	}
+	name, digest := ref[:at], ref[at+1:]
+	slash := strings.Index(name, "/")
+	if slash <= 0 || slash == len(name)-1 {
+		return "", "", "", fmt.Errorf("image ref %q: want host/repo@sha256:<hex>", ref)
+	}
+	if !strings.HasPrefix(digest, "sha256:") || len(digest) != len("sha256:")+64 {
+		return "", "", "", fmt.Errorf("image ref %q: digest must be sha256:<64 hex>", ref)
+	}
+	return name[:slash], name[slash+1:], digest, nil
+}
+
+func getRecord(tx *bolt.Tx, ref string) (*Record, error) {
+	v := tx.Bucket(bucketImages).Get([]byte(ref))
+	if v == nil {
+		return nil, fmt.Errorf("image %s: %w", ref, ErrNotFound)
+	}
+	var r Record
+	if err := json.Unmarshal(v, &r); err != nil {
+		return nil, fmt.Errorf("image %s: decode: %w", ref, err)
+	}
+	return &r, nil
+}
+
+func putRecord(tx *bolt.Tx, r *Record) error {
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketImages).Put([]byte(r.Ref), v)
+}
+
+// Image returns the record for ref.
+func (db *DB) Image(ctx context.Context, ref string) (*Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var r *Record
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		var err error
+		r, err = getRecord(tx, ref)
+		return err
+	})
+	return r, err
+}
+
+// Images returns the records whose ref starts with prefix ("" for all), in key order.
+func (db *DB) Images(ctx context.Context, prefix string) ([]Record, error) {
+	var out []Record
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketImages).Cursor()
+		p := []byte(prefix)
+		for k, v := c.Seek(p); k != nil && strings.HasPrefix(string(k), prefix); k, v = c.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			var r Record
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("image %s: decode: %w", k, err)
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Transition moves ref from state `from` to state `to` in one transaction,
+// calling fn (may be nil) on the record first. It is a compare-and-set: when
+// the stored state is not `from`, it returns ErrConflict and changes nothing;
+// when the state machine forbids the move, ErrInvalidTransition. An error
+// from fn aborts the whole transaction.
+func (db *DB) Transition(ctx context.Context, ref string, from, to State, fn func(*Record) error) (*Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out *Record
+	err := db.bolt.Update(func(tx *bolt.Tx) error {
+		r, err := getRecord(tx, ref)
+		if err != nil {
+			return err
+		}
+		if r.State != from {
+			return fmt.Errorf("image %s: %w: state is %s, expected %s", ref, ErrConflict, r.State, from)
+		}
+		if !allowed(r, from, to) {
+			return fmt.Errorf("image %s: %w: %s → %s", ref, ErrInvalidTransition, from, to)
+		}
+		if fn != nil {
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+		if to == StateFailed && from != StateFailed {
+			r.FailedFrom = from
+		}
+		if from == StateFailed && to != StateFailed {
+			r.FailedFrom = ""
+			r.LastError = ""
+		}
+		r.State = to
+		r.Rev++
+		r.UpdatedAt = db.now().UTC()
+		out = r
+		return putRecord(tx, r)
+	})
+	return out, err
+}

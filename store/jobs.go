@@ -1,0 +1,442 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Priority orders the queue: lower is claimed first.
+type Priority uint8
+
+const (
+	// PriorityEvent is for pushes a registry told us about, and manual requests.
+	PriorityEvent Priority = 0
+	// PriorityBackfill is for what the reconciliation poller found.
+	PriorityBackfill Priority = 1
+)
+
+// JobStatus is where a job is in the queue.
+type JobStatus string
+
+const (
+	JobPending JobStatus = "pending"
+	JobClaimed JobStatus = "claimed"
+	JobDone    JobStatus = "done"
+	// JobDead: attempts exhausted; the image record is failed; `attestd requeue` re-drives it.
+	JobDead JobStatus = "dead"
+)
+
+// Job is one run of the pipeline for one image ref.
+type Job struct {
+	ID         uint64    `json:"id"`
+	Ref        string    `json:"ref"`
+	Priority   Priority  `json:"priority"`
+	Source     string    `json:"source,omitempty"`
+	Status     JobStatus `json:"status"`
+	Attempts   int       `json:"attempts"`
+	LastError  string    `json:"lastError,omitempty"`
+	NotBefore  time.Time `json:"notBefore,omitzero"`
+	Owner      string    `json:"owner,omitempty"`
+	LeaseUntil time.Time `json:"leaseUntil,omitzero"`
+	CreatedAt  time.Time `json:"createdAt"`
+	UpdatedAt  time.Time `json:"updatedAt"`
+}
+
+// EnqueueRequest is one accepted image from intake.
+type EnqueueRequest struct {
+	Ref      string // host/repo@sha256:…
+	Priority Priority
+	Source   string // "webhook:distribution", "poller", "cli", …
+	// EventKey, when set, dedupes redeliveries of the same event even before
+	// the image is known (e.g. the webhook's event ID).
+	EventKey string
+}
+
+// EnqueueResult says what Enqueue did.
+type EnqueueResult struct {
+	JobID     uint64
+	Duplicate bool // the image (or event) was already known: no new job
+}
+
+func queueKey(p Priority, id uint64) []byte {
+	k := make([]byte, 9)
+	k[0] = byte(p)
+	binary.BigEndian.PutUint64(k[1:], id)
+	return k
+}
+
+func getJob(tx *bolt.Tx, id uint64) (*Job, error) {
+	v := tx.Bucket(bucketJobs).Get(u64(id))
+	if v == nil {
+		return nil, fmt.Errorf("job %d: %w", id, ErrNotFound)
+	}
+	var j Job
+	if err := json.Unmarshal(v, &j); err != nil {
+		return nil, fmt.Errorf("job %d: decode: %w", id, err)
+	}
+	return &j, nil
+}
+
+func putJob(tx *bolt.Tx, j *Job) error {
+	v, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketJobs).Put(u64(j.ID), v)
+}
+
+func newJob(tx *bolt.Tx, ref string, p Priority, source string, now time.Time) (*Job, error) {
+	jobs := tx.Bucket(bucketJobs)
+	id, err := jobs.NextSequence()
+	if err != nil {
+		return nil, err
+	}
+	j := &Job{ID: id, Ref: ref, Priority: p, Source: source, Status: JobPending, CreatedAt: now, UpdatedAt: now}
+	if err := putJob(tx, j); err != nil {
+		return nil, err
+	}
+	if err := tx.Bucket(bucketQueue).Put(queueKey(p, id), nil); err != nil {
+		return nil, err
+	}
+	return j, tx.Bucket(bucketByRef).Put([]byte(ref), u64(id))
+}
+
+// Enqueue records an accepted image and queues one job for it. Dedupe is by
+// (registry, repository, digest), i.e. by ref: an image that is already known
+// gets no second job, however many times (or by which intake) it is reported.
+// It goes through db.Batch, so concurrent intake requests share one fsync; it
+// returns only after the write is durable.
+func (db *DB) Enqueue(ctx context.Context, req EnqueueRequest) (EnqueueResult, error) {
+	reg, repo, dgst, err := SplitRef(req.Ref)
+	if err != nil {
+		return EnqueueResult{}, fmt.Errorf("enqueue: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return EnqueueResult{}, err
+	}
+	var res EnqueueResult
+	err = db.bolt.Batch(func(tx *bolt.Tx) error {
+		res = EnqueueResult{} // Batch may run fn more than once
+		now := db.now().UTC()
+		if req.EventKey != "" {
+			ev := tx.Bucket(bucketEvents)
+			if ev.Get([]byte(req.EventKey)) != nil {
+				res.Duplicate = true
+				return nil
+			}
+			if err := ev.Put([]byte(req.EventKey), []byte(now.Format(time.RFC3339Nano))); err != nil {
+				return err
+			}
+		}
+		if tx.Bucket(bucketImages).Get([]byte(req.Ref)) != nil {
+			res.Duplicate = true
+			if id := tx.Bucket(bucketByRef).Get([]byte(req.Ref)); id != nil {
+				res.JobID = binary.BigEndian.Uint64(id)
+			}
+			return nil
+		}
+		r := &Record{Ref: req.Ref, Registry: reg, Repository: repo, Digest: dgst, State: StateDiscovered,
+			Source: req.Source, Rev: 1, CreatedAt: now, UpdatedAt: now}
+		if err := putRecord(tx, r); err != nil {
+			return err
+		}
+		j, err := newJob(tx, req.Ref, req.Priority, req.Source, now)
+		if err != nil {
+			return err
+		}
+		res.JobID = j.ID
+		return nil
+	})
+	if err != nil {
+		return EnqueueResult{}, fmt.Errorf("enqueue %s: %w", req.Ref, err)
+	}
+	return res, nil
+}
+
+// Claim hands the next ready job to owner for lease. Pending jobs are taken
+// in (priority, ID) order, skipping those whose backoff has not elapsed. It
+// returns ErrNoJob when none is ready.
+func (db *DB) Claim(ctx context.Context, owner string, lease time.Duration) (*Job, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out *Job
+	err := db.bolt.Update(func(tx *bolt.Tx) error {
+		now := db.now().UTC()
+		c := tx.Bucket(bucketQueue).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			j, err := getJob(tx, binary.BigEndian.Uint64(k[1:]))
+			if err != nil {
+				return err
+			}
+			if j.NotBefore.After(now) {
+				continue
+			}
+			if err := c.Delete(); err != nil {
+				return err
+			}
+			j.Status, j.Owner, j.LeaseUntil = JobClaimed, owner, now.Add(lease)
+			j.Attempts++
+			j.UpdatedAt = now
+			out = j
+			return putJob(tx, j)
+		}
+		return ErrNoJob
+	})
+	if err != nil {
+		if errors.Is(err, ErrNoJob) {
+			return nil, ErrNoJob
+		}
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	return out, nil
+}
+
+// NextReady is the earliest time a pending job becomes claimable (zero when
+// none is pending), so idle workers can sleep until then.
+func (db *DB) NextReady(ctx context.Context) (time.Time, error) {
+	var t time.Time
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketQueue).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			j, err := getJob(tx, binary.BigEndian.Uint64(k[1:]))
+			if err != nil {
+				return err
+			}
+			if t.IsZero() || j.NotBefore.Before(t) {
+				t = j.NotBefore
+			}
+		}
+		return nil
+	})
+	return t, err
+}
+
+func (db *DB) updateClaimed(ctx context.Context, id uint64, owner string, fn func(tx *bolt.Tx, j *Job, now time.Time) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return db.bolt.Update(func(tx *bolt.Tx) error {
+		j, err := getJob(tx, id)
+		if err != nil {
+			return err
+		}
+		if j.Status != JobClaimed || j.Owner != owner {
+			return fmt.Errorf("job %d (%s, owner %q): %w %q", id, j.Status, j.Owner, ErrNotOwner, owner)
+		}
+		now := db.now().UTC()
+		j.UpdatedAt = now
+		if err := fn(tx, j, now); err != nil {
+			return err
+		}
+		return putJob(tx, j)
+	})
+}
+
+// Complete marks a claimed job done.
+func (db *DB) Complete(ctx context.Context, id uint64, owner string) error {
+	err := db.updateClaimed(ctx, id, owner, func(_ *bolt.Tx, j *Job, _ time.Time) error {
+		j.Status, j.Owner, j.LeaseUntil, j.LastError = JobDone, "", time.Time{}, ""
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("complete: %w", err)
+	}
+	return nil
+}
+
+// Retry puts a claimed job back in the queue after a failed attempt, not
+// before now+backoff, keeping its attempt count and the error.
+func (db *DB) Retry(ctx context.Context, id uint64, owner string, cause error, backoff time.Duration) error {
+	err := db.updateClaimed(ctx, id, owner, func(tx *bolt.Tx, j *Job, now time.Time) error {
+		j.Status, j.Owner, j.LeaseUntil = JobPending, "", time.Time{}
+		j.LastError = cause.Error()
+		j.NotBefore = now.Add(backoff)
+		return tx.Bucket(bucketQueue).Put(queueKey(j.Priority, j.ID), nil)
+	})
+	if err != nil {
+		return fmt.Errorf("retry: %w", err)
+	}
+	return nil
+}
+
+// Bury ends a claimed job whose attempts are exhausted (or whose error is
+// permanent) and moves its image to failed, in one transaction.
+func (db *DB) Bury(ctx context.Context, id uint64, owner string, cause error) error {
+	err := db.updateClaimed(ctx, id, owner, func(tx *bolt.Tx, j *Job, now time.Time) error {
+		j.Status, j.Owner, j.LeaseUntil = JobDead, "", time.Time{}
+		j.LastError = cause.Error()
+		r, err := getRecord(tx, j.Ref)
+		if err != nil {
+			return err
+		}
+		if !r.State.Final() {
+			r.FailedFrom, r.State = r.State, StateFailed
+		}
+		r.LastError = cause.Error()
+		r.Rev++
+		r.UpdatedAt = now
+		return putRecord(tx, r)
+	})
+	if err != nil {
+		return fmt.Errorf("bury: %w", err)
+	}
+	return nil
+}
+
+// ReleaseClaims returns claimed jobs to the queue: all of them when
+// expiredOnly is false (at start: with bbolt's exclusive file lock, any claim
+// found belongs to a process that died), else those whose lease ran out.
+// The attempt that was cut short still counts.
+func (db *DB) ReleaseClaims(ctx context.Context, expiredOnly bool) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	n := 0
+	err := db.bolt.Update(func(tx *bolt.Tx) error {
+		n = 0
+		now := db.now().UTC()
+		c := tx.Bucket(bucketJobs).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if !bytes.Contains(v, []byte(`"status":"claimed"`)) {
+				continue // cheap filter; decode only candidates
+			}
+			var j Job
+			if err := json.Unmarshal(v, &j); err != nil {
+				return fmt.Errorf("job %x: decode: %w", k, err)
+			}
+			if j.Status != JobClaimed || (expiredOnly && j.LeaseUntil.After(now)) {
+				continue
+			}
+			j.Status, j.Owner, j.LeaseUntil, j.UpdatedAt = JobPending, "", time.Time{}, now
+			if err := putJob(tx, &j); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketQueue).Put(queueKey(j.Priority, j.ID), nil); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("release claims: %w", err)
+	}
+	return n, nil
+}
+
+// Requeue re-drives ref: a new job at event priority, and a failed image goes
+// back to the state it failed in. It refuses (ErrConflict) while a job for
+// ref is still pending or claimed.
+func (db *DB) Requeue(ctx context.Context, ref string, source string) (*Job, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out *Job
+	err := db.bolt.Update(func(tx *bolt.Tx) error {
+		r, err := getRecord(tx, ref)
+		if err != nil {
+			return err
+		}
+		if id := tx.Bucket(bucketByRef).Get([]byte(ref)); id != nil {
+			j, err := getJob(tx, binary.BigEndian.Uint64(id))
+			if err != nil {
+				return err
+			}
+			if j.Status == JobPending || j.Status == JobClaimed {
+				return fmt.Errorf("%w: job %d for %s is already %s", ErrConflict, j.ID, ref, j.Status)
+			}
+		}
+		now := db.now().UTC()
+		if r.State == StateFailed {
+			r.State, r.FailedFrom, r.LastError = r.FailedFrom, "", ""
+			r.Rev++
+			r.UpdatedAt = now
+			if err := putRecord(tx, r); err != nil {
+				return err
+			}
+		}
+		out, err = newJob(tx, ref, PriorityEvent, source, now)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("requeue %s: %w", ref, err)
+	}
+	return out, nil
+}
+
+// Job returns one job.
+func (db *DB) Job(ctx context.Context, id uint64) (*Job, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var j *Job
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		var err error
+		j, err = getJob(tx, id)
+		return err
+	})
+	return j, err
+}
+
+// Jobs returns every job, oldest first.
+func (db *DB) Jobs(ctx context.Context) ([]Job, error) {
+	var out []Job
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketJobs).ForEach(func(k, v []byte) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			var j Job
+			if err := json.Unmarshal(v, &j); err != nil {
+				return fmt.Errorf("job %x: decode: %w", k, err)
+			}
+			out = append(out, j)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Stats counts jobs by status and images by state.
+type Stats struct {
+	Jobs   map[JobStatus]int `json:"jobs"`
+	Images map[State]int     `json:"images"`
+}
+
+// Stats returns queue and state counts.
+func (db *DB) Stats(ctx context.Context) (Stats, error) {
+	s := Stats{Jobs: map[JobStatus]int{}, Images: map[State]int{}}
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketJobs).ForEach(func(_, v []byte) error {
+			var j struct {
+				Status JobStatus `json:"status"`
+			}
+			if err := json.Unmarshal(v, &j); err != nil {
+				return err
+			}
+			s.Jobs[j.Status]++
+			return nil
+		}); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketImages).ForEach(func(_, v []byte) error {
+			var r struct {
+				State State `json:"state"`
+			}
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			s.Images[r.State]++
+			return ctx.Err()
+		})
+	})
+	return s, err
+}
