@@ -1,0 +1,411 @@
+// Package registry is attestd's single OCI registry client, built on
+// go-containerregistry. Every call shares one transport (rate limit,
+// Retry-After, backoff on 429/5xx), one keychain, and a per-call deadline.
+// It knows nothing of cosign: attest/sign hands RemoteOptions to cosign's
+// ociremote so signatures travel over the same transport.
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// Per-call deadlines. A call whose ctx has an earlier deadline keeps it.
+const (
+	ResolveTimeout = 30 * time.Second
+	ListTimeout    = 2 * time.Minute
+	FetchTimeout   = 2 * time.Minute
+	CopyTimeout    = 30 * time.Minute
+)
+
+// Client talks to OCI registries. Construct it with New; it is safe for
+// concurrent use and meant to be shared by the whole process.
+type Client struct {
+	transport *Transport
+	keychain  authn.Keychain
+	insecure  map[string]bool
+	userAgent string
+	logger    *slog.Logger
+}
+
+type options struct {
+	keychain   authn.Keychain
+	base       http.RoundTripper
+	rps        float64
+	burst      int
+	maxRetries int
+	insecure   []string
+	userAgent  string
+	logger     *slog.Logger
+}
+
+// Option configures New.
+type Option func(*options) error
+
+// WithKeychain sets where credentials come from (default: the docker config
+// and its credential helpers, authn.DefaultKeychain).
+func WithKeychain(k authn.Keychain) Option {
+	return func(o *options) error {
+		if k == nil {
+			return errors.New("nil keychain")
+		}
+		o.keychain = k
+		return nil
+	}
+}
+
+// WithRateLimit caps requests per second per registry host (0: unlimited).
+func WithRateLimit(rps float64, burst int) Option {
+	return func(o *options) error {
+		if rps < 0 || burst < 0 {
+			return fmt.Errorf("rate limit must not be negative (rps %v, burst %d)", rps, burst)
+		}
+		o.rps, o.burst = rps, burst
+		return nil
+	}
+}
+
+// WithMaxRetries sets how often one request is retried on 429/5xx/network errors.
+func WithMaxRetries(n int) Option {
+	return func(o *options) error {
+		if n < 0 {
+			return fmt.Errorf("max retries must not be negative, got %d", n)
+		}
+		o.maxRetries = n
+		return nil
+	}
+}
+
+// WithInsecureRegistriesUnsafe allows plain HTTP to these hosts. Loopback
+// hosts are always plain HTTP (as in ggcr); anything else needs this.
+func WithInsecureRegistriesUnsafe(hosts ...string) Option {
+	return func(o *options) error { o.insecure = append(o.insecure, hosts...); return nil }
+}
+
+// WithBaseTransport replaces the network transport under the retry layer.
+func WithBaseTransport(rt http.RoundTripper) Option {
+	return func(o *options) error { o.base = rt; return nil }
+}
+
+// WithUserAgent sets the User-Agent prefix.
+func WithUserAgent(ua string) Option {
+	return func(o *options) error { o.userAgent = ua; return nil }
+}
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) error { o.logger = l; return nil }
+}
+
+// New builds a Client.
+func New(opts ...Option) (*Client, error) {
+	o := options{
+		keychain: authn.DefaultKeychain, base: remote.DefaultTransport, rps: 50, burst: 100,
+		maxRetries: defaultMaxRetries, userAgent: "attestd", logger: slog.New(slog.DiscardHandler),
+	}
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, fmt.Errorf("registry client: %w", err)
+		}
+	}
+	c := &Client{
+		transport: newTransport(o.base, o.rps, o.burst, o.maxRetries, o.logger),
+		keychain:  o.keychain, insecure: map[string]bool{}, userAgent: o.userAgent, logger: o.logger,
+	}
+	for _, h := range o.insecure {
+		c.insecure[h] = true
+	}
+	return c, nil
+}
+
+// RemoteOptions are the ggcr options for one call under ctx: the shared
+// transport and keychain, and ggcr's own retries switched off (the shared
+// transport retries, and two retry layers would multiply).
+func (c *Client) RemoteOptions(ctx context.Context) []remote.Option {
+	return []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithTransport(c.transport),
+		remote.WithAuthFromKeychain(c.keychain),
+		remote.WithUserAgent(c.userAgent),
+		remote.WithRetryPredicate(func(error) bool { return false }),
+		remote.WithRetryStatusCodes(),
+	}
+}
+
+// NameOptions are the options to parse references with (plain HTTP for hosts
+// configured insecure).
+func (c *Client) NameOptions(host string) []name.Option {
+	if c.insecure[host] {
+		return []name.Option{name.Insecure}
+	}
+	return nil
+}
+
+// ParseReference parses an image reference (tag or digest), applying the
+// insecure setting of its host. Short names (no registry host) are refused:
+// attestd never guesses Docker Hub.
+func (c *Client) ParseReference(s string) (name.Reference, error) {
+	host, _, ok := strings.Cut(s, "/")
+	if !ok || !(strings.ContainsAny(host, ".:") || host == "localhost") {
+		return nil, fmt.Errorf("image reference %q: needs a registry host (e.g. registry.example.com/team/app:tag)", s)
+	}
+	ref, err := name.ParseReference(s, append(c.NameOptions(host), name.StrictValidation)...)
+	if err != nil {
+		return nil, fmt.Errorf("image reference %q: %w", s, err)
+	}
+	return ref, nil
+}
+
+// ParseRepository parses "host/repo".
+func (c *Client) ParseRepository(s string) (name.Repository, error) {
+	host, _, _ := strings.Cut(s, "/")
+	repo, err := name.NewRepository(s, append(c.NameOptions(host), name.StrictValidation)...)
+	if err != nil {
+		return name.Repository{}, fmt.Errorf("repository %q: %w", s, err)
+	}
+	return repo, nil
+}
+
+// IsLoopback reports whether host (with optional port) is a loopback address,
+// the only place plain HTTP is allowed without an explicit setting.
+func IsLoopback(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+// IsNotFound reports whether err is a registry 404 (unknown manifest, blob or repo).
+func IsNotFound(err error) bool {
+	var te *transport.Error
+	return errors.As(err, &te) && te.StatusCode == http.StatusNotFound
+}
+
+// Resolve turns a tag or digest reference into the manifest's descriptor and
+// the canonical digest reference. It asks with HEAD first (no body, and not
+// counted against Docker Hub-style pull limits) and falls back to GET for
+// registries that answer HEAD badly.
+func (c *Client) Resolve(ctx context.Context, ref name.Reference) (name.Digest, v1.Descriptor, error) {
+	ctx, cancel := withTimeout(ctx, ResolveTimeout)
+	defer cancel()
+	desc, err := remote.Head(ref, c.RemoteOptions(ctx)...)
+	if err != nil || desc.Digest.Hex == "" {
+		if ctx.Err() != nil {
+			return name.Digest{}, v1.Descriptor{}, fmt.Errorf("resolve %s: %w", ref, err)
+		}
+		c.logger.DebugContext(ctx, "HEAD failed, trying GET", "ref", ref.String(), "err", err)
+		d, gerr := remote.Get(ref, c.RemoteOptions(ctx)...)
+		if gerr != nil {
+			return name.Digest{}, v1.Descriptor{}, fmt.Errorf("resolve %s: %w", ref, gerr)
+		}
+		desc = &d.Descriptor
+	}
+	if d, ok := ref.(name.Digest); ok && d.DigestStr() != desc.Digest.String() {
+		return name.Digest{}, v1.Descriptor{}, fmt.Errorf("resolve %s: registry answered digest %s", ref, desc.Digest)
+	}
+	return ref.Context().Digest(desc.Digest.String()), *desc, nil
+}
+
+// Manifest fetches the raw manifest of a digest reference and checks it
+// against the digest.
+func (c *Client) Manifest(ctx context.Context, ref name.Digest) ([]byte, types.MediaType, error) {
+	ctx, cancel := withTimeout(ctx, FetchTimeout)
+	defer cancel()
+	d, err := remote.Get(ref, c.RemoteOptions(ctx)...)
+	if err != nil {
+		return nil, "", fmt.Errorf("manifest %s: %w", ref, err)
+	}
+	return d.Manifest, d.MediaType, nil
+}
+
+// Child is one platform manifest of an index.
+type Child struct {
+	Digest   v1.Hash
+	Platform string // "linux/amd64", "" when the index does not say
+}
+
+// Children lists the platform manifests of an index (nil for an image).
+// Attestation entries that buildkit puts in indexes ("unknown/unknown") are
+// not platforms and are left out.
+func (c *Client) Children(ctx context.Context, ref name.Digest) ([]Child, error) {
+	raw, mt, err := c.Manifest(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if !mt.IsIndex() {
+		return nil, nil
+	}
+	im, err := v1.ParseIndexManifest(strings.NewReader(string(raw)))
+	if err != nil {
+		return nil, fmt.Errorf("index %s: %w", ref, err)
+	}
+	var out []Child
+	for _, m := range im.Manifests {
+		if !m.MediaType.IsImage() && !m.MediaType.IsIndex() {
+			continue
+		}
+		p := ""
+		if m.Platform != nil {
+			if m.Platform.OS == "unknown" && m.Platform.Architecture == "unknown" {
+				continue
+			}
+			p = m.Platform.String()
+		}
+		out = append(out, Child{Digest: m.Digest, Platform: p})
+	}
+	return out, nil
+}
+
+// Image returns a lazy image: layers are fetched only when read, through the
+// shared transport, bounded by FetchTimeout per call made under ctx.
+func (c *Client) Image(ctx context.Context, ref name.Digest) (v1.Image, error) {
+	img, err := remote.Image(ref, c.RemoteOptions(ctx)...)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", ref, err)
+	}
+	return img, nil
+}
+
+// Config fetches the image config of a digest reference.
+func (c *Client) Config(ctx context.Context, ref name.Digest) (*v1.ConfigFile, error) {
+	ctx, cancel := withTimeout(ctx, FetchTimeout)
+	defer cancel()
+	img, err := c.Image(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("config of %s: %w", ref, err)
+	}
+	return cf, nil
+}
+
+// ListTags lists a repository's tags (all pages).
+func (c *Client) ListTags(ctx context.Context, repo name.Repository) ([]string, error) {
+	ctx, cancel := withTimeout(ctx, ListTimeout)
+	defer cancel()
+	tags, err := remote.List(repo, c.RemoteOptions(ctx)...)
+	if err != nil {
+		return nil, fmt.Errorf("list tags %s: %w", repo, err)
+	}
+	return tags, nil
+}
+
+// Catalog lists a registry's repositories (all pages). Many registries
+// restrict /v2/_catalog; callers fall back to configured repositories.
+func (c *Client) Catalog(ctx context.Context, reg name.Registry) ([]string, error) {
+	ctx, cancel := withTimeout(ctx, ListTimeout)
+	defer cancel()
+	repos, err := remote.Catalog(ctx, reg, c.RemoteOptions(ctx)...)
+	if err != nil {
+		return nil, fmt.Errorf("catalog %s: %w", reg, err)
+	}
+	return repos, nil
+}
+
+// Referrers lists the manifests whose subject is ref: the OCI 1.1 referrers
+// API where the registry has it, else the "sha256-<hex>" fallback tag index.
+// artifactType filters when non-empty.
+func (c *Client) Referrers(ctx context.Context, ref name.Digest, artifactType string) ([]v1.Descriptor, error) {
+	ctx, cancel := withTimeout(ctx, FetchTimeout)
+	defer cancel()
+	opts := c.RemoteOptions(ctx)
+	if artifactType != "" {
+		opts = append(opts, remote.WithFilter("artifactType", artifactType))
+	}
+	idx, err := remote.Referrers(ref, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("referrers of %s: %w", ref, err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, fmt.Errorf("referrers of %s: %w", ref, err)
+	}
+	out := im.Manifests
+	if artifactType != "" { // the tag fallback cannot filter server-side
+		out = out[:0]
+		for _, d := range im.Manifests {
+			if d.ArtifactType == artifactType {
+				out = append(out, d)
+			}
+		}
+	}
+	return out, nil
+}
+
+// Copy copies src (by digest) into the repository dst under the same digest:
+// every platform child and every layer, mounting blobs across repositories
+// when both live on one registry. It writes no tag; see Tag.
+func (c *Client) Copy(ctx context.Context, src name.Digest, dst name.Repository) (name.Digest, error) {
+	ctx, cancel := withTimeout(ctx, CopyTimeout)
+	defer cancel()
+	opts := c.RemoteOptions(ctx)
+	desc, err := remote.Get(src, opts...)
+	if err != nil {
+		return name.Digest{}, fmt.Errorf("copy %s: %w", src, err)
+	}
+	to := dst.Digest(desc.Digest.String())
+	switch {
+	case desc.MediaType.IsIndex():
+		idx, err := desc.ImageIndex()
+		if err != nil {
+			return name.Digest{}, fmt.Errorf("copy %s: %w", src, err)
+		}
+		err = remote.WriteIndex(to, idx, opts...)
+		if err != nil {
+			return name.Digest{}, fmt.Errorf("copy %s to %s: %w", src, dst, err)
+		}
+	default:
+		img, err := desc.Image()
+		if err != nil {
+			return name.Digest{}, fmt.Errorf("copy %s: %w", src, err)
+		}
+		if err := remote.Write(to, img, opts...); err != nil {
+			return name.Digest{}, fmt.Errorf("copy %s to %s: %w", src, dst, err)
+		}
+	}
+	return to, nil
+}
+
+// Tag points tag at the manifest already present as ref in the same repository.
+func (c *Client) Tag(ctx context.Context, ref name.Digest, tag name.Tag) error {
+	if ref.Context() != tag.Context() {
+		return fmt.Errorf("tag %s: %s is in another repository", tag, ref)
+	}
+	ctx, cancel := withTimeout(ctx, FetchTimeout)
+	defer cancel()
+	opts := c.RemoteOptions(ctx)
+	desc, err := remote.Get(ref, opts...)
+	if err != nil {
+		return fmt.Errorf("tag %s: %w", tag, err)
+	}
+	if err := remote.Tag(tag, desc, opts...); err != nil {
+		return fmt.Errorf("tag %s: %w", tag, err)
+	}
+	return nil
+}

@@ -1,0 +1,300 @@
+package registry
+
+import (
+	"context"
+	"io"
+	"log"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// countingHandler records requests by method and path, and can answer the
+// first n of them with a status.
+type countingHandler struct {
+	next    http.Handler
+	mu      sync.Mutex
+	seen    []string
+	failN   atomic.Int32
+	status  int
+	retryAf string
+}
+
+func (h *countingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.mu.Lock()
+	h.seen = append(h.seen, r.Method+" "+r.URL.Path)
+	h.mu.Unlock()
+	if h.failN.Add(-1) >= 0 {
+		if h.retryAf != "" {
+			w.Header().Set("Retry-After", h.retryAf)
+		}
+		w.WriteHeader(h.status)
+		return
+	}
+	h.next.ServeHTTP(w, r)
+}
+
+func (h *countingHandler) requests() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.seen...)
+}
+
+func newRegistry(t *testing.T, referrers bool) (*countingHandler, string) {
+	t.Helper()
+	var opts []ggcrregistry.Option
+	if referrers {
+		opts = append(opts, ggcrregistry.WithReferrersSupport(true))
+	}
+	h := &countingHandler{next: ggcrregistry.New(append(opts, ggcrregistry.Logger(log.New(io.Discard, "", 0)))...)}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return h, strings.TrimPrefix(srv.URL, "http://")
+}
+
+func newClient(t *testing.T) *Client {
+	t.Helper()
+	c, err := New(WithRateLimit(0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.transport.base = time.Millisecond
+	return c
+}
+
+func push(t *testing.T, c *Client, ref string, img v1.Image) name.Digest {
+	t.Helper()
+	r, err := c.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img, c.RemoteOptions(context.Background())...); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	return r.Context().Digest(d.String())
+}
+
+func TestResolveUsesHEAD(t *testing.T) {
+	t.Parallel()
+	h, host := newRegistry(t, false)
+	c := newClient(t)
+	img, _ := random.Image(256, 2)
+	want := push(t, c, host+"/app:v1", img)
+
+	before := len(h.requests())
+	tag, _ := c.ParseReference(host + "/app:v1")
+	got, desc, err := c.Resolve(context.Background(), tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want || desc.Digest.String() != want.DigestStr() {
+		t.Fatalf("Resolve = %s, want %s", got, want)
+	}
+	for _, r := range h.requests()[before:] {
+		if strings.HasPrefix(r, "GET /v2/app/manifests") {
+			t.Errorf("resolve fetched the manifest body (%s); HEAD should suffice", r)
+		}
+	}
+	missing, _ := c.ParseReference(host + "/app:nope")
+	if _, _, err := c.Resolve(context.Background(), missing); !IsNotFound(err) {
+		t.Fatalf("missing tag: %v, want not found", err)
+	}
+}
+
+func TestRetryAfter429(t *testing.T) {
+	t.Parallel()
+	h, host := newRegistry(t, false)
+	c := newClient(t)
+	img, _ := random.Image(64, 1)
+	want := push(t, c, host+"/app:v1", img)
+
+	h.status, h.retryAf = http.StatusTooManyRequests, "0"
+	h.failN.Store(3)
+	tag, _ := c.ParseReference(host + "/app:v1")
+	got, _, err := c.Resolve(context.Background(), tag)
+	if err != nil || got != want {
+		t.Fatalf("Resolve after 3×429 = %v, %v", got, err)
+	}
+}
+
+func TestRetryGivesUp(t *testing.T) {
+	t.Parallel()
+	h, host := newRegistry(t, false)
+	c, err := New(WithRateLimit(0, 0), WithMaxRetries(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.transport.base = time.Millisecond
+	h.status = http.StatusServiceUnavailable
+	h.failN.Store(1000)
+	tag, _ := c.ParseReference(host + "/app:v1")
+	if _, _, err := c.Resolve(context.Background(), tag); err == nil {
+		t.Fatal("resolve against a registry that always answers 503 succeeded")
+	}
+	// HEAD (1 + 2 retries) then GET (1 + 2 retries), plus /v2/ pings.
+	if n := len(h.requests()); n > 12 {
+		t.Fatalf("%d requests: retries are multiplied somewhere", n)
+	}
+}
+
+func TestRetryStopsOnContext(t *testing.T) {
+	t.Parallel()
+	h, host := newRegistry(t, false)
+	c := newClient(t)
+	h.status, h.retryAf = http.StatusTooManyRequests, "30"
+	h.failN.Store(1000)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	tag, _ := c.ParseReference(host + "/app:v1")
+	start := time.Now()
+	_, _, err := c.Resolve(ctx, tag)
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) && !strings.Contains(err.Error(), "context deadline exceeded") {
+		t.Fatalf("err = %v, want deadline exceeded", err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Fatal("retry slept past the context deadline")
+	}
+}
+
+func TestRetryAfterParse(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"", 0, false}, {"3", 3 * time.Second, true}, {"-1", 0, false}, {"soon", 0, false},
+		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second, true},
+		{now.Add(-time.Hour).Format(http.TimeFormat), 0, true},
+	} {
+		got, ok := retryAfter(tc.in, now)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("retryAfter(%q) = %v, %v; want %v, %v", tc.in, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestCopyIndexMountsAndTagsLast(t *testing.T) {
+	t.Parallel()
+	h, host := newRegistry(t, false)
+	c := newClient(t)
+	ctx := context.Background()
+	idx, err := random.Index(128, 2, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, _ := c.ParseReference(host + "/staging/app:v1")
+	if err := remote.WriteIndex(src, idx, c.RemoteOptions(ctx)...); err != nil {
+		t.Fatal(err)
+	}
+	srcDigest, _, err := c.Resolve(ctx, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, _ := c.ParseRepository(host + "/prod/app")
+	before := len(h.requests())
+	got, err := c.Copy(ctx, srcDigest, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.DigestStr() != srcDigest.DigestStr() {
+		t.Fatalf("copied digest %s != %s", got.DigestStr(), srcDigest.DigestStr())
+	}
+	// ggcr's in-process registry keeps blobs registry-wide, so the existence
+	// check short-circuits before a mount; what must never happen is an upload.
+	for _, r := range h.requests()[before:] {
+		if strings.HasPrefix(r, "PATCH") {
+			t.Errorf("blob uploaded instead of mounted: %s", r)
+		}
+		if strings.HasPrefix(r, "PUT /v2/prod/app/manifests/") && !strings.Contains(r, "sha256:") {
+			t.Errorf("copy wrote a tag: %s", r)
+		}
+	}
+	kids, err := c.Children(ctx, got)
+	if err != nil || len(kids) != 2 {
+		t.Fatalf("children in destination = %v, %v", kids, err)
+	}
+	tag, _ := name.NewTag(host+"/prod/app:v1", name.StrictValidation)
+	if err := c.Tag(ctx, got, tag); err != nil {
+		t.Fatal(err)
+	}
+	if d, _, err := c.Resolve(ctx, tag); err != nil || d.DigestStr() != srcDigest.DigestStr() {
+		t.Fatalf("prod tag resolves to %v, %v", d, err)
+	}
+	other, _ := name.NewTag(host+"/other/app:v1", name.StrictValidation)
+	if err := c.Tag(ctx, got, other); err == nil {
+		t.Fatal("tagging across repositories succeeded")
+	}
+}
+
+func TestReferrersAPIAndFallback(t *testing.T) {
+	t.Parallel()
+	for _, api := range []bool{true, false} {
+		t.Run(map[bool]string{true: "api", false: "tag-fallback"}[api], func(t *testing.T) {
+			t.Parallel()
+			_, host := newRegistry(t, api)
+			c := newClient(t)
+			ctx := context.Background()
+			img, _ := random.Image(64, 1)
+			subject := push(t, c, host+"/app:v1", img)
+			desc, _ := remote.Head(subject, c.RemoteOptions(ctx)...)
+
+			art := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+			art = mutate.ConfigMediaType(art, "application/vnd.dev.attestd.test+json")
+			art = mutate.Subject(art, *desc).(v1.Image)
+			ad, _ := art.Digest()
+			if err := remote.Write(subject.Context().Digest(ad.String()), art, c.RemoteOptions(ctx)...); err != nil {
+				t.Fatal(err)
+			}
+			refs, err := c.Referrers(ctx, subject, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(refs) != 1 || refs[0].Digest != ad {
+				t.Fatalf("referrers = %+v, want %s", refs, ad)
+			}
+			if refs, _ := c.Referrers(ctx, subject, "application/other"); len(refs) != 0 {
+				t.Fatalf("filter ignored: %+v", refs)
+			}
+		})
+	}
+}
+
+func TestParseReference(t *testing.T) {
+	t.Parallel()
+	c := newClient(t)
+	for _, tc := range []struct {
+		in  string
+		err string
+	}{
+		{in: "127.0.0.1:5000/app:v1"},
+		{in: "registry.example.com/team/app@sha256:" + strings.Repeat("a", 64)},
+		{in: "app:v1", err: "needs a registry host"},
+		{in: "library/app", err: "needs a registry host"},
+		{in: "registry.example.com/App:v1", err: "could not parse"},
+	} {
+		_, err := c.ParseReference(tc.in)
+		if (tc.err == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("ParseReference(%q) = %v, want %q", tc.in, err, tc.err)
+		}
+	}
+	if !IsLoopback("127.0.0.1:5000") || !IsLoopback("localhost") || !IsLoopback("[::1]:80") || IsLoopback("10.0.0.1:5000") {
+		t.Error("IsLoopback wrong")
+	}
+}

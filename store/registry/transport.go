@@ -1,0 +1,160 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Retry policy of the shared transport. Kept as named constants so the
+// behaviour under registry outages is reviewable in one place.
+const (
+	defaultMaxRetries  = 5
+	defaultBaseBackoff = 250 * time.Millisecond
+	maxBackoff         = 30 * time.Second
+	// maxRetryAfter caps a registry's Retry-After: beyond it we give up and let
+	// the job queue's own backoff take over instead of pinning a worker.
+	maxRetryAfter = 60 * time.Second
+)
+
+// retryable lists the statuses that mean "try again later" (OCI distribution
+// spec 429, gateway and overload errors).
+var retryable = map[int]bool{
+	http.StatusRequestTimeout:      true,
+	http.StatusTooManyRequests:     true,
+	http.StatusInternalServerError: true,
+	http.StatusBadGateway:          true,
+	http.StatusServiceUnavailable:  true,
+	http.StatusGatewayTimeout:      true,
+}
+
+// Transport is the one RoundTripper every registry call goes through: a
+// per-host token bucket, then retries with exponential backoff and jitter on
+// 429/5xx and connection errors, honouring Retry-After. It only retries
+// requests it can replay (no body, or GetBody set), and it stops the moment
+// the request's context ends.
+type Transport struct {
+	inner      http.RoundTripper
+	rps        rate.Limit
+	burst      int
+	maxRetries int
+	base       time.Duration
+	logger     *slog.Logger
+	sleep      func(ctx context.Context, d time.Duration) error
+
+	mu       sync.Mutex
+	limiters map[string]*rate.Limiter
+}
+
+func newTransport(inner http.RoundTripper, rps float64, burst, maxRetries int, logger *slog.Logger) *Transport {
+	lim := rate.Limit(rps)
+	if rps <= 0 {
+		lim = rate.Inf
+	}
+	return &Transport{
+		inner: inner, rps: lim, burst: max(burst, 1), maxRetries: maxRetries, base: defaultBaseBackoff,
+		logger: logger, sleep: sleepCtx, limiters: map[string]*rate.Limiter{},
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func (t *Transport) limiter(host string) *rate.Limiter {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	l, ok := t.limiters[host]
+	if !ok {
+		l = rate.NewLimiter(t.rps, t.burst)
+		t.limiters[host] = l
+	}
+	return l
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+	for attempt := 0; ; attempt++ {
+		if err := t.limiter(req.URL.Host).Wait(ctx); err != nil {
+			return nil, fmt.Errorf("rate limit %s: %w", req.URL.Host, err)
+		}
+		r := req
+		if attempt > 0 && req.GetBody != nil {
+			body, err := req.GetBody()
+			if err != nil {
+				return nil, err
+			}
+			r = req.Clone(ctx)
+			r.Body = body
+		}
+		resp, err := t.inner.RoundTrip(r)
+		var wait time.Duration
+		switch {
+		case err != nil:
+			if ctx.Err() != nil || !replayable || attempt >= t.maxRetries || errors.Is(err, context.Canceled) {
+				return nil, err
+			}
+			wait = t.backoff(attempt)
+			t.logger.DebugContext(ctx, "registry request failed, retrying", "host", req.URL.Host, "attempt", attempt+1, "err", err)
+		case retryable[resp.StatusCode] && replayable && attempt < t.maxRetries:
+			ra, ok := retryAfter(resp.Header.Get("Retry-After"), time.Now())
+			if ok && ra > maxRetryAfter {
+				return resp, nil // the registry asks for longer than we hold a worker
+			}
+			wait = t.backoff(attempt)
+			if ok {
+				wait = ra
+			}
+			// Drain so the connection can be reused.
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+			t.logger.DebugContext(ctx, "registry busy, retrying", "host", req.URL.Host, "status", resp.StatusCode, "attempt", attempt+1, "wait", wait)
+		default:
+			return resp, nil
+		}
+		if err := t.sleep(ctx, wait); err != nil {
+			return nil, fmt.Errorf("%s %s: gave up waiting to retry: %w", req.Method, req.URL.Redacted(), err)
+		}
+	}
+}
+
+func (t *Transport) backoff(attempt int) time.Duration {
+	d := t.base << attempt
+	if d > maxBackoff || d <= 0 {
+		d = maxBackoff
+	}
+	// Full jitter keeps a burst of workers from retrying in lockstep.
+	return d/2 + rand.N(d/2+1)
+}
+
+// retryAfter parses a Retry-After header: delay-seconds or an HTTP date.
+func retryAfter(v string, now time.Time) (time.Duration, bool) {
+	if v == "" {
+		return 0, false
+	}
+	if s, err := strconv.Atoi(v); err == nil && s >= 0 {
+		return time.Duration(s) * time.Second, true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(t.Sub(now), 0), true
+	}
+	return 0, false
+}
