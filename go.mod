@@ -7,6 +7,7 @@ require (
 	github.com/google/go-containerregistry v0.22.1
 	go.etcd.io/bbolt v1.5.0
 	golang.org/x/time v0.16.0
+	gopkg.in/yaml.v3 v3.0.1
 )
 
 require (

@@ -1,0 +1,314 @@
+// Package configs holds attestd's configuration: the YAML schema, defaults,
+// ATTESTD_* environment overrides and validation. Only cmd/attestd/app
+// imports it; it turns a Config into the options of each package.
+package configs
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole of attestd.yaml. See configs/attestd.yaml for the
+// documented example.
+type Config struct {
+	// Listen is the HTTP address for webhooks, the API, /healthz and /metrics.
+	Listen string `yaml:"listen"`
+	// DataDir holds the bbolt database and caches.
+	DataDir string `yaml:"data_dir"`
+	// Workers is how many images the pipeline processes at once.
+	Workers    int        `yaml:"workers"`
+	Log        Log        `yaml:"log"`
+	Jobs       Jobs       `yaml:"jobs"`
+	Intake     Intake     `yaml:"intake"`
+	Registries []Registry `yaml:"registries"`
+	Watch      []Watch    `yaml:"watch"`
+
+	// file is where the config came from, for error messages.
+	file string
+}
+
+// Log configures log/slog.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // json, text
+}
+
+// Jobs tunes the durable job queue.
+type Jobs struct {
+	// MaxAttempts before a job is buried and its image marked failed.
+	MaxAttempts int `yaml:"max_attempts"`
+	// Backoff after the first failed attempt; doubles per attempt up to MaxBackoff.
+	Backoff    Duration `yaml:"backoff"`
+	MaxBackoff Duration `yaml:"max_backoff"`
+	// Timeout bounds one attempt of one job (all stages).
+	Timeout Duration `yaml:"timeout"`
+	// ShutdownGrace is how long SIGTERM waits for in-flight stages to checkpoint.
+	ShutdownGrace Duration `yaml:"shutdown_grace"`
+}
+
+// Intake configures the HTTP side.
+type Intake struct {
+	// MaxBodyBytes caps webhook request bodies (413 above it).
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+}
+
+// Registry is one registry attestd reads from or writes to.
+type Registry struct {
+	// Host is "name[:port]" as in image references, e.g. "registry.example.com".
+	Host string `yaml:"host"`
+	// Insecure allows plain HTTP to a non-loopback host. Loopback hosts
+	// (127.0.0.1, ::1, localhost) always use plain HTTP.
+	Insecure bool `yaml:"insecure"`
+	Auth     Auth `yaml:"auth"`
+	// RateLimit caps requests per second to this host (0: attestd's default).
+	RateLimit float64 `yaml:"rate_limit"`
+}
+
+// Auth says where credentials come from. Default: the docker config
+// ($DOCKER_CONFIG/config.json) and its credential helpers.
+type Auth struct {
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
+	// Password exists only to reject it with a helpful error: secrets never
+	// live inline in the config file.
+	Password string `yaml:"password"`
+}
+
+// Watch selects the repositories whose pushes attestd processes.
+type Watch struct {
+	Registry string `yaml:"registry"`
+	// Repositories are globs: "*" within one path segment, "**" across
+	// segments, e.g. "team-a/*" or "apps/**".
+	Repositories []string `yaml:"repositories"`
+}
+
+// Duration is a time.Duration written as "30s", "5m".
+type Duration time.Duration
+
+// UnmarshalYAML parses Go duration syntax.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (use e.g. 30s, 5m, 1h)", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes Go duration syntax.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Secret holds a credential. It never prints: logs and errors show REDACTED.
+type Secret string
+
+func (Secret) String() string { return "REDACTED" }
+
+// LogValue implements slog.LogValuer.
+func (Secret) LogValue() slog.Value { return slog.StringValue("REDACTED") }
+
+// Reveal returns the secret itself, for the one place that must send it.
+func (s Secret) Reveal() string { return string(s) }
+
+// Default is the configuration used when no file is given.
+func Default() *Config {
+	return &Config{
+		Listen:  "127.0.0.1:8080",
+		DataDir: "data",
+		Workers: 4,
+		Log:     Log{Level: "info", Format: "json"},
+		Jobs: Jobs{
+			MaxAttempts: 5, Backoff: Duration(5 * time.Second), MaxBackoff: Duration(5 * time.Minute),
+			Timeout: Duration(30 * time.Minute), ShutdownGrace: Duration(8 * time.Second),
+		},
+		Intake: Intake{MaxBodyBytes: 1 << 20},
+	}
+}
+
+// Error is a configuration problem: where it is and how to fix it.
+type Error struct {
+	File  string // "" when not from a file
+	Line  int    // 0 when unknown
+	Field string // YAML path, e.g. registries[0].host
+	Msg   string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	if e.File != "" {
+		b.WriteString(e.File)
+		if e.Line > 0 {
+			fmt.Fprintf(&b, ":%d", e.Line)
+		}
+		b.WriteString(": ")
+	}
+	if e.Field != "" {
+		b.WriteString(e.Field + ": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Load decodes YAML over Default(). Unknown fields are errors (a typo must not
+// silently fall back to a default). It does not validate; call Validate.
+func Load(r io.Reader, file string) (*Config, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, &Error{File: file, Msg: err.Error()}
+	}
+	c := Default()
+	c.file = file
+	if len(bytes.TrimSpace(data)) == 0 {
+		return c, nil
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		msg = strings.ReplaceAll(msg, "unmarshal errors:\n  ", "")
+		return nil, &Error{File: file, Msg: msg + " (see configs/attestd.yaml for the schema)"}
+	}
+	return c, nil
+}
+
+// LoadFile reads and decodes path.
+func LoadFile(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, &Error{File: path, Msg: fmt.Sprintf("cannot read config: %v", errors.Unwrap(err))}
+	}
+	defer f.Close()
+	return Load(f, path)
+}
+
+// EnvPrefix starts every environment override.
+const EnvPrefix = "ATTESTD_"
+
+// ApplyEnv overrides fields from ATTESTD_* variables via lookup (os.LookupEnv):
+// ATTESTD_LISTEN, ATTESTD_DATA_DIR, ATTESTD_WORKERS, ATTESTD_LOG_LEVEL,
+// ATTESTD_LOG_FORMAT.
+func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
+	str := map[string]*string{
+		"LISTEN": &c.Listen, "DATA_DIR": &c.DataDir, "LOG_LEVEL": &c.Log.Level, "LOG_FORMAT": &c.Log.Format,
+	}
+	for k, p := range str {
+		if v, ok := lookup(EnvPrefix + k); ok {
+			*p = v
+		}
+	}
+	if v, ok := lookup(EnvPrefix + "WORKERS"); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return &Error{Field: EnvPrefix + "WORKERS", Msg: fmt.Sprintf("%q is not a whole number", v)}
+		}
+		c.Workers = n
+	}
+	return nil
+}
+
+// Validate checks every field and reports all problems at once.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &Error{File: c.file, Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen", "%q is not host:port (e.g. 127.0.0.1:8080 or :8080)", c.Listen)
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "must be set (a directory attestd may write, e.g. /var/lib/attestd)")
+	}
+	if c.Workers < 1 || c.Workers > 256 {
+		bad("workers", "%d is out of range (1–256)", c.Workers)
+	}
+	if _, err := ParseLevel(c.Log.Level); err != nil {
+		bad("log.level", "%v", err)
+	}
+	if c.Log.Format != "json" && c.Log.Format != "text" {
+		bad("log.format", "%q is not json or text", c.Log.Format)
+	}
+	if c.Jobs.MaxAttempts < 1 {
+		bad("jobs.max_attempts", "must be at least 1, got %d", c.Jobs.MaxAttempts)
+	}
+	for f, d := range map[string]Duration{"jobs.backoff": c.Jobs.Backoff, "jobs.max_backoff": c.Jobs.MaxBackoff, "jobs.timeout": c.Jobs.Timeout, "jobs.shutdown_grace": c.Jobs.ShutdownGrace} {
+		if d <= 0 {
+			bad(f, "must be a positive duration, got %s", time.Duration(d))
+		}
+	}
+	if c.Intake.MaxBodyBytes < 1024 {
+		bad("intake.max_body_bytes", "must be at least 1024, got %d", c.Intake.MaxBodyBytes)
+	}
+	hosts := map[string]bool{}
+	for i, r := range c.Registries {
+		f := fmt.Sprintf("registries[%d]", i)
+		switch {
+		case r.Host == "":
+			bad(f+".host", "must be set (e.g. registry.example.com or 127.0.0.1:5000)")
+		case strings.ContainsAny(r.Host, "/ ") || strings.Contains(r.Host, "://"):
+			bad(f+".host", "%q must be a bare host[:port], without scheme or path", r.Host)
+		case hosts[r.Host]:
+			bad(f+".host", "%q is listed twice", r.Host)
+		}
+		hosts[r.Host] = true
+		if r.Auth.Password != "" {
+			bad(f+".auth.password", "inline passwords are not allowed: write it to a file readable only by attestd and set password_file")
+		}
+		if (r.Auth.Username == "") != (r.Auth.PasswordFile == "") {
+			bad(f+".auth", "username and password_file go together (or leave both unset to use the docker config and credential helpers)")
+		}
+		if r.RateLimit < 0 {
+			bad(f+".rate_limit", "must not be negative")
+		}
+	}
+	for i, w := range c.Watch {
+		f := fmt.Sprintf("watch[%d]", i)
+		if !hosts[w.Registry] {
+			bad(f+".registry", "%q is not one of registries[].host; add it there first", w.Registry)
+		}
+		if len(w.Repositories) == 0 {
+			bad(f+".repositories", "must list at least one repository glob (e.g. \"apps/**\")")
+		}
+		for j, p := range w.Repositories {
+			if _, err := path.Match(strings.ReplaceAll(p, "**", "*"), ""); err != nil || p == "" || strings.HasPrefix(p, "/") {
+				bad(fmt.Sprintf("%s.repositories[%d]", f, j), "%q is not a repository glob", p)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ParseLevel maps a level name to slog.Level.
+func ParseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("%q is not one of debug, info, warn, error", s)
+	}
+	return l, nil
+}
+
+// File is where the config was loaded from ("" for defaults).
+func (c *Config) File() string { return c.file }
+
+// Registry returns the settings for host (zero value when not configured).
+func (c *Config) Registry(host string) Registry {
+	for _, r := range c.Registries {
+		if r.Host == host {
+			return r
+		}
+	}
+	return Registry{Host: host}
+}

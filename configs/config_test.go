@@ -1,0 +1,130 @@
+package configs
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestExampleConfigIsValid(t *testing.T) {
+	t.Parallel()
+	c, err := LoadFile("attestd.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("configs/attestd.yaml does not validate: %v", err)
+	}
+	want := Default()
+	if c.Jobs != want.Jobs || c.Intake != want.Intake || c.Workers != want.Workers || c.Log != want.Log {
+		t.Errorf("the example's documented defaults drifted from Default():\n%s", cmp.Diff(want.Jobs, c.Jobs))
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, yaml string
+		want       []string // substrings of the error
+	}{
+		{"unknown field", "listn: :8080\n", []string{"cfg.yaml", "line 1", "listn"}},
+		{"bad duration", "jobs:\n  backoff: soon\n", []string{"line 2", "not a duration"}},
+		{"bad type", "workers: many\n", []string{"line 1", "many", "into int"}},
+		{"inline password", "registries:\n- host: r.example\n  auth: {username: u, password: hunter2}\n", []string{"registries[0].auth.password", "password_file"}},
+		{"empty host", "registries:\n- rate_limit: 3\n", []string{"registries[0].host", "must be set"}},
+		{"scheme in host", "registries:\n- host: https://r.example\n", []string{"bare host"}},
+		{"watch unknown registry", "watch:\n- registry: nope\n  repositories: [a]\n", []string{"watch[0].registry", "add it there"}},
+		{"bad listen", "listen: 8080\n", []string{"listen", "host:port"}},
+		{"several at once", "workers: 0\nlog: {level: loud}\n", []string{"workers", "log.level"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := Load(strings.NewReader(tc.yaml), "cfg.yaml")
+			if err == nil {
+				err = c.Validate()
+			}
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("error leaks the secret: %v", err)
+			}
+		})
+	}
+}
+
+func TestPrecedence(t *testing.T) {
+	t.Parallel()
+	c, err := Load(strings.NewReader("listen: 127.0.0.1:9000\nworkers: 2\n"), "f.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"ATTESTD_WORKERS": "7", "ATTESTD_DATA_DIR": "/tmp/x"}
+	if err := c.ApplyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != "127.0.0.1:9000" || c.Workers != 7 || c.DataDir != "/tmp/x" {
+		t.Fatalf("got listen=%s workers=%d data=%s", c.Listen, c.Workers, c.DataDir)
+	}
+	env["ATTESTD_WORKERS"] = "lots"
+	if err := c.ApplyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err == nil || !strings.Contains(err.Error(), "ATTESTD_WORKERS") {
+		t.Fatalf("bad env: %v", err)
+	}
+}
+
+func TestEmptyFileIsDefaults(t *testing.T) {
+	t.Parallel()
+	c, err := Load(strings.NewReader(""), "empty.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Jobs.Timeout != Duration(30*time.Minute) {
+		t.Fatalf("defaults not applied: %+v", c.Jobs)
+	}
+}
+
+func TestSecretNeverPrints(t *testing.T) {
+	t.Parallel()
+	s := Secret("hunter2")
+	var b strings.Builder
+	slog.New(slog.NewJSONHandler(&b, nil)).Info("x", "password", s)
+	out := b.String() + fmt.Sprint(s) + fmt.Sprintf("%v %s", s, s)
+	if strings.Contains(out, "hunter2") {
+		t.Fatalf("secret printed: %s", out)
+	}
+	if s.Reveal() != "hunter2" {
+		t.Fatal("Reveal")
+	}
+}
+
+func TestMissingFile(t *testing.T) {
+	t.Parallel()
+	_, err := LoadFile(os.DevNull + "/nope.yaml")
+	if err == nil || !strings.Contains(err.Error(), "nope.yaml") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func FuzzLoad(f *testing.F) {
+	if b, err := os.ReadFile("attestd.yaml"); err == nil {
+		f.Add(string(b))
+	}
+	f.Add("workers: 3\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := Load(strings.NewReader(s), "fuzz.yaml")
+		if err != nil {
+			return
+		}
+		_ = c.Validate()
+	})
+}
