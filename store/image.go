@@ -72,6 +72,12 @@ type StageResult struct {
 	At     time.Time   `json:"at"`
 }
 
+// Decision is the promotion gate's verdict for a digest.
+type Decision struct {
+	Allow   bool     `json:"allow"`
+	Reasons []string `json:"reasons,omitempty"`
+}
+
 // Child is one platform manifest of an image index.
 type Child struct {
 	Digest   string `json:"digest"`
@@ -89,6 +95,7 @@ type Record struct {
 	State      State                  `json:"state"`
 	Rev        uint64                 `json:"rev"`
 	Stages     map[string]StageResult `json:"stages,omitempty"`
+	Decision   *Decision              `json:"decision,omitempty"`
 	FailedFrom State                  `json:"failedFrom,omitempty"`
 	LastError  string                 `json:"lastError,omitempty"`
 	Source     string                 `json:"source,omitempty"`

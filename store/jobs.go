@@ -440,3 +440,52 @@ func (db *DB) Stats(ctx context.Context) (Stats, error) {
 	})
 	return s, err
 }
+
+// ClaimJob claims one specific pending job (attestd process runs a job in the
+// foreground). ErrConflict when it is not pending.
+func (db *DB) ClaimJob(ctx context.Context, id uint64, owner string, lease time.Duration) (*Job, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out *Job
+	err := db.bolt.Update(func(tx *bolt.Tx) error {
+		j, err := getJob(tx, id)
+		if err != nil {
+			return err
+		}
+		if j.Status != JobPending {
+			return fmt.Errorf("%w: job %d is %s", ErrConflict, id, j.Status)
+		}
+		now := db.now().UTC()
+		if err := tx.Bucket(bucketQueue).Delete(queueKey(j.Priority, j.ID)); err != nil {
+			return err
+		}
+		j.Status, j.Owner, j.LeaseUntil = JobClaimed, owner, now.Add(lease)
+		j.Attempts++
+		j.NotBefore, j.UpdatedAt = time.Time{}, now
+		out = j
+		return putJob(tx, j)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim job: %w", err)
+	}
+	return out, nil
+}
+
+// LatestJob returns the newest job for ref.
+func (db *DB) LatestJob(ctx context.Context, ref string) (*Job, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var out *Job
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		id := tx.Bucket(bucketByRef).Get([]byte(ref))
+		if id == nil {
+			return fmt.Errorf("job for %s: %w", ref, ErrNotFound)
+		}
+		var err error
+		out, err = getJob(tx, binary.BigEndian.Uint64(id))
+		return err
+	})
+	return out, err
+}

@@ -2,9 +2,9 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log"
-	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"

@@ -1,0 +1,295 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"go.uber.org/goleak"
+
+	"github.com/attestd/attestd/store"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func ref(n int) string { return fmt.Sprintf("r.local/app@sha256:%064x", n) }
+
+// stage is a hand-written fake for every stage interface: it records calls
+// and returns err (or blocks until release when block is set).
+type stage struct {
+	mu      sync.Mutex
+	calls   []string
+	err     error
+	allow   bool
+	block   chan struct{}
+	started chan string
+}
+
+func (s *stage) hit(ctx context.Context, what string) error {
+	s.mu.Lock()
+	s.calls = append(s.calls, what)
+	s.mu.Unlock()
+	if s.started != nil {
+		s.started <- what
+	}
+	if s.block != nil {
+		select {
+		case <-s.block:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return s.err
+}
+
+func (s *stage) Resolve(ctx context.Context, r string) (*Target, error) {
+	if err := s.hit(ctx, "resolve"); err != nil {
+		return nil, err
+	}
+	return &Target{Ref: r, MediaType: "application/vnd.oci.image.manifest.v1+json"}, nil
+}
+func (s *stage) Analyze(ctx context.Context, _ *Target) error { return s.hit(ctx, "analyse") }
+func (s *stage) Sign(ctx context.Context, _ *Target) error    { return s.hit(ctx, "sign") }
+func (s *stage) Evaluate(ctx context.Context, _ *Target) (Decision, error) {
+	return Decision{Allow: s.allow, Reasons: []string{"test"}}, s.hit(ctx, "evaluate")
+}
+func (s *stage) Promote(ctx context.Context, _ *Target) error { return s.hit(ctx, "promote") }
+
+func (s *stage) got() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.calls...)
+}
+
+var (
+	_ Resolver  = (*stage)(nil)
+	_ Analyzer  = (*stage)(nil)
+	_ Signer    = (*stage)(nil)
+	_ Evaluator = (*stage)(nil)
+	_ Promoter  = (*stage)(nil)
+)
+
+func openDB(t *testing.T) *store.DB {
+	t.Helper()
+	db, err := store.Open(filepath.Join(t.TempDir(), "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func enqueue(t *testing.T, db *store.DB, refs ...string) []uint64 {
+	t.Helper()
+	var ids []uint64
+	for _, r := range refs {
+		res, err := db.Enqueue(context.Background(), store.EnqueueRequest{Ref: r, Source: "test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, res.JobID)
+	}
+	return ids
+}
+
+func TestProcessStates(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		stages   func(s *stage) Stages
+		allow    bool
+		state    store.State
+		calls    []string
+		statuses map[string]store.StageStatus
+	}{
+		{
+			name:   "only resolve built",
+			stages: func(s *stage) Stages { return Stages{Resolver: s} },
+			state:  store.StateDiscovered, calls: []string{"resolve"},
+			statuses: map[string]store.StageStatus{StageResolve: store.StagePassed, StageAnalyse: store.StageSkipped},
+		},
+		{
+			name:   "all built, allowed",
+			stages: func(s *stage) Stages { return Stages{s, s, s, s, s} }, allow: true,
+			state: store.StatePromoted, calls: []string{"resolve", "analyse", "sign", "evaluate", "promote"},
+			statuses: map[string]store.StageStatus{StageResolve: "passed", StageAnalyse: "passed", StageSign: "passed", StageEvaluate: "passed", StagePromote: "passed"},
+		},
+		{
+			name:   "denied never promotes",
+			stages: func(s *stage) Stages { return Stages{s, s, s, s, s} }, allow: false,
+			state: store.StateDenied, calls: []string{"resolve", "analyse", "sign", "evaluate"},
+			statuses: map[string]store.StageStatus{StageResolve: "passed", StageAnalyse: "passed", StageSign: "passed", StageEvaluate: "passed", StagePromote: "skipped"},
+		},
+		{
+			name:   "allowed but no promoter stops at evaluated",
+			stages: func(s *stage) Stages { return Stages{Resolver: s, Analyzer: s, Signer: s, Evaluator: s} }, allow: true,
+			state: store.StateEvaluated, calls: []string{"resolve", "analyse", "sign", "evaluate"},
+			statuses: map[string]store.StageStatus{StageResolve: "passed", StageAnalyse: "passed", StageSign: "passed", StageEvaluate: "passed", StagePromote: "skipped"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			db := openDB(t)
+			s := &stage{allow: tc.allow}
+			p, err := New(db, tc.stages(s), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids := enqueue(t, db, ref(1))
+			if err := p.Process(context.Background(), ids[0]); err != nil {
+				t.Fatal(err)
+			}
+			rec, _ := db.Image(context.Background(), ref(1))
+			if rec.State != tc.state {
+				t.Errorf("state = %s, want %s", rec.State, tc.state)
+			}
+			if diff := cmp.Diff(tc.calls, s.got()); diff != "" {
+				t.Errorf("calls (-want +got):\n%s", diff)
+			}
+			got := map[string]store.StageStatus{}
+			for k, v := range rec.Stages {
+				got[k] = v.Status
+			}
+			if diff := cmp.Diff(tc.statuses, got); diff != "" {
+				t.Errorf("stage results (-want +got):\n%s", diff)
+			}
+			j, _ := db.Job(context.Background(), ids[0])
+			if j.Status != store.JobDone {
+				t.Errorf("job status %s", j.Status)
+			}
+		})
+	}
+}
+
+func TestRetryThenBury(t *testing.T) {
+	t.Parallel()
+	db := openDB(t)
+	s := &stage{err: errors.New("registry 503")}
+	p, _ := New(db, Stages{Resolver: s}, Options{MaxAttempts: 2, Backoff: time.Millisecond})
+	ids := enqueue(t, db, ref(1))
+	ctx := context.Background()
+	if err := p.Process(ctx, ids[0]); err == nil {
+		t.Fatal("want error")
+	}
+	j, _ := db.Job(ctx, ids[0])
+	if j.Status != store.JobPending || j.Attempts != 1 || j.LastError == "" {
+		t.Fatalf("after attempt 1: %+v", j)
+	}
+	time.Sleep(5 * time.Millisecond)
+	if err := p.Process(ctx, ids[0]); err == nil {
+		t.Fatal("want error")
+	}
+	j, _ = db.Job(ctx, ids[0])
+	rec, _ := db.Image(ctx, ref(1))
+	if j.Status != store.JobDead || rec.State != store.StateFailed || rec.Stages[StageResolve].Status != store.StageFailed {
+		t.Fatalf("after attempt 2: job %+v record %+v", j, rec)
+	}
+}
+
+func TestPermanentBuriesAtOnce(t *testing.T) {
+	t.Parallel()
+	db := openDB(t)
+	s := &stage{err: Permanent(errors.New("manifest unknown"))}
+	p, _ := New(db, Stages{Resolver: s}, Options{MaxAttempts: 5})
+	ids := enqueue(t, db, ref(1))
+	_ = p.Process(context.Background(), ids[0])
+	j, _ := db.Job(context.Background(), ids[0])
+	if j.Status != store.JobDead || j.Attempts != 1 {
+		t.Fatalf("job = %+v", j)
+	}
+}
+
+func TestRunDrainsAndResumes(t *testing.T) {
+	t.Parallel()
+	db := openDB(t)
+	ctx := context.Background()
+	const n = 6
+	var refs []string
+	for i := range n {
+		refs = append(refs, ref(i))
+	}
+	enqueue(t, db, refs...)
+	// A claim left by a "crashed" process must be resumed.
+	if _, err := db.Claim(ctx, "dead-process/0", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+
+	s := &stage{block: make(chan struct{}), started: make(chan string, n)}
+	var done atomic.Int32
+	p, _ := New(db, Stages{Resolver: s}, Options{Workers: 2, Grace: 50 * time.Millisecond,
+		OnJobDone: func(*store.Job, error) { done.Add(1) }})
+	runCtx, stop := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() { errc <- p.Run(runCtx) }()
+	<-s.started
+	<-s.started
+	stop() // both workers are blocked in a stage; grace expires, attempts requeued
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after shutdown")
+	}
+	st, _ := db.Stats(ctx)
+	if st.Jobs[store.JobClaimed] != 0 || st.Jobs[store.JobPending] != n {
+		t.Fatalf("after drain: %+v, want all %d pending and none claimed", st.Jobs, n)
+	}
+
+	// Restart with a stage that no longer blocks: every job completes once.
+	close(s.block)
+	s.started = nil
+	var mu sync.Mutex
+	seen := map[uint64]int{}
+	p2, _ := New(db, Stages{Resolver: s}, Options{Workers: 2, OnJobDone: func(j *store.Job, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err == nil {
+			seen[j.ID]++
+		}
+	}})
+	runCtx, stop = context.WithCancel(ctx)
+	go func() { errc <- p2.Run(runCtx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, _ := db.Stats(ctx)
+		if st.Jobs[store.JobDone] == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("jobs not drained: %+v", st.Jobs)
+		}
+		p2.Wake()
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop()
+	<-errc
+	for id, c := range seen {
+		if c != 1 {
+			t.Errorf("job %d completed %d times", id, c)
+		}
+	}
+	if len(seen) != n {
+		t.Errorf("%d jobs completed, want %d", len(seen), n)
+	}
+}
+
+func TestBackoffDoublesToCap(t *testing.T) {
+	t.Parallel()
+	p, _ := New(openDB(t), Stages{Resolver: &stage{}}, Options{Backoff: time.Second, MaxBackoff: 5 * time.Second})
+	var got []time.Duration
+	for a := 1; a <= 5; a++ {
+		got = append(got, p.backoff(a))
+	}
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatal(diff)
+	}
+}

@@ -1,0 +1,90 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+
+	"github.com/attestd/attestd/store"
+)
+
+// Target is the image a job works on, as resolved from the registry.
+type Target struct {
+	Ref       string        // host/repo@sha256:…
+	MediaType string        // manifest media type
+	Children  []store.Child // platform manifests when Ref is an index
+}
+
+// The stage interfaces. app injects implementations; a nil stage is "not
+// built yet" and reported as skipped, never as passed. They grow richer
+// results as the analysis, signing and promotion issues land.
+type (
+	// Resolver checks that Ref still exists and describes it.
+	Resolver interface {
+		Resolve(ctx context.Context, ref string) (*Target, error)
+	}
+	// Analyzer produces SBOMs, hardening facts and vulnerabilities.
+	Analyzer interface {
+		Analyze(ctx context.Context, t *Target) error
+	}
+	// Signer signs the analysis results and attaches them to the registry.
+	Signer interface {
+		Sign(ctx context.Context, t *Target) error
+	}
+	// Evaluator verifies signatures and attestations and evaluates the policy.
+	Evaluator interface {
+		Evaluate(ctx context.Context, t *Target) (Decision, error)
+	}
+	// Promoter copies an allowed image, with its referrers, to production.
+	Promoter interface {
+		Promote(ctx context.Context, t *Target) error
+	}
+)
+
+// Decision is the policy verdict (stored with the record, so a crash between
+// evaluation and promotion cannot lose a deny).
+type Decision = store.Decision
+
+// Stages are the implementations app wires in.
+type Stages struct {
+	Resolver  Resolver
+	Analyzer  Analyzer
+	Signer    Signer
+	Evaluator Evaluator
+	Promoter  Promoter
+}
+
+// Stage names as recorded in store.Record.Stages and printed by attestd.
+const (
+	StageResolve  = "resolve"
+	StageAnalyse  = "analyse"
+	StageSign     = "sign"
+	StageEvaluate = "evaluate"
+	StagePromote  = "promote"
+)
+
+// Order is the order stages run and are reported in.
+var Order = []string{StageResolve, StageAnalyse, StageSign, StageEvaluate, StagePromote}
+
+// notBuilt is the Detail of a stage with no implementation.
+const notBuilt = "not built yet"
+
+// permanent marks an error that retrying cannot fix.
+type permanent struct{ err error }
+
+func (p permanent) Error() string { return p.err.Error() }
+func (p permanent) Unwrap() error { return p.err }
+
+// Permanent wraps err so the job is buried at once instead of retried (e.g.
+// the manifest was deleted, the reference is malformed).
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return permanent{err}
+}
+
+// IsPermanent reports whether err was wrapped by Permanent.
+func IsPermanent(err error) bool {
+	var p permanent
+	return errors.As(err, &p)
+}
