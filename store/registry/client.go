@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/time/rate"
 )
 
 // Per-call deadlines. A call whose ctx has an earlier deadline keeps it.
@@ -48,6 +49,7 @@ type options struct {
 	burst      int
 	maxRetries int
 	insecure   []string
+	hostRPS    map[string]float64
 	userAgent  string
 	logger     *slog.Logger
 }
@@ -74,6 +76,20 @@ func WithRateLimit(rps float64, burst int) Option {
 			return fmt.Errorf("rate limit must not be negative (rps %v, burst %d)", rps, burst)
 		}
 		o.rps, o.burst = rps, burst
+		return nil
+	}
+}
+
+// WithHostRateLimit caps requests per second to one host, overriding WithRateLimit.
+func WithHostRateLimit(host string, rps float64) Option {
+	return func(o *options) error {
+		if rps <= 0 {
+			return fmt.Errorf("rate limit for %s must be positive, got %v", host, rps)
+		}
+		if o.hostRPS == nil {
+			o.hostRPS = map[string]float64{}
+		}
+		o.hostRPS[host] = rps
 		return nil
 	}
 }
@@ -124,6 +140,9 @@ func New(opts ...Option) (*Client, error) {
 	c := &Client{
 		transport: newTransport(o.base, o.rps, o.burst, o.maxRetries, o.logger),
 		keychain:  o.keychain, insecure: map[string]bool{}, userAgent: o.userAgent, logger: o.logger,
+	}
+	for h, rps := range o.hostRPS {
+		c.transport.hostRPS[h] = rate.Limit(rps)
 	}
 	for _, h := range o.insecure {
 		c.insecure[h] = true

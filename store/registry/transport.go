@@ -51,6 +51,8 @@ type Transport struct {
 	logger     *slog.Logger
 	sleep      func(ctx context.Context, d time.Duration) error
 
+	hostRPS map[string]rate.Limit
+
 	mu       sync.Mutex
 	limiters map[string]*rate.Limiter
 }
@@ -62,7 +64,7 @@ func newTransport(inner http.RoundTripper, rps float64, burst, maxRetries int, l
 	}
 	return &Transport{
 		inner: inner, rps: lim, burst: max(burst, 1), maxRetries: maxRetries, base: defaultBaseBackoff,
-		logger: logger, sleep: sleepCtx, limiters: map[string]*rate.Limiter{},
+		logger: logger, sleep: sleepCtx, limiters: map[string]*rate.Limiter{}, hostRPS: map[string]rate.Limit{},
 	}
 }
 
@@ -82,7 +84,11 @@ func (t *Transport) limiter(host string) *rate.Limiter {
 	defer t.mu.Unlock()
 	l, ok := t.limiters[host]
 	if !ok {
-		l = rate.NewLimiter(t.rps, t.burst)
+		lim := t.rps
+		if v, ok := t.hostRPS[host]; ok {
+			lim = v
+		}
+		l = rate.NewLimiter(lim, t.burst)
 		t.limiters[host] = l
 	}
 	return l

@@ -1,0 +1,216 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/attestd/attestd/configs"
+	"github.com/attestd/attestd/store"
+)
+
+// HTTP server limits.
+const (
+	readHeaderTimeout = 10 * time.Second
+	writeTimeout      = 5 * time.Minute // backups stream through the API
+	idleTimeout       = 2 * time.Minute
+	shutdownTimeout   = 5 * time.Second
+)
+
+func timeDuration(d configs.Duration) time.Duration { return time.Duration(d) }
+
+func (r *runner) serveCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the daemon: HTTP API and webhooks, job workers",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := r.loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			return r.serve(cmd.Context(), cfg)
+		},
+	}
+	cmd.Flags().IntVar(&r.workers, "workers", 0, "concurrent jobs (overrides config and ATTESTD_WORKERS)")
+	return cmd
+}
+
+// serve runs until ctx ends (SIGINT/SIGTERM), then drains: stop accepting
+// HTTP, let in-flight stages reach a checkpoint (jobs.shutdown_grace), close
+// the store.
+func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
+	log := r.logger(cfg, r.stderr)
+	db, err := store.Open(dbPath(cfg), store.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	rc, err := registryClient(cfg, log)
+	if err != nil {
+		return err
+	}
+	p, err := r.newPipeline(cfg, db, rc, log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (is another attestd running? set listen or --listen)", cfg.Listen, err)
+	}
+	var ready atomic.Bool
+	srv := &http.Server{
+		Handler:           newAPI(db, p.Wake, &ready, log),
+		ReadHeaderTimeout: readHeaderTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	log.Info("attestd serving", "listen", ln.Addr().String(), "data_dir", cfg.DataDir, "workers", cfg.Workers, "version", version)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		ready.Store(false)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), shutdownTimeout)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	g.Go(func() error {
+		ready.Store(true)
+		defer ready.Store(false)
+		return p.Run(gctx)
+	})
+	err = g.Wait()
+	log.Info("attestd stopped", "err", err)
+	return err
+}
+
+// api is the daemon's HTTP surface.
+type api struct {
+	db    *store.DB
+	wake  func()
+	ready *atomic.Bool
+	log   *slog.Logger
+}
+
+func newAPI(db *store.DB, wake func(), ready *atomic.Bool, log *slog.Logger) http.Handler {
+	a := &api{db: db, wake: wake, ready: ready, log: log}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", a.readyz)
+	mux.HandleFunc("GET /api/v1/stats", a.stats)
+	mux.HandleFunc("GET /api/v1/images", a.images)
+	mux.HandleFunc("GET /api/v1/image", a.image)
+	mux.HandleFunc("POST /api/v1/requeue", loopbackOnly(a.requeue))
+	mux.HandleFunc("GET /api/v1/backup", loopbackOnly(a.backup))
+	return mux
+}
+
+// loopbackOnly keeps state-changing and bulk-export endpoints off the network
+// until the API has authentication.
+func loopbackOnly(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, req *http.Request) {
+		host, _, _ := net.SplitHostPort(req.RemoteAddr)
+		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+			writeError(w, http.StatusForbidden, "this endpoint is only served to loopback clients; run the command on the daemon's host")
+			return
+		}
+		h(w, req)
+	}
+}
+
+func (a *api) readyz(w http.ResponseWriter, _ *http.Request) {
+	if !a.ready.Load() {
+		writeError(w, http.StatusServiceUnavailable, "not ready")
+		return
+	}
+	fmt.Fprintln(w, "ready")
+}
+
+func (a *api) stats(w http.ResponseWriter, req *http.Request) {
+	st, err := a.db.Stats(req.Context())
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (a *api) images(w http.ResponseWriter, req *http.Request) {
+	recs, err := a.db.Images(req.Context(), req.URL.Query().Get("prefix"))
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	if recs == nil {
+		recs = []store.Record{}
+	}
+	writeJSON(w, http.StatusOK, recs)
+}
+
+func (a *api) image(w http.ResponseWriter, req *http.Request) {
+	rec, err := a.db.Image(req.Context(), req.URL.Query().Get("ref"))
+	if err != nil {
+		writeStoreError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rec)
+}
+
+func (a *api) requeue(w http.ResponseWriter, req *http.Request) {
+	j, err := a.db.Requeue(req.Context(), req.URL.Query().Get("ref"), "api")
+	if err != nil {
+		writeStoreError(w, err)
+		return
+	}
+	a.wake()
+	writeJSON(w, http.StatusAccepted, j)
+}
+
+func (a *api) backup(w http.ResponseWriter, req *http.Request) {
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if _, err := a.db.Backup(req.Context(), w); err != nil {
+		// Headers are gone; the client sees a short body and fails the copy.
+		a.log.Error("backup over API failed", "err", err)
+	}
+}
+
+func writeStoreError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, store.ErrConflict):
+		writeError(w, http.StatusConflict, err.Error())
+	default:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
