@@ -22,6 +22,7 @@ import (
 	"github.com/attestd/attestd/attest/pipeline"
 	"github.com/attestd/attestd/configs"
 	"github.com/attestd/attestd/store"
+	"github.com/attestd/attestd/store/registry"
 )
 
 // apiTimeout bounds one call to a running daemon's API.
@@ -53,31 +54,17 @@ func (r *runner) process(ctx context.Context, cfg *configs.Config, image string)
 	if err != nil {
 		return err
 	}
-	parsed, err := rc.ParseReference(image)
-	if err != nil {
-		return usageError{err}
-	}
-	dgst, _, err := rc.Resolve(ctx, parsed)
-	if err != nil {
-		return err
-	}
 	db, err := store.Open(dbPath(cfg), store.WithLogger(log))
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	ref := dgst.String()
-	if tag, ok := parsed.(name.Tag); ok {
-		if err := db.RecordTag(ctx, tag.String(), dgst.DigestStr()); err != nil {
-			return err
-		}
-	}
-	res, err := db.Enqueue(ctx, store.EnqueueRequest{Ref: ref, Source: "cli"})
+	sub, err := submit(ctx, rc, db, image, "cli")
 	if err != nil {
 		return err
 	}
-	jobID := res.JobID
-	if res.Duplicate {
+	ref, jobID := sub.Ref, sub.JobID
+	if sub.Duplicate {
 		j, err := db.Requeue(ctx, ref, "cli")
 		if err != nil {
 			return fmt.Errorf("process %s: %w", ref, err)
@@ -98,6 +85,37 @@ func (r *runner) process(ctx context.Context, cfg *configs.Config, image string)
 		return fmt.Errorf("process %s: %w", ref, runErr)
 	}
 	return nil
+}
+
+// submission is what submit did.
+type submission struct {
+	Ref       string `json:"ref"`
+	JobID     uint64 `json:"jobId"`
+	Duplicate bool   `json:"duplicate"`
+}
+
+// submit resolves image (tag or digest) against its registry, records the
+// tag, and enqueues the digest at event priority. A bad reference is a
+// usageError; nothing is written unless the image resolved.
+func submit(ctx context.Context, rc *registry.Client, db *store.DB, image, source string) (submission, error) {
+	parsed, err := rc.ParseReference(image)
+	if err != nil {
+		return submission{}, usageError{err}
+	}
+	dgst, _, err := rc.Resolve(ctx, parsed)
+	if err != nil {
+		return submission{}, err
+	}
+	if tag, ok := parsed.(name.Tag); ok {
+		if err := db.RecordTag(ctx, tag.String(), dgst.DigestStr()); err != nil {
+			return submission{}, err
+		}
+	}
+	res, err := db.Enqueue(ctx, store.EnqueueRequest{Ref: dgst.String(), Source: source})
+	if err != nil {
+		return submission{}, err
+	}
+	return submission{Ref: dgst.String(), JobID: res.JobID, Duplicate: res.Duplicate}, nil
 }
 
 // printRecord writes one image's state and every stage, in pipeline order.
@@ -225,6 +243,36 @@ func (r *runner) requeueCommand() *cobra.Command {
 	}
 }
 
+func (r *runner) submitCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "submit IMAGE",
+		Short: "Queue an image (tag or digest) for the daemon, like a registry webhook would",
+		Long: `submit resolves IMAGE to its digest and queues it durably. With a daemon
+running it goes through the daemon's API; otherwise it writes to the store
+and the daemon picks the job up when it starts.`,
+		Example: "  attestd submit 127.0.0.1:5000/demo/app:v1",
+		Args:    exactArgs(1, "IMAGE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := r.loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			return r.withStore(cmd.Context(), cfg, false, func(s source) error {
+				sub, err := s.Submit(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				if sub.Duplicate {
+					fmt.Fprintf(r.stdout, "%s is already known (job %d); use attestd requeue to run it again\n", sub.Ref, sub.JobID)
+					return nil
+				}
+				fmt.Fprintf(r.stdout, "queued %s as job %d\n", sub.Ref, sub.JobID)
+				return nil
+			})
+		},
+	}
+}
+
 func (r *runner) storeCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "store", Short: "Maintain the state store"}
 	cmd.AddCommand(&cobra.Command{
@@ -304,9 +352,20 @@ type source interface {
 	Images(ctx context.Context, prefix string) ([]store.Record, error)
 	Requeue(ctx context.Context, ref string) (*store.Job, error)
 	Backup(ctx context.Context, path string) (int64, error)
+	Submit(ctx context.Context, image string) (submission, error)
 }
 
-type localSource struct{ db *store.DB }
+type localSource struct {
+	db *store.DB
+	rc *registry.Client
+}
+
+func (l localSource) Submit(ctx context.Context, image string) (submission, error) {
+	if l.rc == nil {
+		return submission{}, errors.New("submit: no registry client")
+	}
+	return submit(ctx, l.rc, l.db, image, "cli")
+}
 
 func (l localSource) Stats(ctx context.Context) (store.Stats, error) { return l.db.Stats(ctx) }
 func (l localSource) Image(ctx context.Context, ref string) (*store.Record, error) {
@@ -333,7 +392,13 @@ func (r *runner) withStore(ctx context.Context, cfg *configs.Config, readOnly bo
 	switch {
 	case err == nil:
 		defer db.Close()
-		return fn(localSource{db})
+		var rc *registry.Client
+		if !readOnly {
+			if rc, err = registryClient(cfg, r.logger(cfg, r.stderr)); err != nil {
+				return err
+			}
+		}
+		return fn(localSource{db: db, rc: rc})
 	case errors.Is(err, store.ErrLocked):
 		return fn(&remoteSource{base: apiBase(cfg.Listen), client: &http.Client{Timeout: apiTimeout}})
 	default:
@@ -383,6 +448,10 @@ func (s *remoteSource) Image(ctx context.Context, ref string) (*store.Record, er
 func (s *remoteSource) Images(ctx context.Context, p string) ([]store.Record, error) {
 	var recs []store.Record
 	return recs, s.do(ctx, http.MethodGet, "/api/v1/images", url.Values{"prefix": {p}}, &recs)
+}
+func (s *remoteSource) Submit(ctx context.Context, image string) (submission, error) {
+	var sub submission
+	return sub, s.do(ctx, http.MethodPost, "/api/v1/submit", url.Values{"image": {image}}, &sub)
 }
 func (s *remoteSource) Requeue(ctx context.Context, ref string) (*store.Job, error) {
 	var j store.Job

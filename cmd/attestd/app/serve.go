@@ -16,6 +16,7 @@ import (
 
 	"github.com/attestd/attestd/configs"
 	"github.com/attestd/attestd/store"
+	"github.com/attestd/attestd/store/registry"
 )
 
 // HTTP server limits.
@@ -69,7 +70,7 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 	}
 	var ready atomic.Bool
 	srv := &http.Server{
-		Handler:           newAPI(db, p.Wake, &ready, log),
+		Handler:           newAPI(db, rc, p.Wake, &ready, log),
 		ReadHeaderTimeout: readHeaderTimeout,
 		WriteTimeout:      writeTimeout,
 		IdleTimeout:       idleTimeout,
@@ -105,13 +106,14 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 // api is the daemon's HTTP surface.
 type api struct {
 	db    *store.DB
+	rc    *registry.Client
 	wake  func()
 	ready *atomic.Bool
 	log   *slog.Logger
 }
 
-func newAPI(db *store.DB, wake func(), ready *atomic.Bool, log *slog.Logger) http.Handler {
-	a := &api{db: db, wake: wake, ready: ready, log: log}
+func newAPI(db *store.DB, rc *registry.Client, wake func(), ready *atomic.Bool, log *slog.Logger) http.Handler {
+	a := &api{db: db, rc: rc, wake: wake, ready: ready, log: log}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", a.readyz)
@@ -119,6 +121,7 @@ func newAPI(db *store.DB, wake func(), ready *atomic.Bool, log *slog.Logger) htt
 	mux.HandleFunc("GET /api/v1/images", a.images)
 	mux.HandleFunc("GET /api/v1/image", a.image)
 	mux.HandleFunc("POST /api/v1/requeue", loopbackOnly(a.requeue))
+	mux.HandleFunc("POST /api/v1/submit", loopbackOnly(a.submit))
 	mux.HandleFunc("GET /api/v1/backup", loopbackOnly(a.backup))
 	return mux
 }
@@ -182,6 +185,34 @@ func (a *api) requeue(w http.ResponseWriter, req *http.Request) {
 	}
 	a.wake()
 	writeJSON(w, http.StatusAccepted, j)
+}
+
+// submit queues one image by reference (tag or digest), the manual
+// counterpart of a registry webhook. The 2xx is written only after the job is
+// durable.
+func (a *api) submit(w http.ResponseWriter, req *http.Request) {
+	image := req.URL.Query().Get("image")
+	if image == "" {
+		writeError(w, http.StatusBadRequest, "missing query parameter image (e.g. ?image=registry.example.com/team/app:v1)")
+		return
+	}
+	sub, err := submit(req.Context(), a.rc, a.db, image, "api")
+	var u usageError
+	switch {
+	case errors.As(err, &u):
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	case registry.IsNotFound(err):
+		writeError(w, http.StatusNotFound, err.Error())
+		return
+	case err != nil:
+		writeError(w, http.StatusBadGateway, err.Error())
+		return
+	}
+	if !sub.Duplicate {
+		a.wake()
+	}
+	writeJSON(w, http.StatusAccepted, sub)
 }
 
 func (a *api) backup(w http.ResponseWriter, req *http.Request) {
