@@ -85,7 +85,7 @@ func Build(ctx context.Context, o Options) (v1.ImageIndex, error) {
 			User:         fmt.Sprintf("%d:%d", nonroot, nonroot),
 			Entrypoint:   []string{"/usr/local/bin/attestd"},
 			Cmd:          []string{"serve"},
-			WorkingDir:   "/var/lib/attestd",
+			Volumes:      map[string]struct{}{"/var/lib/attestd": {}},
 			Env:          []string{"ATTESTD_LISTEN=:8080", "ATTESTD_DATA_DIR=/var/lib/attestd"},
 			ExposedPorts: map[string]struct{}{"8080/tcp": {}},
 			Healthcheck: &v1.HealthConfig{
