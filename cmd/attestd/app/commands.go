@@ -54,12 +54,17 @@ func (r *runner) process(ctx context.Context, cfg *configs.Config, image string)
 	if err != nil {
 		return err
 	}
+	// Resolve before opening the store: a missing image leaves nothing behind.
+	res, err := resolveImage(ctx, rc, image)
+	if err != nil {
+		return err
+	}
 	db, err := store.Open(dbPath(cfg), store.WithLogger(log))
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	sub, err := submit(ctx, rc, db, image, "cli")
+	sub, err := enqueueResolved(ctx, db, res, "cli")
 	if err != nil {
 		return err
 	}
@@ -94,28 +99,48 @@ type submission struct {
 	Duplicate bool   `json:"duplicate"`
 }
 
-// submit resolves image (tag or digest) against its registry, records the
-// tag, and enqueues the digest at event priority. A bad reference is a
-// usageError; nothing is written unless the image resolved.
-func submit(ctx context.Context, rc *registry.Client, db *store.DB, image, source string) (submission, error) {
+// resolved is an image reference resolved to its digest.
+type resolved struct {
+	parsed name.Reference
+	digest name.Digest
+}
+
+// resolveImage resolves image (tag or digest) against its registry. A bad
+// reference is a usageError.
+func resolveImage(ctx context.Context, rc *registry.Client, image string) (resolved, error) {
 	parsed, err := rc.ParseReference(image)
 	if err != nil {
-		return submission{}, usageError{err}
+		return resolved{}, usageError{err}
 	}
 	dgst, _, err := rc.Resolve(ctx, parsed)
 	if err != nil {
-		return submission{}, err
+		return resolved{}, err
 	}
-	if tag, ok := parsed.(name.Tag); ok {
-		if err := db.RecordTag(ctx, tag.String(), dgst.DigestStr()); err != nil {
+	return resolved{parsed: parsed, digest: dgst}, nil
+}
+
+// enqueueResolved records the tag and enqueues the digest at event priority.
+func enqueueResolved(ctx context.Context, db *store.DB, r resolved, source string) (submission, error) {
+	if tag, ok := r.parsed.(name.Tag); ok {
+		if err := db.RecordTag(ctx, tag.String(), r.digest.DigestStr()); err != nil {
 			return submission{}, err
 		}
 	}
-	res, err := db.Enqueue(ctx, store.EnqueueRequest{Ref: dgst.String(), Source: source})
+	res, err := db.Enqueue(ctx, store.EnqueueRequest{Ref: r.digest.String(), Source: source})
 	if err != nil {
 		return submission{}, err
 	}
-	return submission{Ref: dgst.String(), JobID: res.JobID, Duplicate: res.Duplicate}, nil
+	return submission{Ref: r.digest.String(), JobID: res.JobID, Duplicate: res.Duplicate}, nil
+}
+
+// submit resolves image and enqueues it; nothing is written unless the image
+// resolved.
+func submit(ctx context.Context, rc *registry.Client, db *store.DB, image, source string) (submission, error) {
+	r, err := resolveImage(ctx, rc, image)
+	if err != nil {
+		return submission{}, err
+	}
+	return enqueueResolved(ctx, db, r, source)
 }
 
 // printRecord writes one image's state and every stage, in pipeline order.

@@ -1,0 +1,328 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/spf13/cobra"
+
+	"github.com/attestd/attestd/configs"
+	"github.com/attestd/attestd/store"
+	"github.com/attestd/attestd/store/registry"
+)
+
+func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var o, e bytes.Buffer
+	code = Run(context.Background(), args, &o, &e, WithLookupEnv(func(string) (string, bool) { return "", false }))
+	return code, o.String(), e.String()
+}
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "attestd.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// testRegistry is ggcr's in-process registry with one pushed image.
+func testRegistry(t *testing.T) (host string, ref name.Digest) {
+	t.Helper()
+	srv := httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	host = strings.TrimPrefix(srv.URL, "http://")
+	img, _ := random.Image(128, 1)
+	tag, _ := name.NewTag(host + "/demo/app:v1")
+	if err := remote.Write(tag, img, remote.WithContext(context.Background())); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	return host, tag.Context().Digest(d.String())
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	bad := writeFile(t, "registries:\n- host: r.example\n  auth: {username: u, password: hunter2}\nworkers: 0\n")
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"invalid config", []string{"serve", "-c", bad}, []string{bad, "registries[0].auth.password", "password_file", "workers"}},
+		{"missing config", []string{"serve", "-c", "/nonexistent/attestd.yaml"}, []string{"/nonexistent/attestd.yaml", "cannot read config"}},
+		{"unknown flag", []string{"serve", "--nope"}, []string{"unknown flag"}},
+		{"bad digest ref", []string{"requeue", "r.example/app:v1"}, []string{"host/repo@sha256"}},
+		{"missing arg", []string{"process"}, []string{"usage: attestd process IMAGE"}},
+		{"extra arg", []string{"version", "x"}, []string{"takes no arguments"}},
+		{"short name", []string{"process", "--data-dir", "/nonexistent", "app:v1"}, []string{"needs a registry host"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			code, _, stderr := run(t, tc.args...)
+			if code != ExitUsage {
+				t.Errorf("exit %d, want %d; stderr: %s", code, ExitUsage, stderr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, stderr)
+				}
+			}
+			if strings.Contains(stderr, "hunter2") {
+				t.Errorf("secret leaked: %s", stderr)
+			}
+		})
+	}
+}
+
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	code, out, _ := run(t, "version")
+	if code != 0 || !strings.Contains(out, "attestd ") || !strings.Contains(out, "go: go1.") {
+		t.Fatalf("exit %d: %s", code, out)
+	}
+}
+
+func TestStoreFaults(t *testing.T) {
+	t.Parallel()
+	// Corrupt store: a clear error, exit 1, file untouched.
+	dir := t.TempDir()
+	junk := bytes.Repeat([]byte("junk"), 4096)
+	os.WriteFile(filepath.Join(dir, "attestd.db"), junk, 0o600)
+	code, _, stderr := run(t, "status", "--data-dir", dir)
+	if code != ExitError || !strings.Contains(stderr, "corrupt") || !strings.Contains(stderr, "backup") {
+		t.Fatalf("corrupt store: exit %d: %s", code, stderr)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "attestd.db")); !bytes.Equal(b, junk) {
+		t.Fatal("corrupt store was modified")
+	}
+
+	// Locked store and no daemon API answering: say both.
+	dir = t.TempDir()
+	db, err := store.Open(filepath.Join(dir, "attestd.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	code, _, stderr = run(t, "status", "--data-dir", dir, "--listen", "127.0.0.1:1")
+	if code != ExitError || !strings.Contains(stderr, "locked by a running daemon") {
+		t.Fatalf("locked store: exit %d: %s", code, stderr)
+	}
+
+	// No store yet: status says so instead of creating one.
+	dir = t.TempDir()
+	code, _, stderr = run(t, "status", "--data-dir", dir)
+	if code != ExitError || !strings.Contains(stderr, "no database yet") {
+		t.Fatalf("missing store: exit %d: %s", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "attestd.db")); err == nil {
+		t.Fatal("status created a database")
+	}
+}
+
+func TestProcessSkipsUnbuiltStages(t *testing.T) {
+	t.Parallel()
+	host, ref := testRegistry(t)
+	dir := t.TempDir()
+	code, out, stderr := run(t, "process", "--data-dir", dir, host+"/demo/app:v1")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, w := range []string{ref.String(), "state:  discovered", "resolve   passed", "analyse   skipped  not built yet", "sign      -        not reached"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("output lacks %q:\n%s", w, out)
+		}
+	}
+	if strings.Contains(out, "analyse   passed") {
+		t.Fatal("an unbuilt stage reported as passed")
+	}
+	// Again: the known digest is re-driven, not duplicated.
+	if code, _, stderr := run(t, "process", "--data-dir", dir, ref.String()); code != 0 {
+		t.Fatalf("second process: exit %d: %s", code, stderr)
+	}
+	db, err := store.Open(filepath.Join(dir, "attestd.db"), store.ReadOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	imgs, _ := db.Images(context.Background(), "")
+	jobs, _ := db.Jobs(context.Background())
+	if len(imgs) != 1 || len(jobs) != 2 {
+		t.Fatalf("%d images, %d jobs; want 1 and 2", len(imgs), len(jobs))
+	}
+	hist, _ := db.TagHistory(context.Background(), host+"/demo/app:v1")
+	if len(hist) != 1 || hist[0].Digest != ref.DigestStr() {
+		t.Fatalf("tag history = %+v", hist)
+	}
+}
+
+func TestProcessMissingImageWritesNothing(t *testing.T) {
+	t.Parallel()
+	host, _ := testRegistry(t)
+	dir := t.TempDir()
+	code, _, stderr := run(t, "process", "--data-dir", dir, host+"/demo/app:nope")
+	if code != ExitError || !strings.Contains(stderr, "MANIFEST_UNKNOWN") {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "attestd.db")); err == nil {
+		t.Fatal("a failed resolve created the store")
+	}
+}
+
+func newTestAPI(t *testing.T) (http.Handler, *store.DB, string, name.Digest) {
+	t.Helper()
+	host, ref := testRegistry(t)
+	db, err := store.Open(filepath.Join(t.TempDir(), "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	rc, err := registry.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ready atomic.Bool
+	ready.Store(true)
+	return newAPI(db, rc, func() {}, &ready, slog.New(slog.DiscardHandler)), db, host, ref
+}
+
+func TestAPI(t *testing.T) {
+	t.Parallel()
+	h, _, host, ref := newTestAPI(t)
+	do := func(method, target, remote string) (int, map[string]any) {
+		req := httptest.NewRequest(method, target, nil)
+		req.RemoteAddr = remote
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		var body map[string]any
+		_ = json.Unmarshal(w.Body.Bytes(), &body)
+		return w.Code, body
+	}
+	const local, far = "127.0.0.1:5555", "192.0.2.7:5555"
+	for _, tc := range []struct {
+		method, target, remote string
+		code                   int
+		field                  string // a key the JSON body must have
+	}{
+		{"GET", "/healthz", far, 200, ""},
+		{"GET", "/readyz", far, 200, ""},
+		{"POST", "/api/v1/submit", local, 400, "error"},
+		{"POST", "/api/v1/submit?image=app:v1", local, 400, "error"},
+		{"POST", "/api/v1/submit?image=" + host + "/demo/app:missing", local, 404, "error"},
+		{"POST", "/api/v1/submit?image=" + host + "/demo/app:v1", far, 403, "error"},
+		{"POST", "/api/v1/submit?image=" + host + "/demo/app:v1", local, 202, "jobId"},
+		{"POST", "/api/v1/submit?image=" + ref.String(), local, 202, "duplicate"},
+		{"POST", "/api/v1/requeue?ref=" + ref.String(), local, 409, "error"},
+		{"POST", "/api/v1/requeue?ref=" + host + "/demo/x@sha256:" + strings.Repeat("0", 64), local, 404, "error"},
+		{"GET", "/api/v1/image?ref=" + ref.String(), far, 200, "state"},
+		{"GET", "/api/v1/stats", far, 200, "jobs"},
+		{"GET", "/api/v1/backup", far, 403, "error"},
+		{"DELETE", "/api/v1/stats", local, 405, ""},
+	} {
+		code, body := do(tc.method, tc.target, tc.remote)
+		if code != tc.code {
+			t.Errorf("%s %s from %s: %d, want %d (%v)", tc.method, tc.target, tc.remote, code, tc.code, body)
+			continue
+		}
+		if tc.field != "" {
+			if _, ok := body[tc.field]; !ok {
+				t.Errorf("%s %s: body lacks %q: %v", tc.method, tc.target, tc.field, body)
+			}
+		}
+	}
+	_, body := do("POST", "/api/v1/submit?image="+ref.String(), local)
+	if body["duplicate"] != true {
+		t.Errorf("second submit not a duplicate: %v", body)
+	}
+}
+
+func TestServeInProcess(t *testing.T) {
+	t.Parallel()
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() {
+		done <- Run(ctx, []string{"serve", "--data-dir", t.TempDir(), "--listen", addr}, io.Discard, io.Discard,
+			WithLookupEnv(func(string) (string, bool) { return "", false }))
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("not ready in 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code := Run(ctx, []string{"healthcheck", "--listen", addr}, io.Discard, io.Discard); code != 0 {
+		t.Fatalf("healthcheck exit %d", code)
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("serve exit %d", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+}
+
+func TestAPIBase(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		":8080": "http://127.0.0.1:8080", "0.0.0.0:80": "http://127.0.0.1:80", "[::]:80": "http://127.0.0.1:80",
+		"10.1.2.3:9000": "http://10.1.2.3:9000", "[::1]:8080": "http://[::1]:8080",
+	} {
+		if got := apiBase(in); got != want {
+			t.Errorf("apiBase(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestConfigPrecedence(t *testing.T) {
+	t.Parallel()
+	file := writeFile(t, "workers: 2\nlisten: 127.0.0.1:9001\n")
+	env := map[string]string{"ATTESTD_CONFIG": file, "ATTESTD_WORKERS": "3", "ATTESTD_LISTEN": "127.0.0.1:9002"}
+	r := &runner{lookupEnv: func(k string) (string, bool) { v, ok := env[k]; return v, ok }}
+	cmd := r.rootCommand()
+	cmd.SetArgs([]string{"serve", "--workers", "5"})
+	var cfg *configs.Config
+	serve, _, _ := cmd.Find([]string{"serve"})
+	serve.RunE = func(c *cobra.Command, _ []string) error {
+		var err error
+		cfg, err = r.loadConfig(c)
+		return err
+	}
+	if err := cmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Workers != 5 || cfg.Listen != "127.0.0.1:9002" {
+		t.Fatalf("workers=%d listen=%s; want flag 5 and env 127.0.0.1:9002", cfg.Workers, cfg.Listen)
+	}
+}
