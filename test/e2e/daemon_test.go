@@ -186,4 +186,3 @@ func TestProcessCommand(t *testing.T) {
 		t.Errorf("error does not say what was missing: %s", errOut.String())
 	}
 }
-

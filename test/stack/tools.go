@@ -27,7 +27,9 @@ type Tool struct {
 }
 
 // The pinned tools (../shared/LOCAL-STACK.md lists why these versions).
-func Crane() Tool  { return Tool{"crane", "github.com/google/go-containerregistry/cmd/crane", "v0.22.1"} }
+func Crane() Tool {
+	return Tool{"crane", "github.com/google/go-containerregistry/cmd/crane", "v0.22.1"}
+}
 func Cosign() Tool { return Tool{"cosign", "github.com/sigstore/cosign/v2/cmd/cosign", "v2.6.5"} }
 func Fulcio() Tool { return Tool{"fulcio", "github.com/sigstore/fulcio", "v1.8.8"} }
 func TSA() Tool {
