@@ -429,3 +429,27 @@ func BenchmarkEnqueueParallel(b *testing.B) {
 		}
 	})
 }
+
+func BenchmarkClaimComplete(b *testing.B) {
+	db, err := Open(filepath.Join(b.TempDir(), "a.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	for i := range b.N {
+		if _, err := db.Enqueue(ctx, EnqueueRequest{Ref: ref(i)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for range b.N {
+		j, err := db.Claim(ctx, "w", time.Minute)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := db.Complete(ctx, j.ID, "w"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -233,7 +233,7 @@ func (c *Client) Resolve(ctx context.Context, ref name.Reference) (name.Digest, 
 	defer cancel()
 	desc, err := remote.Head(ref, c.RemoteOptions(ctx)...)
 	if err != nil || desc.Digest.Hex == "" {
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || IsNotFound(err) {
 			return name.Digest{}, v1.Descriptor{}, fmt.Errorf("resolve %s: %w", ref, err)
 		}
 		c.logger.DebugContext(ctx, "HEAD failed, trying GET", "ref", ref.String(), "err", err)
