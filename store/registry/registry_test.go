@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -296,5 +297,36 @@ func TestParseReference(t *testing.T) {
 	}
 	if !IsLoopback("127.0.0.1:5000") || !IsLoopback("localhost") || !IsLoopback("[::1]:80") || IsLoopback("10.0.0.1:5000") {
 		t.Error("IsLoopback wrong")
+	}
+}
+
+func TestListTagsAndCatalog(t *testing.T) {
+	t.Parallel()
+	_, host := newRegistry(t, false)
+	c := newClient(t)
+	ctx := context.Background()
+	for _, r := range []string{"/a/app:v1", "/a/app:v2", "/b/tool:latest"} {
+		img, _ := random.Image(32, 1)
+		push(t, c, host+r, img)
+	}
+	repo, _ := c.ParseRepository(host + "/a/app")
+	tags, err := c.ListTags(ctx, repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"v1", "v2"}, tags); diff != "" {
+		t.Errorf("tags (-want +got):\n%s", diff)
+	}
+	reg, _ := name.NewRegistry(host)
+	repos, err := c.Catalog(ctx, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"a/app", "b/tool"}, repos); diff != "" {
+		t.Errorf("catalog (-want +got):\n%s", diff)
+	}
+	missing, _ := c.ParseRepository(host + "/nope/x")
+	if _, err := c.ListTags(ctx, missing); !IsNotFound(err) {
+		t.Errorf("tags of a missing repo: %v, want not found", err)
 	}
 }
