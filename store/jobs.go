@@ -471,21 +471,3 @@ func (db *DB) ClaimJob(ctx context.Context, id uint64, owner string, lease time.
 	}
 	return out, nil
 }
-
-// LatestJob returns the newest job for ref.
-func (db *DB) LatestJob(ctx context.Context, ref string) (*Job, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	var out *Job
-	err := db.bolt.View(func(tx *bolt.Tx) error {
-		id := tx.Bucket(bucketByRef).Get([]byte(ref))
-		if id == nil {
-			return fmt.Errorf("job for %s: %w", ref, ErrNotFound)
-		}
-		var err error
-		out, err = getJob(tx, binary.BigEndian.Uint64(id))
-		return err
-	})
-	return out, err
-}
