@@ -232,8 +232,11 @@ func (c *Client) Resolve(ctx context.Context, ref name.Reference) (name.Digest, 
 	ctx, cancel := withTimeout(ctx, ResolveTimeout)
 	defer cancel()
 	desc, err := remote.Head(ref, c.RemoteOptions(ctx)...)
+	if IsNotFound(err) {
+		return name.Digest{}, v1.Descriptor{}, fmt.Errorf("resolve %s: manifest not found in the registry (check the repository and tag): %w", ref, err)
+	}
 	if err != nil || desc.Digest.Hex == "" {
-		if ctx.Err() != nil || IsNotFound(err) {
+		if ctx.Err() != nil {
 			return name.Digest{}, v1.Descriptor{}, fmt.Errorf("resolve %s: %w", ref, err)
 		}
 		c.logger.DebugContext(ctx, "HEAD failed, trying GET", "ref", ref.String(), "err", err)

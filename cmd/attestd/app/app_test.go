@@ -179,7 +179,7 @@ func TestProcessMissingImageWritesNothing(t *testing.T) {
 	host, _ := testRegistry(t)
 	dir := t.TempDir()
 	code, _, stderr := run(t, "process", "--data-dir", dir, host+"/demo/app:nope")
-	if code != ExitError || !strings.Contains(stderr, "MANIFEST_UNKNOWN") {
+	if code != ExitError || !strings.Contains(stderr, "manifest not found") {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "attestd.db")); err == nil {
