@@ -34,8 +34,8 @@ func (db *DB) RecordTag(ctx context.Context, repoTag, digest string) error {
 		prefix := append([]byte(repoTag), 0)
 		// Seek past this tag's entries, then step back to its newest.
 		c := b.Cursor()
-		k, v := c.Seek(append(clone(prefix), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
-		if k == nil {
+		var k, v []byte
+		if k, _ = c.Seek(append(clone(prefix), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)); k == nil {
 			k, v = c.Last()
 		} else {
 			k, v = c.Prev()

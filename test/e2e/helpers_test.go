@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -223,8 +222,6 @@ log:
 	}
 	return p
 }
-
-func contains(haystack, needle string) bool { return strings.Contains(haystack, needle) }
 
 // runBin runs a binary to completion and returns its exit code.
 func runBin(t *testing.T, bin string, args ...string) int {
