@@ -236,7 +236,10 @@ func (c *Client) Resolve(ctx context.Context, ref name.Reference) (name.Digest, 
 		return name.Digest{}, v1.Descriptor{}, fmt.Errorf("resolve %s: manifest not found in the registry (check the repository and tag): %w", ref, err)
 	}
 	if err != nil || desc.Digest.Hex == "" {
-		if ctx.Err() != nil {
+		// Fall back to GET only when the registry answered HEAD badly (e.g.
+		// 405, or no digest header); a network error would fail GET too.
+		var te *transport.Error
+		if ctx.Err() != nil || err != nil && !errors.As(err, &te) {
 			return name.Digest{}, v1.Descriptor{}, fmt.Errorf("resolve %s: %w", ref, err)
 		}
 		c.logger.DebugContext(ctx, "HEAD failed, trying GET", "ref", ref.String(), "err", err)

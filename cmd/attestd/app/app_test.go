@@ -326,3 +326,20 @@ func TestConfigPrecedence(t *testing.T) {
 		t.Fatalf("workers=%d listen=%s; want flag 5 and env 127.0.0.1:9002", cfg.Workers, cfg.Listen)
 	}
 }
+
+// TestUnreachableRegistry: a registry that refuses connections gives a clear
+// error naming it, after the shared transport's retries, and nothing is written.
+func TestUnreachableRegistry(t *testing.T) {
+	t.Parallel()
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	code, _, stderr := run(t, "process", "--data-dir", dir, addr+"/demo/app:v1")
+	if code != ExitError || !strings.Contains(stderr, addr) || !strings.Contains(stderr, "connection refused") {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "attestd.db")); err == nil {
+		t.Fatal("store created although nothing was resolved")
+	}
+}
