@@ -417,6 +417,9 @@ func BenchmarkEnqueueParallel(b *testing.B) {
 	ctx := context.Background()
 	var n sync.Mutex
 	i := 0
+	// Many concurrent webhook deliveries, as in a burst of pushes: db.Batch
+	// coalesces them into shared fsyncs.
+	b.SetParallelism(16)
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			n.Lock()
