@@ -13,7 +13,7 @@ IMAGE       ?=
 # Unit packages also run under the race detector; e2e drives real processes.
 RACE_PKGS   := ./store/... ./attest/... ./configs/... ./cmd/...
 
-.PHONY: all build test unit e2e lint demo stack tools image clean
+.PHONY: all build test unit e2e bench lint demo stack tools image clean
 
 all: build
 
@@ -33,6 +33,15 @@ unit:
 
 e2e: tools
 	$(GO) test -count=1 -v -timeout 30m ./test/...
+
+## bench: hot-path benchmarks, summarised with benchstat
+BENCHSTAT := $(TOOLS)/benchstat/benchstat
+bench: $(BENCHSTAT)
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./store/... | tee bin/bench.txt
+	$(BENCHSTAT) bin/bench.txt
+
+$(BENCHSTAT):
+	GOBIN=$(dir $@) GOFLAGS=-mod=mod $(GO) install golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
 
 ## lint: gofmt, go vet, staticcheck
 lint: $(STATICCHECK)
