@@ -30,25 +30,30 @@ func (db *DB) RecordTag(ctx context.Context, repoTag, digest string) error {
 		return err
 	}
 	err := db.bolt.Batch(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketTags)
-		prefix := append([]byte(repoTag), 0)
-		// Seek past this tag's entries, then step back to its newest.
-		c := b.Cursor()
-		var k, v []byte
-		if k, _ = c.Seek(append(clone(prefix), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)); k == nil {
-			k, v = c.Last()
-		} else {
-			k, v = c.Prev()
-		}
-		if k != nil && bytes.HasPrefix(k, prefix) && string(v) == digest {
-			return nil
-		}
-		return b.Put(tagKey(repoTag, db.now().UTC()), []byte(digest))
+		return putTag(tx.Bucket(bucketTags), repoTag, digest, db.now().UTC())
 	})
 	if err != nil {
 		return fmt.Errorf("record tag %s: %w", repoTag, err)
 	}
 	return nil
+}
+
+// putTag appends to a tag's history unless its newest entry already says
+// digest ("" records a deletion).
+func putTag(b *bolt.Bucket, repoTag, digest string, at time.Time) error {
+	prefix := append([]byte(repoTag), 0)
+	// Seek past this tag's entries, then step back to its newest.
+	c := b.Cursor()
+	var k, v []byte
+	if k, _ = c.Seek(append(clone(prefix), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)); k == nil {
+		k, v = c.Last()
+	} else {
+		k, v = c.Prev()
+	}
+	if k != nil && bytes.HasPrefix(k, prefix) && string(v) == digest {
+		return nil
+	}
+	return b.Put(tagKey(repoTag, at), []byte(digest))
 }
 
 // TagHistory lists what repoTag ("host/repo:tag") pointed at, oldest first.

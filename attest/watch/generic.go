@@ -1,0 +1,81 @@
+package watch
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// Generic parses the JSON that CI pipelines send:
+//
+//	{"image": "registry.example.com/team/app@sha256:…"}
+//	{"images": ["registry.example.com/team/app:v1", …]}
+//
+// A tag-only reference is resolved to its digest by the sink.
+type Generic struct{}
+
+type genericBody struct {
+	Image  string   `json:"image"`
+	Images []string `json:"images"`
+}
+
+// ContentTypes implements Parser.
+func (Generic) ContentTypes() []string { return []string{"application/json"} }
+
+// Parse implements Parser.
+func (Generic) Parse(_ *http.Request, body []byte) ([]Incoming, error) {
+	var b genericBody
+	if err := json.Unmarshal(body, &b); err != nil {
+		return nil, jsonError(body, err)
+	}
+	refs := b.Images
+	if b.Image != "" {
+		refs = append([]string{b.Image}, refs...)
+	}
+	if len(refs) == 0 {
+		return nil, errors.New(`want {"image": "host/repo:tag|@sha256:…"} or {"images": [...]}`)
+	}
+	out := make([]Incoming, 0, len(refs))
+	for i, r := range refs {
+		e, err := ParseRef(r)
+		if err != nil {
+			return nil, fmt.Errorf("images[%d]: %w", i, err)
+		}
+		e.Action = ActionPush
+		out = append(out, Incoming{Event: e})
+	}
+	return out, nil
+}
+
+// ParseRef splits "host/repo:tag", "host/repo@sha256:…" or
+// "host/repo:tag@sha256:…" into an Event. A registry host is required.
+func ParseRef(ref string) (Event, error) {
+	var e Event
+	rest := ref
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		e.Digest, rest = rest[at+1:], rest[:at]
+		if !digestRe.MatchString(e.Digest) {
+			return Event{}, fmt.Errorf("%q: digest must be sha256:<64 hex>", ref)
+		}
+	}
+	host, path, ok := strings.Cut(rest, "/")
+	if !ok || !(strings.ContainsAny(host, ".:") || host == "localhost") {
+		return Event{}, fmt.Errorf("%q: needs a registry host (registry.example.com/team/app:tag)", ref)
+	}
+	if c := strings.LastIndex(path, ":"); c >= 0 {
+		e.Tag, path = path[c+1:], path[:c]
+		if e.Tag == "" {
+			return Event{}, fmt.Errorf("%q: empty tag", ref)
+		}
+	}
+	if e.Tag == "" && e.Digest == "" {
+		return Event{}, fmt.Errorf("%q: needs a tag or a digest", ref)
+	}
+	if !repoRe.MatchString(path) {
+		return Event{}, fmt.Errorf("%q: %q is not a valid repository name", ref, path)
+	}
+	e.Registry, e.Repository = host, path
+	return e, nil
+}
