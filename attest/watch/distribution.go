@@ -45,7 +45,9 @@ type distEvent struct {
 }
 
 // ContentTypes implements Parser.
-func (Distribution) ContentTypes() []string { return []string{DistributionMediaType, "application/json"} }
+func (Distribution) ContentTypes() []string {
+	return []string{DistributionMediaType, "application/json"}
+}
 
 // Parse implements Parser.
 func (d Distribution) Parse(_ *http.Request, body []byte) ([]Incoming, error) {
