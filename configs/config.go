@@ -33,6 +33,7 @@ type Config struct {
 	Intake     Intake     `yaml:"intake"`
 	Registries []Registry `yaml:"registries"`
 	Watch      []Watch    `yaml:"watch"`
+	Sources    []Source   `yaml:"sources"`
 
 	// file is where the config came from, for error messages.
 	file string
@@ -91,6 +92,34 @@ type Watch struct {
 	// Repositories are globs: "*" within one path segment, "**" across
 	// segments, e.g. "team-a/*" or "apps/**".
 	Repositories []string `yaml:"repositories"`
+}
+
+// Source is one webhook sender, served at /hooks/NAME (/hooks/NAME/TOKEN
+// for path-token authentication).
+type Source struct {
+	Name string `yaml:"name"`
+	// Type is the payload format: distribution (CNCF Distribution / Debian
+	// docker-registry notifications) or generic ({"image": "…"}).
+	Type string `yaml:"type"`
+	// Registry overrides the registry host named in distribution events.
+	Registry string     `yaml:"registry"`
+	Auth     SourceAuth `yaml:"auth"`
+}
+
+// SourceAuth says how deliveries of a source are authenticated. It is
+// required: type none must be chosen explicitly.
+type SourceAuth struct {
+	// Type: hmac (X-Attestd-Timestamp + X-Attestd-Signature over
+	// timestamp.body), header (a static header value, e.g. a bearer token
+	// the registry is configured to send), path_token, or none.
+	Type string `yaml:"type"`
+	// Header is the header name for type header (default Authorization).
+	Header string `yaml:"header"`
+	// SecretFile holds the HMAC secret, the full header value ("Bearer …")
+	// or the path token.
+	SecretFile string `yaml:"secret_file"`
+	// ReplayWindow bounds the HMAC timestamp's age (default 5m).
+	ReplayWindow Duration `yaml:"replay_window"`
 }
 
 // Duration is a time.Duration written as "30s", "5m".
@@ -286,6 +315,31 @@ func (c *Config) Validate() error {
 			if _, err := path.Match(strings.ReplaceAll(p, "**", "*"), ""); err != nil || p == "" || strings.HasPrefix(p, "/") {
 				bad(fmt.Sprintf("%s.repositories[%d]", f, j), "%q is not a repository glob", p)
 			}
+		}
+	}
+	names := map[string]bool{}
+	for i, src := range c.Sources {
+		f := fmt.Sprintf("sources[%d]", i)
+		switch {
+		case src.Name == "" || strings.ContainsAny(src.Name, "/ ?#"):
+			bad(f+".name", "%q must be a non-empty name without '/', spaces, '?' or '#' (it becomes /hooks/NAME)", src.Name)
+		case names[src.Name]:
+			bad(f+".name", "%q is used twice", src.Name)
+		}
+		names[src.Name] = true
+		if src.Type != "distribution" && src.Type != "generic" {
+			bad(f+".type", "%q is not distribution or generic", src.Type)
+		}
+		switch src.Auth.Type {
+		case "hmac", "header", "path_token":
+			if src.Auth.SecretFile == "" {
+				bad(f+".auth.secret_file", "must name the file holding the %s secret", src.Auth.Type)
+			}
+		case "none":
+		case "":
+			bad(f+".auth.type", "is required: hmac, header or path_token (or none, explicitly, for a trusted network)")
+		default:
+			bad(f+".auth.type", "%q is not hmac, header, path_token or none", src.Auth.Type)
 		}
 	}
 	return errors.Join(errs...)

@@ -92,6 +92,7 @@ type Record struct {
 	Digest     string                 `json:"digest"`
 	MediaType  string                 `json:"mediaType,omitempty"`
 	Children   []Child                `json:"children,omitempty"`
+	Parent     string                 `json:"parent,omitempty"` // the index this platform child was folded into
 	State      State                  `json:"state"`
 	Rev        uint64                 `json:"rev"`
 	Stages     map[string]StageResult `json:"stages,omitempty"`

@@ -19,6 +19,13 @@ type IntakeItem struct {
 	// Deleted records a deletion: the tag history and the event are
 	// recorded, nothing is queued.
 	Deleted bool
+	// NotBefore delays the job (untagged manifests wait for the index that
+	// may list them).
+	NotBefore time.Time
+	// Children are the manifest digests an index lists: their own pending
+	// jobs are folded into the index's (a platform child is analysed as part
+	// of its index, not twice).
+	Children []string
 }
 
 // IntakeResult says what happened to one item.
@@ -88,7 +95,18 @@ func (db *DB) Intake(ctx context.Context, items []IntakeItem) ([]IntakeResult, e
 			if err != nil {
 				return err
 			}
+			if !it.NotBefore.IsZero() {
+				j.NotBefore = it.NotBefore.UTC()
+				if err := putJob(tx, j); err != nil {
+					return err
+				}
+			}
 			out[i].JobID = j.ID
+			for _, c := range it.Children {
+				if err := foldChild(tx, ps[i].reg+"/"+ps[i].repo+"@"+c, it.Ref, now); err != nil {
+					return err
+				}
+			}
 		}
 		return nil
 	})
@@ -96,4 +114,32 @@ func (db *DB) Intake(ctx context.Context, items []IntakeItem) ([]IntakeResult, e
 		return nil, fmt.Errorf("intake: %w", err)
 	}
 	return out, nil
+}
+
+// foldChild ends the pending job of a platform child whose index arrived:
+// the index's job covers it. A child already being processed is left alone.
+func foldChild(tx *bolt.Tx, child, index string, now time.Time) error {
+	id := tx.Bucket(bucketByRef).Get([]byte(child))
+	if id == nil {
+		return nil
+	}
+	j, err := getJob(tx, binary.BigEndian.Uint64(id))
+	if err != nil || j.Status != JobPending {
+		return err
+	}
+	if err := tx.Bucket(bucketQueue).Delete(queueKey(j.Priority, j.ID)); err != nil {
+		return err
+	}
+	j.Status, j.UpdatedAt, j.LastError = JobDone, now, "folded into index "+index
+	if err := putJob(tx, j); err != nil {
+		return err
+	}
+	r, err := getRecord(tx, child)
+	if err != nil {
+		return err
+	}
+	r.Parent = index
+	r.Rev++
+	r.UpdatedAt = now
+	return putRecord(tx, r)
 }

@@ -409,6 +409,8 @@ func (db *DB) Jobs(ctx context.Context) ([]Job, error) {
 type Stats struct {
 	Jobs   map[JobStatus]int `json:"jobs"`
 	Images map[State]int     `json:"images"`
+	// OldestPending is when the oldest pending job was created (zero: none).
+	OldestPending time.Time `json:"oldestPending,omitzero"`
 }
 
 // Stats returns queue and state counts.
@@ -417,12 +419,16 @@ func (db *DB) Stats(ctx context.Context) (Stats, error) {
 	err := db.bolt.View(func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketJobs).ForEach(func(_, v []byte) error {
 			var j struct {
-				Status JobStatus `json:"status"`
+				Status    JobStatus `json:"status"`
+				CreatedAt time.Time `json:"createdAt"`
 			}
 			if err := json.Unmarshal(v, &j); err != nil {
 				return err
 			}
 			s.Jobs[j.Status]++
+			if j.Status == JobPending && (s.OldestPending.IsZero() || j.CreatedAt.Before(s.OldestPending)) {
+				s.OldestPending = j.CreatedAt
+			}
 			return nil
 		}); err != nil {
 			return err

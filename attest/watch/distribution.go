@@ -36,6 +36,7 @@ type distEvent struct {
 		Tag        string `json:"tag"`
 		References []struct {
 			MediaType string `json:"mediaType"`
+			Digest    string `json:"digest"`
 		} `json:"references"`
 	} `json:"target"`
 	Request struct {
@@ -78,8 +79,12 @@ func (d Distribution) Parse(_ *http.Request, body []byte) ([]Incoming, error) {
 				Digest: e.Target.Digest, Tag: e.Target.Tag, MediaType: e.Target.MediaType},
 			UserAgent: e.Request.UserAgent,
 		}
+		isIndex := e.Target.MediaType == "application/vnd.oci.image.index.v1+json" || e.Target.MediaType == "application/vnd.docker.distribution.manifest.list.v2+json"
 		for _, r := range e.Target.References {
 			in.RefTypes = append(in.RefTypes, r.MediaType)
+			if isIndex && imageType[r.MediaType] && digestRe.MatchString(r.Digest) {
+				in.Event.Children = append(in.Event.Children, r.Digest)
+			}
 		}
 		out = append(out, in)
 	}

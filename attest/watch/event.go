@@ -30,6 +30,8 @@ type Event struct {
 	Digest     string // sha256:…; empty when only a tag is known (generic receiver)
 	Tag        string
 	MediaType  string
+	// Children are the manifest digests an index push lists.
+	Children []string
 }
 
 // Ref is "registry/repository@digest".

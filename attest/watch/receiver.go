@@ -132,6 +132,11 @@ func (h *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.stats.add(h.name, "received", "", len(in))
 	if len(keep) > 0 {
 		acc, err := h.sink.Accept(r.Context(), keep)
+		var ie *InputError
+		if errors.As(err, &ie) {
+			h.reject(w, http.StatusUnprocessableEntity, "unresolvable", ie.Error())
+			return
+		}
 		if err != nil {
 			// Not durable: make the sender retry.
 			h.stats.add(h.name, "failed", "sink", len(keep))
@@ -159,6 +164,13 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// InputError is returned by a Sink when an event names something that does
+// not exist (e.g. a tag the registry does not know): 422, not a retry.
+type InputError struct{ Err error }
+
+func (e *InputError) Error() string { return e.Err.Error() }
+func (e *InputError) Unwrap() error { return e.Err }
 
 // Stats counts deliveries by source, outcome and reason (exported as metrics).
 type Stats struct {

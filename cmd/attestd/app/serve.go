@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/attestd/attestd/attest/watch"
 	"github.com/attestd/attestd/configs"
 	"github.com/attestd/attestd/store"
 	"github.com/attestd/attestd/store/registry"
@@ -69,8 +70,15 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 		return fmt.Errorf("listen on %s: %w (is another attestd running? set listen or --listen)", cfg.Listen, err)
 	}
 	var ready atomic.Bool
+	stats := watch.NewStats()
+	mux := newAPI(db, rc, p.Wake, &ready, log)
+	mux.Handle("GET /metrics", metricsHandler(db, stats))
+	sink := &intakeSink{db: db, rc: rc, wake: p.Wake, log: log}
+	if err := mountSources(mux, cfg, sink, stats, log); err != nil {
+		return err
+	}
 	srv := &http.Server{
-		Handler:           newAPI(db, rc, p.Wake, &ready, log),
+		Handler:           mux,
 		ReadHeaderTimeout: readHeaderTimeout,
 		WriteTimeout:      writeTimeout,
 		IdleTimeout:       idleTimeout,
@@ -112,7 +120,7 @@ type api struct {
 	log   *slog.Logger
 }
 
-func newAPI(db *store.DB, rc *registry.Client, wake func(), ready *atomic.Bool, log *slog.Logger) http.Handler {
+func newAPI(db *store.DB, rc *registry.Client, wake func(), ready *atomic.Bool, log *slog.Logger) *http.ServeMux {
 	a := &api{db: db, rc: rc, wake: wake, ready: ready, log: log}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
