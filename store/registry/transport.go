@@ -2,6 +2,8 @@ package registry
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -115,7 +117,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		var wait time.Duration
 		switch {
 		case err != nil:
-			if ctx.Err() != nil || !replayable || attempt >= t.maxRetries || errors.Is(err, context.Canceled) {
+			if ctx.Err() != nil || !replayable || attempt >= t.maxRetries || errors.Is(err, context.Canceled) || permanentNetErr(err) {
 				return nil, err
 			}
 			wait = t.backoff(attempt)
@@ -163,4 +165,15 @@ func retryAfter(v string, now time.Time) (time.Duration, bool) {
 		return max(t.Sub(now), 0), true
 	}
 	return 0, false
+}
+
+// permanentNetErr reports errors a retry cannot fix: TLS spoken to a plain
+// HTTP server (ggcr then falls back to http for loopback and insecure
+// registries — retrying would only delay that), and certificate failures.
+func permanentNetErr(err error) bool {
+	var rh tls.RecordHeaderError
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var hn x509.HostnameError
+	return errors.As(err, &rh) || errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &hn)
 }

@@ -102,6 +102,7 @@ func TestKillResume(t *testing.T) {
 	d2 := startProcess(t, self, env, addr, args...)
 	deadline = time.Now().Add(60 * time.Second)
 	for {
+		st = store.Stats{}
 		d2.getJSON(t, "/api/v1/stats", &st)
 		if st.Jobs[store.JobDone] == n {
 			break

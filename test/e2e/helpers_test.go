@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -24,9 +25,17 @@ import (
 
 // eventLog records what the registry's notifications delivered.
 type eventLog struct {
-	mu     sync.Mutex
-	events []regEvent
-	auth   []string
+	mu      sync.Mutex
+	events  []regEvent
+	auth    []string
+	forward string // when set, deliveries are passed on to this URL and its answer returned
+}
+
+// forwardTo passes the registry's notifications on to url ("" stops).
+func (l *eventLog) forwardTo(url string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.forward = url
 }
 
 type regEvent struct {
@@ -52,7 +61,21 @@ func (l *eventLog) serve() *httptest.Server {
 		l.mu.Lock()
 		l.events = append(l.events, env.Events...)
 		l.auth = append(l.auth, r.Header.Get("Authorization")+" "+r.Header.Get("Content-Type"))
+		fwd := l.forward
 		l.mu.Unlock()
+		if fwd == "" {
+			return
+		}
+		req, _ := http.NewRequestWithContext(r.Context(), http.MethodPost, fwd, bytes.NewReader(body))
+		req.Header = r.Header.Clone()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
 	}))
 }
 

@@ -1,0 +1,163 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/attestd/attestd/store"
+)
+
+// TestRegistryWebhooks: the real Debian registry notifies attestd. Pushing by
+// tag, by digest, an index with platform children, a second tag for a known
+// digest, a pull, and a cosign signature yields exactly one job per image:
+// children fold into their index, signatures and pulls are ignored.
+func TestRegistryWebhooks(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "hook-secret")
+	os.WriteFile(secret, []byte("Bearer e2e-secret\n"), 0o600)
+	cfgPath := filepath.Join(dir, "attestd.yaml")
+	cfg := fmt.Sprintf(`registries:
+  - host: %[1]s
+watch:
+  - registry: %[1]s
+    repositories: ["intake/**"]
+sources:
+  - name: registry
+    type: distribution
+    auth: {type: header, header: Authorization, secret_file: %[2]s}
+jobs: {backoff: 200ms}
+log: {level: debug}
+`, stk.RegistryHost, secret)
+	os.WriteFile(cfgPath, []byte(cfg), 0o644)
+	dataDir := t.TempDir()
+	addr := freeAddr(t)
+	d := startProcess(t, attestdBinary(t), nil, addr, "serve", "-c", cfgPath, "--data-dir", dataDir, "--listen", addr)
+	events.forwardTo("http://" + addr + "/hooks/registry")
+	defer events.forwardTo("")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	a := pushRandom(t, "intake/a:v1")
+	img, _ := random.Image(256, 1)
+	bd, _ := img.Digest()
+	b, _ := name.NewDigest(stk.RegistryHost + "/intake/b@" + bd.String())
+	if err := remote.Write(b, img, remote.WithContext(ctx)); err != nil {
+		t.Fatal(err)
+	}
+	idx, _ := random.Index(128, 1, 2)
+	ctag, _ := name.NewTag(stk.RegistryHost + "/intake/c:v1")
+	if err := remote.WriteIndex(ctag, idx, remote.WithContext(ctx)); err != nil {
+		t.Fatal(err)
+	}
+	cd, _ := idx.Digest()
+	c := ctag.Context().Digest(cd.String())
+	// Same digest under a second tag: recorded, not a second job.
+	atag2, _ := name.NewTag(stk.RegistryHost + "/intake/a:v2")
+	aimg, _ := remote.Image(a, remote.WithContext(ctx))
+	if err := remote.Write(atag2, aimg, remote.WithContext(ctx)); err != nil {
+		t.Fatal(err)
+	}
+	// A pull and a cosign signature.
+	if _, err := remote.Image(a, remote.WithContext(ctx)); err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := stk.Issuer.Token("ci@example.test", 10*time.Minute)
+	if _, err := stk.Cosign(ctx, append(append([]string{"sign"}, stk.SignArgs(tok)...), a.String())...); err != nil {
+		t.Fatal(err)
+	}
+	// Outside the watch rules: ignored.
+	pushRandom(t, "elsewhere/x:v1")
+
+	want := map[string]bool{a.String(): true, b.String(): true, c.String(): true}
+	var st store.Stats
+	deadline := time.Now().Add(60 * time.Second)
+	stableSince := time.Time{}
+	for {
+		st = store.Stats{} // decoding into a used map would keep stale keys
+		d.getJSON(t, "/api/v1/stats", &st)
+		idle := st.Jobs[store.JobPending] == 0 && st.Jobs[store.JobClaimed] == 0 && st.Jobs[store.JobDone] >= len(want)
+		switch {
+		case idle && stableSince.IsZero():
+			stableSince = time.Now()
+		case !idle:
+			stableSince = time.Time{}
+		}
+		// Quiet for 5 s (longer than the untagged settle delay): every
+		// notification has been delivered and processed.
+		if !stableSince.IsZero() && time.Since(stableSince) > 5*time.Second {
+			break
+		}
+		if time.Now().After(deadline) {
+			d.signal(syscall.SIGTERM)
+			<-d.done
+			d.done <- nil
+			db, err := store.Open(filepath.Join(dataDir, "attestd.db"), store.ReadOnly())
+			if err == nil {
+				jobs, _ := db.Jobs(ctx)
+				for _, j := range jobs {
+					t.Logf("job %+v", j)
+				}
+				db.Close()
+			}
+			t.Fatalf("queue did not settle: %+v", st)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, m := range []string{`outcome="ignored",reason="artifact"`, `outcome="ignored",reason="action"`, `outcome="ignored",reason="not_watched"`, `outcome="accepted"`} {
+		if !strings.Contains(string(metrics), m) {
+			t.Errorf("metrics lack %s:\n%s", m, metrics)
+		}
+	}
+	d.signal(syscall.SIGTERM)
+	<-d.done
+	d.done <- nil
+
+	db, err := store.Open(filepath.Join(dataDir, "attestd.db"), store.ReadOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	jobs, _ := db.Jobs(ctx)
+	perRef := map[string]int{}
+	folded := 0
+	for _, j := range jobs {
+		if strings.HasPrefix(j.LastError, "folded into index "+c.String()) {
+			folded++
+			continue
+		}
+		perRef[j.Ref]++
+		if !want[j.Ref] {
+			t.Errorf("unexpected job for %s (source %s)", j.Ref, j.Source)
+		}
+	}
+	for ref := range want {
+		if perRef[ref] != 1 {
+			t.Errorf("%s has %d jobs, want exactly 1", ref, perRef[ref])
+		}
+	}
+	if folded != 2 {
+		t.Errorf("%d platform children folded into the index, want 2", folded)
+	}
+	hist, _ := db.TagHistory(ctx, stk.RegistryHost+"/intake/a:v2")
+	if len(hist) != 1 || hist[0].Digest != a.DigestStr() {
+		t.Errorf("tag history of a:v2 = %+v", hist)
+	}
+}
