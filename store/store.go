@@ -19,6 +19,14 @@ import (
 // the file lock before it reports ErrLocked.
 const DefaultLockTimeout = 2 * time.Second
 
+// Intake batching defaults (see WithBatch): measured with
+// BenchmarkIntakeHTTP, 2 ms keeps the p99 acknowledgement under 10 ms while
+// dozens of concurrent deliveries still share one fsync.
+const (
+	DefaultBatchDelay = 2 * time.Millisecond
+	DefaultBatchSize  = 256
+)
+
 var (
 	bucketMeta   = []byte("meta")
 	bucketImages = []byte("images")
@@ -42,6 +50,8 @@ type DB struct {
 }
 
 type options struct {
+	batchDelay  time.Duration
+	batchSize   int
 	lockTimeout time.Duration
 	now         func() time.Time
 	logger      *slog.Logger
@@ -59,6 +69,19 @@ func WithLockTimeout(d time.Duration) Option {
 			return fmt.Errorf("lock timeout must be positive, got %s", d)
 		}
 		o.lockTimeout = d
+		return nil
+	}
+}
+
+// WithBatch tunes how intake writes are coalesced (db.Batch): a batch
+// commits after delay or once size calls are waiting, whichever comes first.
+// Shorter delays cut acknowledgement latency; bigger batches share fsyncs.
+func WithBatch(delay time.Duration, size int) Option {
+	return func(o *options) error {
+		if delay <= 0 || size <= 0 {
+			return fmt.Errorf("batch delay and size must be positive (got %s, %d)", delay, size)
+		}
+		o.batchDelay, o.batchSize = delay, size
 		return nil
 	}
 }
@@ -83,7 +106,8 @@ func ReadOnly() Option {
 // path. It never replaces an existing file: an empty, truncated or foreign file
 // is reported as ErrCorrupt, a file held by another process as ErrLocked.
 func Open(path string, opts ...Option) (db *DB, err error) {
-	o := options{lockTimeout: DefaultLockTimeout, now: time.Now, logger: slog.New(slog.DiscardHandler)}
+	o := options{lockTimeout: DefaultLockTimeout, now: time.Now, logger: slog.New(slog.DiscardHandler),
+		batchDelay: DefaultBatchDelay, batchSize: DefaultBatchSize}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, fmt.Errorf("open store: %w", err)
@@ -123,6 +147,7 @@ func Open(path string, opts ...Option) (db *DB, err error) {
 		}
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	b.MaxBatchDelay, b.MaxBatchSize = o.batchDelay, o.batchSize
 	db = &DB{bolt: b, path: path, now: o.now, logger: o.logger}
 	if o.readOnly {
 		if err := db.checkSchema(); err != nil {
