@@ -62,6 +62,9 @@ type Jobs struct {
 type Intake struct {
 	// MaxBodyBytes caps webhook request bodies (413 above it).
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// PollInterval is how often the reconciliation poller lists the watched
+	// repositories (0 disables it). Webhooks are lossy; this is the net.
+	PollInterval Duration `yaml:"poll_interval"`
 }
 
 // Registry is one registry attestd reads from or writes to.
@@ -164,7 +167,7 @@ func Default() *Config {
 			MaxAttempts: 5, Backoff: Duration(5 * time.Second), MaxBackoff: Duration(5 * time.Minute),
 			Timeout: Duration(30 * time.Minute), ShutdownGrace: Duration(8 * time.Second),
 		},
-		Intake: Intake{MaxBodyBytes: 1 << 20},
+		Intake: Intake{MaxBodyBytes: 1 << 20, PollInterval: Duration(5 * time.Minute)},
 	}
 }
 
@@ -277,6 +280,9 @@ func (c *Config) Validate() error {
 		if d <= 0 {
 			bad(f, "must be a positive duration, got %s", time.Duration(d))
 		}
+	}
+	if c.Intake.PollInterval < 0 || (c.Intake.PollInterval > 0 && c.Intake.PollInterval < Duration(time.Second)) {
+		bad("intake.poll_interval", "must be 0 (off) or at least 1s, got %s", time.Duration(c.Intake.PollInterval))
 	}
 	if c.Intake.MaxBodyBytes < 1024 {
 		bad("intake.max_body_bytes", "must be at least 1024, got %d", c.Intake.MaxBodyBytes)

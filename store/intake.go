@@ -79,6 +79,13 @@ func (db *DB) Intake(ctx context.Context, items []IntakeItem) ([]IntakeResult, e
 			if it.Deleted {
 				continue
 			}
+			// Even when the index itself is known already (the poller may
+			// have seen its tag first), its children are covered by it.
+			for _, c := range it.Children {
+				if err := foldChild(tx, ps[i].reg+"/"+ps[i].repo+"@"+c, it.Ref, now); err != nil {
+					return err
+				}
+			}
 			if images.Get([]byte(it.Ref)) != nil {
 				out[i].Duplicate = true
 				if id := byref.Get([]byte(it.Ref)); id != nil {
@@ -102,11 +109,6 @@ func (db *DB) Intake(ctx context.Context, items []IntakeItem) ([]IntakeResult, e
 				}
 			}
 			out[i].JobID = j.ID
-			for _, c := range it.Children {
-				if err := foldChild(tx, ps[i].reg+"/"+ps[i].repo+"@"+c, it.Ref, now); err != nil {
-					return err
-				}
-			}
 		}
 		return nil
 	})

@@ -32,6 +32,8 @@ type Event struct {
 	MediaType  string
 	// Children are the manifest digests an index push lists.
 	Children []string
+	// Backfill marks what the poller found: queued behind webhook events.
+	Backfill bool
 }
 
 // Ref is "registry/repository@digest".

@@ -233,6 +233,8 @@ watch:
   - registry: %s
     repositories: ["**"]
 workers: %d
+intake:
+  poll_interval: 0s
 jobs:
   backoff: 100ms
   shutdown_grace: 2s

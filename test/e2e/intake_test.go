@@ -37,6 +37,7 @@ sources:
   - name: registry
     type: distribution
     auth: {type: header, header: Authorization, secret_file: %[2]s}
+intake: {poll_interval: 0s}
 jobs: {backoff: 200ms}
 log: {level: debug}
 `, stk.RegistryHost, secret)
@@ -159,5 +160,64 @@ log: {level: debug}
 	hist, _ := db.TagHistory(ctx, stk.RegistryHost+"/intake/a:v2")
 	if len(hist) != 1 || hist[0].Digest != a.DigestStr() {
 		t.Errorf("tag history of a:v2 = %+v", hist)
+	}
+}
+
+// TestPollerFindsMissedPushes: images pushed while attestd is down (no
+// webhook can reach it) are found by the reconciliation poller at start.
+func TestPollerFindsMissedPushes(t *testing.T) {
+	want := map[string]bool{}
+	for i := range 4 {
+		want[pushRandom(t, fmt.Sprintf("missed/app%d:v1", i)).String()] = true
+	}
+	idx, _ := random.Index(64, 1, 2)
+	itag, _ := name.NewTag(stk.RegistryHost + "/missed/multi:v1")
+	if err := remote.WriteIndex(itag, idx, remote.WithContext(context.Background())); err != nil {
+		t.Fatal(err)
+	}
+	id, _ := idx.Digest()
+	want[itag.Context().Digest(id.String()).String()] = true
+
+	cfgPath := filepath.Join(t.TempDir(), "attestd.yaml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf("registries: [{host: %[1]q}]\nwatch: [{registry: %[1]q, repositories: [\"missed/*\"]}]\nintake: {poll_interval: 1s}\n", stk.RegistryHost)), 0o644)
+	dataDir := t.TempDir()
+	addr := freeAddr(t)
+	d := startProcess(t, attestdBinary(t), nil, addr, "serve", "-c", cfgPath, "--data-dir", dataDir, "--listen", addr)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var st store.Stats
+		d.getJSON(t, "/api/v1/stats", &st)
+		if st.Jobs[store.JobDone] >= len(want) && st.Jobs[store.JobPending] == 0 && st.Jobs[store.JobClaimed] == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("poller did not find the missed pushes: %+v", st)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(2500 * time.Millisecond) // two more polls: nothing new may appear
+	d.signal(syscall.SIGTERM)
+	<-d.done
+	d.done <- nil
+	db, err := store.Open(filepath.Join(dataDir, "attestd.db"), store.ReadOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	jobs, _ := db.Jobs(context.Background())
+	got := map[string]int{}
+	for _, j := range jobs {
+		got[j.Ref]++
+		if j.Priority != store.PriorityBackfill || j.Source != "poller" {
+			t.Errorf("job %d: priority %d source %q, want backfill from the poller", j.ID, j.Priority, j.Source)
+		}
+	}
+	for ref := range want {
+		if got[ref] != 1 {
+			t.Errorf("%s: %d jobs, want 1", ref, got[ref])
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("jobs for %v, want exactly %v", got, want)
 	}
 }

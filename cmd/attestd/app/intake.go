@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+
 	"github.com/attestd/attestd/attest/watch"
 	"github.com/attestd/attestd/configs"
 	"github.com/attestd/attestd/store"
@@ -51,6 +53,9 @@ func (s *intakeSink) Accept(ctx context.Context, evs []watch.Event) (watch.Accep
 		}
 		it := store.IntakeItem{Ref: e.Ref(), Priority: store.PriorityEvent, Source: "webhook:" + e.Source,
 			Deleted: e.Action == watch.ActionDelete, Children: e.Children}
+		if e.Backfill {
+			it.Priority, it.Source = store.PriorityBackfill, "poller"
+		}
 		if e.Tag == "" && len(e.Children) == 0 {
 			// An untagged manifest is usually a platform child whose index
 			// follows within milliseconds: give the index time to fold it.
@@ -165,4 +170,37 @@ func (s sourceParser) Parse(r *http.Request, body []byte) ([]watch.Incoming, err
 		in[i].Event.Source = s.name
 	}
 	return in, err
+}
+
+// registryLister is the poller's Lister on the shared registry client.
+type registryLister struct{ c *registry.Client }
+
+var _ watch.Lister = registryLister{}
+
+func (l registryLister) Repositories(ctx context.Context, host string) ([]string, error) {
+	reg, err := name.NewRegistry(host, l.c.NameOptions(host)...)
+	if err != nil {
+		return nil, err
+	}
+	return l.c.Catalog(ctx, reg)
+}
+
+func (l registryLister) Tags(ctx context.Context, host, repo string) ([]string, error) {
+	r, err := l.c.ParseRepository(host + "/" + repo)
+	if err != nil {
+		return nil, err
+	}
+	return l.c.ListTags(ctx, r)
+}
+
+func (l registryLister) Head(ctx context.Context, host, repo, tag string) (string, string, error) {
+	ref, err := l.c.ParseReference(host + "/" + repo + ":" + tag)
+	if err != nil {
+		return "", "", err
+	}
+	d, desc, err := l.c.Resolve(ctx, ref)
+	if err != nil {
+		return "", "", err
+	}
+	return d.DigestStr(), string(desc.MediaType), nil
 }

@@ -101,6 +101,13 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
+	if cfg.Intake.PollInterval > 0 && len(cfg.Watch) > 0 {
+		poller, err := watch.NewPoller(registryLister{rc}, sink, watchFilter(cfg), timeDuration(cfg.Intake.PollInterval), log, stats)
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return poller.Run(gctx) })
+	}
 	g.Go(func() error {
 		ready.Store(true)
 		defer ready.Store(false)
