@@ -102,7 +102,10 @@ type Watch struct {
 type Source struct {
 	Name string `yaml:"name"`
 	// Type is the payload format: distribution (CNCF Distribution / Debian
-	// docker-registry notifications) or generic ({"image": "…"}).
+	// docker-registry notifications), harbor (Default or CloudEvents
+	// payload format), cloudevents (structured or binary mode: Harbor,
+	// Zot-style image.updated, or dev.attestd.image.pushed), or generic
+	// ({"image": "…"}).
 	Type string `yaml:"type"`
 	// Registry overrides the registry host named in distribution events.
 	Registry string     `yaml:"registry"`
@@ -333,8 +336,10 @@ func (c *Config) Validate() error {
 			bad(f+".name", "%q is used twice", src.Name)
 		}
 		names[src.Name] = true
-		if src.Type != "distribution" && src.Type != "generic" {
-			bad(f+".type", "%q is not distribution or generic", src.Type)
+		switch src.Type {
+		case "distribution", "harbor", "cloudevents", "generic":
+		default:
+			bad(f+".type", "%q is not distribution, harbor, cloudevents or generic", src.Type)
 		}
 		switch src.Auth.Type {
 		case "hmac", "header", "path_token":

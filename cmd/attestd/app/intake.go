@@ -109,6 +109,10 @@ func mountSources(mux *http.ServeMux, cfg *configs.Config, sink watch.Sink, stat
 		switch src.Type {
 		case "distribution":
 			p = watch.Distribution{Registry: src.Registry}
+		case "harbor":
+			p = watch.Harbor{Registry: src.Registry}
+		case "cloudevents":
+			p = watch.CloudEvents{Registry: src.Registry}
 		case "generic":
 			p = watch.Generic{}
 		}
