@@ -49,37 +49,40 @@ func run() error {
 		return err
 	}
 
-	step("Starting the real components on loopback (Debian registry, Fulcio, TSA, Rekor v2, OIDC issuer)")
-	s, err := stack.Start(ctx, stack.Options{Dir: filepath.Join(dir, "stack"), Log: os.Stdout})
+	addr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	secretFile := filepath.Join(dir, "hook-secret")
+	if err := os.WriteFile(secretFile, []byte("Bearer demo-hook-secret\n"), 0o600); err != nil {
+		return err
+	}
+	step("Starting the real components on loopback (Debian registry notifying attestd, Fulcio, TSA, Rekor v2, OIDC issuer)")
+	s, err := stack.Start(ctx, stack.Options{Dir: filepath.Join(dir, "stack"), Log: os.Stdout,
+		NotifyURL: "http://" + addr + "/hooks/registry", NotifyHeaders: map[string]string{"Authorization": "Bearer demo-hook-secret"}})
 	if err != nil {
 		return err
 	}
 	defer s.Stop()
 
-	step("Building attestd's own image without Docker (static stripped binary, nonroot, HEALTHCHECK) and pushing it")
-	plat := "linux/" + runtime.GOARCH
-	idx, err := image.Build(ctx, image.Options{RepoRoot: root, Platforms: []string{plat}, Version: "demo", Revision: "demo", Created: time.Unix(0, 0).UTC()})
-	if err != nil {
-		return err
-	}
-	tag, err := name.NewTag(s.RegistryHost + "/demo/attestd:v1")
-	if err != nil {
-		return err
-	}
-	if err := image.Push(tag, idx, remote.WithContext(ctx)); err != nil {
-		return err
-	}
-	d, _ := idx.Digest()
-	fmt.Printf("pushed %s (%s, index %s)\n", tag, plat, d)
-
-	step("Starting attestd serve on embedded defaults (+ the demo registry)")
+	step("Starting attestd serve on embedded defaults (+ the demo registry and its webhook)")
 	cfgPath := filepath.Join(dir, "attestd.yaml")
-	addr, err := freeAddr()
-	if err != nil {
-		return err
-	}
-	cfg := fmt.Sprintf("listen: %s\ndata_dir: %s\nlog: {format: text}\nregistries:\n  - host: %s\nwatch:\n  - registry: %s\n    repositories: [\"demo/**\"]\n",
-		addr, filepath.Join(dir, "data"), s.RegistryHost, s.RegistryHost)
+	cfg := fmt.Sprintf(`listen: %s
+data_dir: %s
+log: {format: text}
+registries:
+  - host: %s
+watch:
+  - registry: %s
+    repositories: ["demo/**"]
+sources:
+  - name: registry
+    type: distribution
+    auth: {type: header, header: Authorization, secret_file: %s}
+`, addr, filepath.Join(dir, "data"), s.RegistryHost, s.RegistryHost, secretFile)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return err
 	}
@@ -98,22 +101,35 @@ func run() error {
 	}
 	fmt.Printf("healthy at http://%s (log: %s)\n", addr, logf.Name())
 
+	step("Building attestd's own image without Docker (static stripped binary, nonroot, HEALTHCHECK) and pushing it")
+	plat := "linux/" + runtime.GOARCH
+	idx, err := image.Build(ctx, image.Options{RepoRoot: root, Platforms: []string{plat}, Version: "demo", Revision: "demo", Created: time.Unix(0, 0).UTC()})
+	if err != nil {
+		return err
+	}
+	tag, err := name.NewTag(s.RegistryHost + "/demo/attestd:v1")
+	if err != nil {
+		return err
+	}
+	if err := image.Push(tag, idx, remote.WithContext(ctx)); err != nil {
+		return err
+	}
+	d, _ := idx.Digest()
+	fmt.Printf("pushed %s (%s, index %s)\n", tag, plat, d)
+
 	attestd := func(args ...string) (string, int) {
 		var out bytes.Buffer
 		code := app.Run(ctx, append(args, "-c", cfgPath), &out, &out)
 		return out.String(), code
 	}
-	step("attestd submit %s   (what a registry webhook will do once intake lands)", tag)
-	out, code := attestd("submit", tag.String())
-	fmt.Print(out)
-	if code != 0 {
-		return fmt.Errorf("submit failed")
-	}
+	step("The registry's webhook told attestd about the push; waiting for the job")
 	ref := tag.Context().Digest(d.String()).String()
 	deadline := time.Now().Add(time.Minute)
+	var out string
 	for {
 		out, _ = attestd("status")
-		if strings.Contains(out, "done") || time.Now().After(deadline) {
+		idle := strings.Contains(out, "done") && !strings.Contains(out, "pending") && !strings.Contains(out, "claimed")
+		if idle || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -130,7 +146,6 @@ func run() error {
   sign      keyless signing and attaching with cosign                — issue: keyless Sigstore signing
   evaluate  verification + policy (YAML rules, Rego), signed VSA     — issue: promotion gate
   promote   copy by digest with referrers, prod tag last             — issue: promotion gate
-  intake    registry webhooks and the reconciliation poller          — issue: registry event intake
   audit     hash-chained compliance log                              — issue: compliance audit
 The stack above already signs and verifies with the stock cosign CLI (make stack prints how).
 `)
