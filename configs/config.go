@@ -198,12 +198,18 @@ func (e *Error) Error() string {
 	return b.String()
 }
 
+// maxConfigBytes bounds the YAML decoder's input (a config is a few KiB).
+const maxConfigBytes = 1 << 20
+
 // Load decodes YAML over Default(). Unknown fields are errors (a typo must not
 // silently fall back to a default). It does not validate; call Validate.
 func Load(r io.Reader, file string) (*Config, error) {
-	data, err := io.ReadAll(r)
+	data, err := io.ReadAll(io.LimitReader(r, maxConfigBytes+1))
 	if err != nil {
 		return nil, &Error{File: file, Msg: err.Error()}
+	}
+	if len(data) > maxConfigBytes {
+		return nil, &Error{File: file, Msg: fmt.Sprintf("larger than %d bytes; is this the right file?", maxConfigBytes)}
 	}
 	c := Default()
 	c.file = file
