@@ -146,7 +146,7 @@ func (c CloudEvents) Parse(r *http.Request, body []byte) ([]Incoming, error) {
 	}
 	switch {
 	case strings.HasPrefix(typ, "harbor."):
-		return Harbor{Registry: c.Registry}.fromData(typ, id, data)
+		return Harbor(c).fromData(typ, id, data)
 	case typ == AttestdEventType:
 		var d struct {
 			Image string `json:"image"`
