@@ -112,9 +112,7 @@ func TestKillResume(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	d2.signal(syscall.SIGTERM)
-	<-d2.done
-	d2.done <- nil
+	d2.stop()
 
 	seen := map[string]int{}
 	for _, l := range readLines(t, doneLog) {
@@ -129,11 +127,7 @@ func TestKillResume(t *testing.T) {
 	if len(seen) != n {
 		t.Errorf("%d distinct jobs completed, want %d", len(seen), n)
 	}
-	db, err = store.Open(filepath.Join(dataDir, "attestd.db"), store.ReadOnly())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db = openStore(t, dataDir)
 	jobs, _ := db.Jobs(ctx)
 	resumed := 0
 	for _, j := range jobs {

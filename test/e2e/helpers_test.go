@@ -21,6 +21,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/attestd/attestd/store"
 )
 
 // eventLog records what the registry's notifications delivered.
@@ -260,4 +262,22 @@ func runBin(t *testing.T, bin string, args ...string) int {
 		t.Fatal(err)
 	}
 	return 0
+}
+
+// stop sends SIGTERM and waits for the daemon to exit.
+func (d *daemon) stop() {
+	d.signal(syscall.SIGTERM)
+	err := <-d.done
+	d.done <- err
+}
+
+// openStore opens a stopped daemon's store read-only, closed at test end.
+func openStore(t *testing.T, dataDir string) *store.DB {
+	t.Helper()
+	db, err := store.Open(filepath.Join(dataDir, "attestd.db"), store.ReadOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
 }

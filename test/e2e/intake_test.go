@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -101,9 +100,7 @@ log: {level: debug}
 			break
 		}
 		if time.Now().After(deadline) {
-			d.signal(syscall.SIGTERM)
-			<-d.done
-			d.done <- nil
+			d.stop()
 			db, err := store.Open(filepath.Join(dataDir, "attestd.db"), store.ReadOnly())
 			if err == nil {
 				jobs, _ := db.Jobs(ctx)
@@ -127,15 +124,9 @@ log: {level: debug}
 			t.Errorf("metrics lack %s:\n%s", m, metrics)
 		}
 	}
-	d.signal(syscall.SIGTERM)
-	<-d.done
-	d.done <- nil
+	d.stop()
 
-	db, err := store.Open(filepath.Join(dataDir, "attestd.db"), store.ReadOnly())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := openStore(t, dataDir)
 	jobs, _ := db.Jobs(ctx)
 	perRef := map[string]int{}
 	folded := 0
@@ -196,14 +187,8 @@ func TestPollerFindsMissedPushes(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	time.Sleep(2500 * time.Millisecond) // two more polls: nothing new may appear
-	d.signal(syscall.SIGTERM)
-	<-d.done
-	d.done <- nil
-	db, err := store.Open(filepath.Join(dataDir, "attestd.db"), store.ReadOnly())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	d.stop()
+	db := openStore(t, dataDir)
 	jobs, _ := db.Jobs(context.Background())
 	got := map[string]int{}
 	for _, j := range jobs {
