@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -39,7 +40,9 @@ func TestCopyMountsAcrossRepos(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, _ := name.NewTag(stk.RegistryHost + "/staging/copyme:v1")
+	// A fresh repository pair per run: the stack outlives -count iterations.
+	suffix := fmt.Sprintf("%d", time.Now().UnixNano())
+	src, _ := name.NewTag(stk.RegistryHost + "/staging/copyme" + suffix + ":v1")
 	if err := remote.WriteIndex(src, idx, remote.WithContext(ctx)); err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +55,7 @@ func TestCopyMountsAcrossRepos(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst, _ := c.ParseRepository(stk.RegistryHost + "/prod/copyme")
+	dst, _ := c.ParseRepository(stk.RegistryHost + "/prod/copyme" + suffix)
 	rec.mu.Lock()
 	rec.reqs = nil
 	rec.mu.Unlock()
@@ -67,7 +70,7 @@ func TestCopyMountsAcrossRepos(t *testing.T) {
 			t.Errorf("layer uploaded instead of mounted: %s", r)
 		case strings.HasPrefix(r, "POST") && strings.Contains(r, "mount=") && strings.Contains(r, "from=staging"):
 			mounts++
-		case strings.HasPrefix(r, "PUT /v2/prod/copyme/manifests/") && !strings.Contains(r, "sha256:"):
+		case strings.HasPrefix(r, "PUT /v2/prod/copyme"+suffix+"/manifests/") && !strings.Contains(r, "sha256:"):
 			t.Errorf("copy wrote a tag: %s", r)
 		}
 	}
@@ -75,7 +78,7 @@ func TestCopyMountsAcrossRepos(t *testing.T) {
 	if mounts != 6 {
 		t.Errorf("%d cross-repo mounts, want 6; requests:\n%s", mounts, strings.Join(rec.reqs, "\n"))
 	}
-	prodTag, _ := name.NewTag(stk.RegistryHost + "/prod/copyme:v1")
+	prodTag, _ := name.NewTag(stk.RegistryHost + "/prod/copyme" + suffix + ":v1")
 	if _, _, err := c.Resolve(ctx, prodTag); !registry.IsNotFound(err) {
 		t.Fatalf("prod tag exists before Tag: %v", err)
 	}
