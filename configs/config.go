@@ -65,6 +65,11 @@ type Intake struct {
 	// PollInterval is how often the reconciliation poller lists the watched
 	// repositories (0 disables it). Webhooks are lossy; this is the net.
 	PollInterval Duration `yaml:"poll_interval"`
+	// Existing decides what the poller does with images already in a
+	// repository the first time it lists it: process them (default) or
+	// only record them (attestd requeue processes one on demand). New
+	// pushes are always processed.
+	Existing string `yaml:"existing"`
 }
 
 // Registry is one registry attestd reads from or writes to.
@@ -170,7 +175,7 @@ func Default() *Config {
 			MaxAttempts: 5, Backoff: Duration(5 * time.Second), MaxBackoff: Duration(5 * time.Minute),
 			Timeout: Duration(30 * time.Minute), ShutdownGrace: Duration(8 * time.Second),
 		},
-		Intake: Intake{MaxBodyBytes: 1 << 20, PollInterval: Duration(5 * time.Minute)},
+		Intake: Intake{MaxBodyBytes: 1 << 20, PollInterval: Duration(5 * time.Minute), Existing: "process"},
 	}
 }
 
@@ -292,6 +297,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Intake.PollInterval < 0 || (c.Intake.PollInterval > 0 && c.Intake.PollInterval < Duration(time.Second)) {
 		bad("intake.poll_interval", "must be 0 (off) or at least 1s, got %s", time.Duration(c.Intake.PollInterval))
+	}
+	if c.Intake.Existing != "process" && c.Intake.Existing != "record" {
+		bad("intake.existing", "%q is not process or record", c.Intake.Existing)
 	}
 	if c.Intake.MaxBodyBytes < 1024 {
 		bad("intake.max_body_bytes", "must be at least 1024, got %d", c.Intake.MaxBodyBytes)

@@ -100,6 +100,7 @@ type Record struct {
 	FailedFrom State                  `json:"failedFrom,omitempty"`
 	LastError  string                 `json:"lastError,omitempty"`
 	Source     string                 `json:"source,omitempty"`
+	Note       string                 `json:"note,omitempty"`
 	CreatedAt  time.Time              `json:"createdAt"`
 	UpdatedAt  time.Time              `json:"updatedAt"`
 }

@@ -26,12 +26,18 @@ type IntakeItem struct {
 	// jobs are folded into the index's (a platform child is analysed as part
 	// of its index, not twice).
 	Children []string
+	// BaselineKey, when set (poller items under intake.existing: record),
+	// names the repository whose first sighting is a baseline: while no
+	// baseline is stored for it, new images are recorded without a job, and
+	// the baseline is stored in the same transaction.
+	BaselineKey string
 }
 
 // IntakeResult says what happened to one item.
 type IntakeResult struct {
-	JobID     uint64
-	Duplicate bool
+	JobID        uint64
+	Duplicate    bool
+	RecordedOnly bool // baseline: recorded without a job
 }
 
 // Intake records a batch of accepted events in one db.Batch transaction:
@@ -57,6 +63,15 @@ func (db *DB) Intake(ctx context.Context, items []IntakeItem) ([]IntakeResult, e
 		now := db.now().UTC()
 		events, images, byref, tags := tx.Bucket(bucketEvents), tx.Bucket(bucketImages), tx.Bucket(bucketByRef), tx.Bucket(bucketTags)
 		stamp := []byte(now.Format(time.RFC3339Nano))
+		meta := tx.Bucket(bucketMeta)
+		baselined := map[string]bool{}
+		for _, it := range items {
+			if it.BaselineKey != "" {
+				if _, seen := baselined[it.BaselineKey]; !seen {
+					baselined[it.BaselineKey] = meta.Get([]byte("baseline/"+it.BaselineKey)) != nil
+				}
+			}
+		}
 		for i, it := range items {
 			if it.EventKey != "" {
 				if events.Get([]byte(it.EventKey)) != nil {
@@ -95,8 +110,16 @@ func (db *DB) Intake(ctx context.Context, items []IntakeItem) ([]IntakeResult, e
 			}
 			r := &Record{Ref: it.Ref, Registry: ps[i].reg, Repository: ps[i].repo, Digest: ps[i].dgst,
 				State: StateDiscovered, Source: it.Source, Rev: 1, CreatedAt: now, UpdatedAt: now}
+			recordOnly := it.BaselineKey != "" && !baselined[it.BaselineKey]
+			if recordOnly {
+				r.Note = "recorded only: present when attestd first listed this repository (intake.existing: record); attestd requeue processes it"
+			}
 			if err := putRecord(tx, r); err != nil {
 				return err
+			}
+			if recordOnly {
+				out[i].RecordedOnly = true
+				continue
 			}
 			j, err := newJob(tx, it.Ref, it.Priority, it.Source, now)
 			if err != nil {
@@ -109,6 +132,13 @@ func (db *DB) Intake(ctx context.Context, items []IntakeItem) ([]IntakeResult, e
 				}
 			}
 			out[i].JobID = j.ID
+		}
+		for k, done := range baselined {
+			if !done {
+				if err := meta.Put([]byte("baseline/"+k), stamp); err != nil {
+					return err
+				}
+			}
 		}
 		return nil
 	})

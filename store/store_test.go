@@ -456,3 +456,59 @@ func BenchmarkClaimComplete(b *testing.B) {
 		}
 	}
 }
+
+func TestIntakeBaselineRecordsFirstSighting(t *testing.T) {
+	t.Parallel()
+	db, _ := open(t)
+	ctx := context.Background()
+	first := []IntakeItem{{Ref: ref(1), BaselineKey: "r/app"}, {Ref: ref(2), BaselineKey: "r/app"}, {Ref: ref(3)}}
+	res, err := db.Intake(ctx, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res[0].RecordedOnly || !res[1].RecordedOnly || res[2].RecordedOnly || res[2].JobID == 0 {
+		t.Fatalf("first sighting = %+v", res)
+	}
+	res, err = db.Intake(ctx, []IntakeItem{{Ref: ref(4), BaselineKey: "r/app"}, {Ref: ref(1), BaselineKey: "r/app"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].RecordedOnly || res[0].JobID == 0 || !res[1].Duplicate {
+		t.Fatalf("after the baseline = %+v", res)
+	}
+	r, _ := db.Image(ctx, ref(1))
+	if r.Note == "" {
+		t.Error("recorded-only image has no note")
+	}
+	if j, err := db.Requeue(ctx, ref(1), "cli"); err != nil || j.ID == 0 {
+		t.Fatalf("requeue of a recorded-only image: %v", err)
+	}
+}
+
+func TestIntakeFoldsChildren(t *testing.T) {
+	t.Parallel()
+	db, _ := open(t)
+	ctx := context.Background()
+	child := fmt.Sprintf("%064x", 7)
+	childRef := "registry.local/app/n1@sha256:" + child
+	if _, err := db.Intake(ctx, []IntakeItem{{Ref: childRef, NotBefore: time.Now().Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	// The index is already known (the poller saw its tag first): the
+	// webhook's index event still folds the child.
+	if _, err := db.Intake(ctx, []IntakeItem{{Ref: ref(1)}}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := db.Intake(ctx, []IntakeItem{{Ref: ref(1), Children: []string{"sha256:" + child}}})
+	if err != nil || !res[0].Duplicate {
+		t.Fatalf("%+v %v", res, err)
+	}
+	st, _ := db.Stats(ctx)
+	if st.Jobs[JobPending] != 1 || st.Jobs[JobDone] != 1 {
+		t.Fatalf("stats %+v: want the index pending and the child folded", st.Jobs)
+	}
+	r, _ := db.Image(ctx, childRef)
+	if r.Parent != ref(1) {
+		t.Fatalf("child parent = %q", r.Parent)
+	}
+}

@@ -206,3 +206,50 @@ func TestPollerFindsMissedPushes(t *testing.T) {
 		t.Errorf("jobs for %v, want exactly %v", got, want)
 	}
 }
+
+// TestPollerExistingRecord: with intake.existing: record, what a repository
+// holds when attestd first lists it is recorded without a job; a push made
+// after that is processed.
+func TestPollerExistingRecord(t *testing.T) {
+	repo := fmt.Sprintf("existing/r%d", time.Now().UnixNano())
+	old1, old2 := pushRandom(t, repo+":v1"), pushRandom(t, repo+":v2")
+	cfgPath := filepath.Join(t.TempDir(), "attestd.yaml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf("registries: [{host: %[1]q}]\nwatch: [{registry: %[1]q, repositories: [%[2]q]}]\nintake: {poll_interval: 1s, existing: record}\n", stk.RegistryHost, repo)), 0o644)
+	dataDir := t.TempDir()
+	addr := freeAddr(t)
+	d := startProcess(t, attestdBinary(t), nil, addr, "serve", "-c", cfgPath, "--data-dir", dataDir, "--listen", addr)
+	waitImages := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			var st store.Stats
+			d.getJSON(t, "/api/v1/stats", &st)
+			total := 0
+			for _, c := range st.Images {
+				total += c
+			}
+			if total >= n && st.Jobs[store.JobPending] == 0 && st.Jobs[store.JobClaimed] == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("want %d images: %+v", n, st)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	waitImages(2)
+	fresh := pushRandom(t, repo+":v3")
+	waitImages(3)
+	d.stop()
+	db := openStore(t, dataDir)
+	jobs, _ := db.Jobs(context.Background())
+	if len(jobs) != 1 || jobs[0].Ref != fresh.String() {
+		t.Fatalf("jobs = %+v, want exactly one for the new push %s", jobs, fresh)
+	}
+	for _, ref := range []string{old1.String(), old2.String()} {
+		rec, err := db.Image(context.Background(), ref)
+		if err != nil || rec.Note == "" {
+			t.Errorf("pre-existing %s: %+v, %v; want recorded with a note", ref, rec, err)
+		}
+	}
+}

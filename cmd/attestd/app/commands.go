@@ -158,6 +158,12 @@ func printRecord(w io.Writer, rec *store.Record) {
 	if rec.LastError != "" {
 		fmt.Fprintf(w, "error:  %s\n", rec.LastError)
 	}
+	if rec.Note != "" {
+		fmt.Fprintf(w, "note:   %s\n", rec.Note)
+	}
+	if rec.Parent != "" {
+		fmt.Fprintf(w, "part of index: %s\n", rec.Parent)
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "STAGE\tRESULT\tDETAIL")
 	for _, s := range pipeline.Order {

@@ -26,10 +26,13 @@ const defaultReplayWindow = 5 * time.Minute
 // intakeSink makes accepted events durable in one store.Intake batch per
 // delivery, resolving tag-only references (generic receiver) first.
 type intakeSink struct {
-	db   *store.DB
-	rc   *registry.Client
-	wake func()
-	log  *slog.Logger
+	db *store.DB
+	// recordExisting: intake.existing is "record" — the poller's first
+	// sighting of a repository only records what is there.
+	recordExisting bool
+	rc             *registry.Client
+	wake           func()
+	log            *slog.Logger
 }
 
 var _ watch.Sink = (*intakeSink)(nil)
@@ -55,6 +58,9 @@ func (s *intakeSink) Accept(ctx context.Context, evs []watch.Event) (watch.Accep
 			Deleted: e.Action == watch.ActionDelete, Children: e.Children}
 		if e.Backfill {
 			it.Priority, it.Source = store.PriorityBackfill, "poller"
+			if s.recordExisting {
+				it.BaselineKey = e.Registry + "/" + e.Repository
+			}
 		}
 		if e.Tag == "" && len(e.Children) == 0 {
 			// An untagged manifest is usually a platform child whose index
@@ -80,6 +86,8 @@ func (s *intakeSink) Accept(ctx context.Context, evs []watch.Event) (watch.Accep
 			acc.Recorded++
 		case r.Duplicate:
 			acc.Duplicate++
+		case r.RecordedOnly:
+			acc.Recorded++
 		default:
 			acc.Queued++
 			s.log.InfoContext(ctx, "image queued", "digest", items[i].Ref, "job", r.JobID, "source", items[i].Source)
