@@ -17,6 +17,7 @@ var (
 	ErrCorrupt = errors.New("database is corrupt")
 	// ErrSchemaTooNew: the file was written by a newer attestd.
 	ErrSchemaTooNew = errors.New("database schema is newer than this binary")
+	errClosed       = errors.New("store is closed")
 	// ErrNotOwner: a job transition was attempted by a worker that no longer holds the claim.
 	ErrNotOwner = errors.New("job is not claimed by this owner")
 )

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 
@@ -40,11 +41,106 @@ type IntakeResult struct {
 	RecordedOnly bool // baseline: recorded without a job
 }
 
-// Intake records a batch of accepted events in one db.Batch transaction:
+// Intake records a batch of accepted events in one transaction (shared with
+// every other Intake call waiting at that moment: see groupCommit):
 // tag history, dedupe keys, new records and jobs. It returns only once they
 // are durable, so a webhook may be acknowledged right after. Items are
 // validated before anything is written: one bad ref fails the whole call.
 func (db *DB) Intake(ctx context.Context, items []IntakeItem) ([]IntakeResult, error) {
+	for i, it := range items {
+		if _, _, _, err := SplitRef(it.Ref); err != nil {
+			return nil, fmt.Errorf("intake item %d: %w", i, err)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if db.intake == nil {
+		return nil, errors.New("intake: store opened read-only")
+	}
+	req := &intakeReq{items: items, done: make(chan struct{})}
+	select {
+	case db.intake <- req:
+	case <-db.closing:
+		return nil, fmt.Errorf("intake: %w", errClosed)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	// Once handed over, the write happens whatever ctx does: wait for it so
+	// the caller never acknowledges (or denies) something still in flight.
+	<-req.done
+	if req.err != nil {
+		return nil, fmt.Errorf("intake: %w", req.err)
+	}
+	return req.out, nil
+}
+
+// intakeReq is one Intake call waiting for the group commit.
+type intakeReq struct {
+	items []IntakeItem
+	out   []IntakeResult
+	err   error
+	done  chan struct{}
+}
+
+// maxGroup bounds how many Intake calls share one transaction.
+const maxGroup = 512
+
+// groupCommit is the single intake writer: it takes every call that is
+// waiting, commits them in one transaction (one fsync), answers them, and
+// repeats. Under load a batch grows to whatever arrived during the previous
+// commit; idle, a call waits for one commit and no timer. A failing call is
+// retried alone so it cannot fail the others (as bbolt's Batch does).
+func (db *DB) groupCommit() {
+	defer close(db.writerDone)
+	for {
+		var first *intakeReq
+		select {
+		case first = <-db.intake:
+		case <-db.closing:
+			return
+		}
+		group := []*intakeReq{first}
+	drain:
+		for len(group) < maxGroup {
+			select {
+			case r := <-db.intake:
+				group = append(group, r)
+			default:
+				break drain
+			}
+		}
+		err := db.bolt.Update(func(tx *bolt.Tx) error {
+			now := db.now().UTC()
+			for _, r := range group {
+				out, err := intakeTx(tx, r.items, now)
+				if err != nil {
+					return err
+				}
+				r.out = out
+			}
+			return nil
+		})
+		if err != nil && len(group) > 1 {
+			for _, r := range group {
+				r.err = db.bolt.Update(func(tx *bolt.Tx) error {
+					out, err := intakeTx(tx, r.items, db.now().UTC())
+					r.out = out
+					return err
+				})
+				close(r.done)
+			}
+			continue
+		}
+		for _, r := range group {
+			r.err = err
+			close(r.done)
+		}
+	}
+}
+
+// intakeTx records items in tx (see Intake).
+func intakeTx(tx *bolt.Tx, items []IntakeItem, now time.Time) ([]IntakeResult, error) {
 	type parsed struct{ reg, repo, dgst string }
 	ps := make([]parsed, len(items))
 	for i, it := range items {
@@ -54,96 +150,85 @@ func (db *DB) Intake(ctx context.Context, items []IntakeItem) ([]IntakeResult, e
 		}
 		ps[i] = parsed{reg, repo, dgst}
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
 	out := make([]IntakeResult, len(items))
-	err := db.bolt.Batch(func(tx *bolt.Tx) error {
-		clear(out) // Batch may run fn more than once
-		now := db.now().UTC()
-		events, images, byref, tags := tx.Bucket(bucketEvents), tx.Bucket(bucketImages), tx.Bucket(bucketByRef), tx.Bucket(bucketTags)
-		stamp := []byte(now.Format(time.RFC3339Nano))
-		meta := tx.Bucket(bucketMeta)
-		baselined := map[string]bool{}
-		for _, it := range items {
-			if it.BaselineKey != "" {
-				if _, seen := baselined[it.BaselineKey]; !seen {
-					baselined[it.BaselineKey] = meta.Get([]byte("baseline/"+it.BaselineKey)) != nil
-				}
+	events, images, byref, tags := tx.Bucket(bucketEvents), tx.Bucket(bucketImages), tx.Bucket(bucketByRef), tx.Bucket(bucketTags)
+	stamp := []byte(now.Format(time.RFC3339Nano))
+	meta := tx.Bucket(bucketMeta)
+	baselined := map[string]bool{}
+	for _, it := range items {
+		if it.BaselineKey != "" {
+			if _, seen := baselined[it.BaselineKey]; !seen {
+				baselined[it.BaselineKey] = meta.Get([]byte("baseline/"+it.BaselineKey)) != nil
 			}
 		}
-		for i, it := range items {
-			if it.EventKey != "" {
-				if events.Get([]byte(it.EventKey)) != nil {
-					out[i].Duplicate = true
-					continue
-				}
-				if err := events.Put([]byte(it.EventKey), stamp); err != nil {
-					return err
-				}
-			}
-			if it.Tag != "" {
-				d := ps[i].dgst
-				if it.Deleted {
-					d = "" // the tag no longer points anywhere
-				}
-				if err := putTag(tags, it.Tag, d, now.Add(time.Duration(i))); err != nil {
-					return err
-				}
-			}
-			if it.Deleted {
-				continue
-			}
-			// Even when the index itself is known already (the poller may
-			// have seen its tag first), its children are covered by it.
-			for _, c := range it.Children {
-				if err := foldChild(tx, ps[i].reg+"/"+ps[i].repo+"@"+c, it.Ref, now); err != nil {
-					return err
-				}
-			}
-			if images.Get([]byte(it.Ref)) != nil {
+	}
+	for i, it := range items {
+		if it.EventKey != "" {
+			if events.Get([]byte(it.EventKey)) != nil {
 				out[i].Duplicate = true
-				if id := byref.Get([]byte(it.Ref)); id != nil {
-					out[i].JobID = binary.BigEndian.Uint64(id)
-				}
 				continue
 			}
-			r := &Record{Ref: it.Ref, Registry: ps[i].reg, Repository: ps[i].repo, Digest: ps[i].dgst,
-				State: StateDiscovered, Source: it.Source, Rev: 1, CreatedAt: now, UpdatedAt: now}
-			recordOnly := it.BaselineKey != "" && !baselined[it.BaselineKey]
-			if recordOnly {
-				r.Note = "recorded only: present when attestd first listed this repository (intake.existing: record); attestd requeue processes it"
-			}
-			if err := putRecord(tx, r); err != nil {
-				return err
-			}
-			if recordOnly {
-				out[i].RecordedOnly = true
-				continue
-			}
-			j, err := newJob(tx, it.Ref, it.Priority, it.Source, now)
-			if err != nil {
-				return err
-			}
-			if !it.NotBefore.IsZero() {
-				j.NotBefore = it.NotBefore.UTC()
-				if err := putJob(tx, j); err != nil {
-					return err
-				}
-			}
-			out[i].JobID = j.ID
-		}
-		for k, done := range baselined {
-			if !done {
-				if err := meta.Put([]byte("baseline/"+k), stamp); err != nil {
-					return err
-				}
+			if err := events.Put([]byte(it.EventKey), stamp); err != nil {
+				return nil, err
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("intake: %w", err)
+		if it.Tag != "" {
+			d := ps[i].dgst
+			if it.Deleted {
+				d = "" // the tag no longer points anywhere
+			}
+			if err := putTag(tags, it.Tag, d, now.Add(time.Duration(i))); err != nil {
+				return nil, err
+			}
+		}
+		if it.Deleted {
+			continue
+		}
+		// Even when the index itself is known already (the poller may
+		// have seen its tag first), its children are covered by it.
+		for _, c := range it.Children {
+			if err := foldChild(tx, ps[i].reg+"/"+ps[i].repo+"@"+c, it.Ref, now); err != nil {
+				return nil, err
+			}
+		}
+		if images.Get([]byte(it.Ref)) != nil {
+			out[i].Duplicate = true
+			if id := byref.Get([]byte(it.Ref)); id != nil {
+				out[i].JobID = binary.BigEndian.Uint64(id)
+			}
+			continue
+		}
+		r := &Record{Ref: it.Ref, Registry: ps[i].reg, Repository: ps[i].repo, Digest: ps[i].dgst,
+			State: StateDiscovered, Source: it.Source, Rev: 1, CreatedAt: now, UpdatedAt: now}
+		recordOnly := it.BaselineKey != "" && !baselined[it.BaselineKey]
+		if recordOnly {
+			r.Note = "recorded only: present when attestd first listed this repository (intake.existing: record); attestd requeue processes it"
+		}
+		if err := putRecord(tx, r); err != nil {
+			return nil, err
+		}
+		if recordOnly {
+			out[i].RecordedOnly = true
+			continue
+		}
+		j, err := newJob(tx, it.Ref, it.Priority, it.Source, now)
+		if err != nil {
+			return nil, err
+		}
+		if !it.NotBefore.IsZero() {
+			j.NotBefore = it.NotBefore.UTC()
+			if err := putJob(tx, j); err != nil {
+				return nil, err
+			}
+		}
+		out[i].JobID = j.ID
+	}
+	for k, done := range baselined {
+		if !done {
+			if err := meta.Put([]byte("baseline/"+k), stamp); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return out, nil
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -47,6 +48,12 @@ type DB struct {
 	path   string
 	now    func() time.Time
 	logger *slog.Logger
+
+	// The intake group-commit writer (read-write opens only).
+	intake     chan *intakeReq
+	closing    chan struct{}
+	writerDone chan struct{}
+	closeOnce  sync.Once
 }
 
 type options struct {
@@ -160,14 +167,25 @@ func Open(path string, opts ...Option) (db *DB, err error) {
 		_ = b.Close()
 		return nil, err
 	}
+	db.intake, db.closing, db.writerDone = make(chan *intakeReq), make(chan struct{}), make(chan struct{})
+	go db.groupCommit()
 	return db, nil
 }
 
 // Path is the database file.
 func (db *DB) Path() string { return db.path }
 
-// Close releases the file lock.
-func (db *DB) Close() error { return db.bolt.Close() }
+// Close stops the intake writer (calls already handed to it complete) and
+// releases the file lock.
+func (db *DB) Close() error {
+	db.closeOnce.Do(func() {
+		if db.closing != nil {
+			close(db.closing)
+			<-db.writerDone
+		}
+	})
+	return db.bolt.Close()
+}
 
 // Backup writes a consistent snapshot of the live database to w.
 func (db *DB) Backup(ctx context.Context, w io.Writer) (int64, error) {
