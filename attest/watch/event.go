@@ -116,7 +116,8 @@ func (f Filter) Classify(e Event, userAgent string, refTypes []string) string {
 	if f.OwnUserAgent != "" && strings.HasPrefix(userAgent, f.OwnUserAgent) {
 		return ReasonOwnPush
 	}
-	if !repoRe.MatchString(e.Repository) || e.Registry == "" || (e.Digest != "" && !digestRe.MatchString(e.Digest)) || (e.Digest == "" && e.Tag == "") {
+	if !repoRe.MatchString(e.Repository) || e.Registry == "" || (e.Digest != "" && !digestRe.MatchString(e.Digest)) ||
+		(e.Digest == "" && (e.Tag == "" || e.Action == ActionDelete)) {
 		return ReasonInvalid
 	}
 	if e.Tag != "" && sigTag.MatchString(e.Tag) {
