@@ -267,10 +267,17 @@ func (p *Pipeline) advance(ctx context.Context, ref string, log *slog.Logger) er
 	}
 	rec, err = p.q.Transition(ctx, ref, rec.State, rec.State, func(r *store.Record) error {
 		r.MediaType, r.Children = t.MediaType, t.Children
+		if t.NotImage != "" {
+			setStage(r, StageResolve, store.StageSkipped, "not an image: "+t.NotImage)
+			return nil
+		}
 		setStage(r, StageResolve, store.StagePassed, "")
 		return nil
 	})
-	if err != nil {
+	if err != nil || t.NotImage != "" {
+		if err == nil {
+			log.InfoContext(ctx, "not an image; nothing to do", "why", t.NotImage)
+		}
 		return err
 	}
 	for !rec.State.Final() {

@@ -12,6 +12,11 @@ type Target struct {
 	Ref       string        // host/repo@sha256:…
 	MediaType string        // manifest media type
 	Children  []store.Child // platform manifests when Ref is an index
+	// NotImage, when set, says why Ref is not a runnable image (a
+	// signature, attestation, SBOM or other referrer artifact that intake
+	// could not tell apart): the job ends after resolve and no later stage
+	// runs.
+	NotImage string
 }
 
 // The stage interfaces. app injects implementations; a nil stage is "not

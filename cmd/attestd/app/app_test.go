@@ -19,8 +19,12 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/spf13/cobra"
 
 	"github.com/attestd/attestd/configs"
@@ -341,5 +345,33 @@ func TestUnreachableRegistry(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "attestd.db")); err == nil {
 		t.Fatal("store created although nothing was resolved")
+	}
+}
+
+// TestProcessArtifactIsNotAnImage: a referrer artifact (here a manifest with
+// a subject and the empty config, like a cosign bundle) that reached the
+// queue is recognised at resolve and goes no further.
+func TestProcessArtifactIsNotAnImage(t *testing.T) {
+	t.Parallel()
+	host, subject := testRegistry(t)
+	ctx := context.Background()
+	desc, err := remote.Head(subject, remote.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	art := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	art = mutate.ConfigMediaType(art, "application/vnd.oci.empty.v1+json")
+	art = mutate.Subject(art, *desc).(v1.Image)
+	ad, _ := art.Digest()
+	ref, _ := name.NewDigest(host + "/demo/app@" + ad.String())
+	if err := remote.Write(ref, art, remote.WithContext(ctx)); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := run(t, "process", "--data-dir", t.TempDir(), ref.String())
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(out, "resolve   skipped  not an image: it refers to "+subject.DigestStr()) || !strings.Contains(out, "analyse   -") {
+		t.Fatalf("output:\n%s", out)
 	}
 }

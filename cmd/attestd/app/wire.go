@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -78,6 +79,13 @@ func (r resolver) Resolve(ctx context.Context, ref string) (*pipeline.Target, er
 		return nil, err
 	}
 	t := &pipeline.Target{Ref: ref, MediaType: string(desc.MediaType)}
+	if desc.MediaType.IsImage() {
+		raw, _, err := r.c.Manifest(ctx, d)
+		if err != nil {
+			return nil, err
+		}
+		t.NotImage = notImage(raw)
+	}
 	if desc.MediaType.IsIndex() {
 		kids, err := r.c.Children(ctx, d)
 		if err != nil {
@@ -112,4 +120,37 @@ func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Cli
 		Logger:      log,
 		OnJobDone:   done,
 	})
+}
+
+// imageConfigTypes are the config media types of runnable images.
+var imageConfigTypes = map[string]bool{
+	"application/vnd.oci.image.config.v1+json":       true,
+	"application/vnd.docker.container.image.v1+json": true,
+}
+
+// notImage says why a manifest is a referrer artifact rather than an image
+// ("" for an image): it names a subject, declares an artifactType, or its
+// config is not an image config (cosign bundles use the empty config).
+func notImage(raw []byte) string {
+	var m struct {
+		ArtifactType string `json:"artifactType"`
+		Subject      *struct {
+			Digest string `json:"digest"`
+		} `json:"subject"`
+		Config struct {
+			MediaType string `json:"mediaType"`
+		} `json:"config"`
+	}
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return "unreadable manifest: " + err.Error()
+	}
+	switch {
+	case m.Subject != nil:
+		return "it refers to " + m.Subject.Digest + " (a signature, attestation or SBOM)"
+	case m.ArtifactType != "":
+		return "artifact type " + m.ArtifactType
+	case !imageConfigTypes[m.Config.MediaType]:
+		return "config media type " + m.Config.MediaType
+	}
+	return ""
 }
