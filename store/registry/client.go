@@ -6,6 +6,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -281,12 +282,22 @@ func (c *Client) Children(ctx context.Context, ref name.Digest) ([]Child, error)
 	if err != nil {
 		return nil, err
 	}
+	kids, err := ChildrenOf(raw, mt)
+	if err != nil {
+		return nil, fmt.Errorf("index %s: %w", ref, err)
+	}
+	return kids, nil
+}
+
+// ChildrenOf parses the platform manifests out of a raw manifest already in
+// hand (nil for an image), so a caller that fetched it pays no second trip.
+func ChildrenOf(raw []byte, mt types.MediaType) ([]Child, error) {
 	if !mt.IsIndex() {
 		return nil, nil
 	}
-	im, err := v1.ParseIndexManifest(strings.NewReader(string(raw)))
+	im, err := v1.ParseIndexManifest(bytes.NewReader(raw))
 	if err != nil {
-		return nil, fmt.Errorf("index %s: %w", ref, err)
+		return nil, err
 	}
 	var out []Child
 	for _, m := range im.Manifests {

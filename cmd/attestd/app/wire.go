@@ -71,29 +71,29 @@ func (r resolver) Resolve(ctx context.Context, ref string) (*pipeline.Target, er
 	if !ok {
 		return nil, pipeline.Permanent(fmt.Errorf("resolve %s: jobs address images by digest", ref))
 	}
-	_, desc, err := r.c.Resolve(ctx, d)
+	// One GET: the manifest (digest-checked by ggcr) gives the media type,
+	// the platform children and whether it is an image at all.
+	raw, mt, err := r.c.Manifest(ctx, d)
 	if registry.IsNotFound(err) {
 		return nil, pipeline.Permanent(fmt.Errorf("%s is gone from the registry: %w", ref, err))
 	}
 	if err != nil {
 		return nil, err
 	}
-	t := &pipeline.Target{Ref: ref, MediaType: string(desc.MediaType)}
-	if desc.MediaType.IsImage() {
-		raw, _, err := r.c.Manifest(ctx, d)
-		if err != nil {
-			return nil, err
-		}
+	t := &pipeline.Target{Ref: ref, MediaType: string(mt)}
+	switch {
+	case mt.IsImage():
 		t.NotImage = notImage(raw)
-	}
-	if desc.MediaType.IsIndex() {
-		kids, err := r.c.Children(ctx, d)
+	case mt.IsIndex():
+		kids, err := registry.ChildrenOf(raw, mt)
 		if err != nil {
-			return nil, err
+			return nil, pipeline.Permanent(fmt.Errorf("index %s: %w", ref, err))
 		}
 		for _, k := range kids {
 			t.Children = append(t.Children, store.Child{Digest: k.Digest.String(), Platform: k.Platform})
 		}
+	default:
+		t.NotImage = "media type " + string(mt)
 	}
 	return t, nil
 }
