@@ -1,0 +1,81 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/attestd/attestd/attest/sign"
+	"github.com/attestd/attestd/store/registry"
+)
+
+// TestKeylessSignVerifiedByCosign: attestd's signer (cosign library, new
+// bundle format, Fulcio + TSA + Rekor v2 from the signing config) signs and
+// attests; the stock cosign CLI verifies both; signing again attaches
+// nothing new; a token Fulcio refuses attaches nothing.
+func TestKeylessSignVerifiedByCosign(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ref := pushRandom(t, "sign/app:v1")
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	tok, _ := stk.Issuer.Token("attestd@example.test", 10*time.Minute)
+	os.WriteFile(tokenFile, []byte(tok), 0o600)
+	rc, err := registry.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := sign.NewKeyless(stk.SigningConfig, stk.TrustedRoot, sign.FileToken{Path: tokenFile}, rc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.SignImage(ctx, ref.String()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stk.Cosign(ctx, append(append([]string{"verify"}, stk.VerifyArgs("attestd@example.test")...), ref.String())...); err != nil {
+		t.Fatalf("stock cosign does not verify attestd's signature: %v", err)
+	}
+	prov := map[string]any{
+		"buildDefinition": map[string]any{"buildType": "https://attestd.dev/test/v1", "externalParameters": map[string]any{"repo": "example"}},
+		"runDetails":      map[string]any{"builder": map[string]any{"id": "https://attestd.dev/builder"}},
+	}
+	if err := k.Attest(ctx, ref.String(), "https://slsa.dev/provenance/v1", prov); err != nil {
+		t.Fatal(err)
+	}
+	out, err := stk.Cosign(ctx, append(append([]string{"verify-attestation", "--type", "slsaprovenance1"}, stk.VerifyArgs("attestd@example.test")...), ref.String())...)
+	if err != nil {
+		t.Fatalf("stock cosign does not verify attestd's attestation: %v", err)
+	}
+	if !strings.Contains(string(out), "https://attestd.dev/builder") && !strings.Contains(string(out), "payload") {
+		t.Logf("verify-attestation output:\n%s", out)
+	}
+	before, err := rc.Referrers(ctx, ref, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.SignImage(ctx, ref.String()); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Attest(ctx, ref.String(), "https://slsa.dev/provenance/v1", prov); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := rc.Referrers(ctx, ref, "")
+	if len(after) != len(before) || len(before) != 2 {
+		t.Fatalf("referrers %d before, %d after re-signing; want 2 and 2", len(before), len(after))
+	}
+
+	other := pushRandom(t, "sign/app:v2")
+	bad, _ := stk.Issuer.TokenWithAudience("attestd@example.test", "not-sigstore", time.Minute)
+	os.WriteFile(tokenFile, []byte(bad), 0o600)
+	if err := k.SignImage(ctx, other.String()); err == nil {
+		t.Fatal("signed with a token Fulcio must refuse")
+	}
+	if refs, _ := rc.Referrers(ctx, other, ""); len(refs) != 0 {
+		t.Fatalf("a failed signing attached %d referrers", len(refs))
+	}
+	if err := k.SignImage(ctx, stk.RegistryHost+"/sign/app:v2"); err == nil {
+		t.Fatal("signed by tag")
+	}
+}
