@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -444,4 +445,18 @@ func (c *Client) Tag(ctx context.Context, ref name.Digest, tag name.Tag) error {
 		return fmt.Errorf("tag %s: %w", tag, err)
 	}
 	return nil
+}
+
+// Blob opens a blob of repo by digest (as stored: no decompression). The
+// caller closes it; reads are bounded by FetchTimeout under ctx.
+func (c *Client) Blob(ctx context.Context, repo name.Repository, digest string) (io.ReadCloser, error) {
+	l, err := remote.Layer(repo.Digest(digest), c.RemoteOptions(ctx)...)
+	if err != nil {
+		return nil, fmt.Errorf("blob %s@%s: %w", repo, digest, err)
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, fmt.Errorf("blob %s@%s: %w", repo, digest, err)
+	}
+	return rc, nil
 }

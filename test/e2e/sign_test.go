@@ -8,7 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sigstore/sigstore-go/pkg/root"
+
 	"github.com/attestd/attestd/attest/sign"
+	"github.com/attestd/attestd/attest/verify"
 	"github.com/attestd/attestd/store/registry"
 )
 
@@ -55,6 +58,27 @@ func TestKeylessSignVerifiedByCosign(t *testing.T) {
 	if !strings.Contains(string(out), "https://attestd.dev/builder") && !strings.Contains(string(out), "payload") {
 		t.Logf("verify-attestation output:\n%s", out)
 	}
+	// attestd's own verifier agrees, and only for the expected identity.
+	tr, err := root.NewTrustedRootFromPath(stk.TrustedRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := verify.New(tr, []verify.Identity{{Issuer: stk.IssuerURL, Subject: "attestd@example.test"}}, rc, verify.Options{TransparencyLog: 1, SignedTimestamps: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := v.Verify(ctx, ref.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(res.PredicateTypes(), " "); got != "https://sigstore.dev/cosign/sign/v1 https://slsa.dev/provenance/v1" || len(res.Rejected) != 0 {
+		t.Fatalf("verified %q, rejected %+v", got, res.Rejected)
+	}
+	wrong, _ := verify.New(tr, []verify.Identity{{Issuer: stk.IssuerURL, Subject: "someone@example.test"}}, rc, verify.Options{TransparencyLog: 1, SignedTimestamps: 1})
+	if res, err := wrong.Verify(ctx, ref.String()); err != nil || len(res.Verified) != 0 || len(res.Rejected) != 2 {
+		t.Fatalf("wrong identity: verified %v rejected %d, %v", res.PredicateTypes(), len(res.Rejected), err)
+	}
+
 	before, err := rc.Referrers(ctx, ref, "")
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,227 @@
+// Package verify checks the signatures and attestations attached to a
+// digest against trust material and expected signer identities with the
+// sigstore-go verifier, and reports which predicate types verified. The
+// decision (Entities) is offline; only Verify fetches the bundles from the
+// registry. It is one of the two packages allowed to import Sigstore
+// libraries for signing and verification.
+package verify
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	sgbundle "github.com/sigstore/sigstore-go/pkg/bundle"
+	"github.com/sigstore/sigstore-go/pkg/root"
+	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
+
+	"github.com/attestd/attestd/store/registry"
+)
+
+// maxBundleBytes bounds one bundle read from the registry.
+const maxBundleBytes = 64 << 20
+
+// Identity is an expected signer: the OIDC issuer and the certificate's
+// subject (SAN), each exact or as a regular expression.
+type Identity struct {
+	Issuer, IssuerRegex   string
+	Subject, SubjectRegex string
+}
+
+// Options choose what proof of time and logging is required.
+type Options struct {
+	// TransparencyLog is how many verified log entries each bundle needs.
+	TransparencyLog int
+	// SignedTimestamps is how many verified RFC 3161 timestamps each needs
+	// (Rekor v2 entries carry no integrated time: use ≥ 1 with Rekor v2).
+	SignedTimestamps int
+}
+
+// Verifier verifies bundles for a set of acceptable identities.
+type Verifier struct {
+	v   *sgverify.Verifier
+	ids []sgverify.CertificateIdentity
+	reg *registry.Client
+}
+
+// New builds a Verifier. At least one identity is required: a signature
+// from "anyone" proves nothing.
+func New(trusted root.TrustedMaterial, ids []Identity, reg *registry.Client, o Options) (*Verifier, error) {
+	if len(ids) == 0 {
+		return nil, errors.New("verify: at least one expected identity is required")
+	}
+	if o.TransparencyLog == 0 && o.SignedTimestamps == 0 {
+		return nil, errors.New("verify: require a transparency log entry or a signed timestamp: certificates live 10 minutes")
+	}
+	var vopts []sgverify.VerifierOption
+	if o.TransparencyLog > 0 {
+		vopts = append(vopts, sgverify.WithTransparencyLog(o.TransparencyLog))
+	}
+	if o.SignedTimestamps > 0 {
+		vopts = append(vopts, sgverify.WithSignedTimestamps(o.SignedTimestamps))
+	} else {
+		// A log's integrated time or a TSA's timestamp: either proves the
+		// signature was made while the certificate was valid.
+		vopts = append(vopts, sgverify.WithObserverTimestamps(1))
+	}
+	sv, err := sgverify.NewVerifier(trusted, vopts...)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	v := &Verifier{v: sv, reg: reg}
+	for i, id := range ids {
+		ci, err := sgverify.NewShortCertificateIdentity(id.Issuer, id.IssuerRegex, id.Subject, id.SubjectRegex)
+		if err != nil {
+			return nil, fmt.Errorf("verify: identity %d: %w", i, err)
+		}
+		v.ids = append(v.ids, ci)
+	}
+	return v, nil
+}
+
+// Evidence is what verified for one predicate type.
+type Evidence struct {
+	Subject string // certificate SAN of the signer
+	Issuer  string
+}
+
+// Rejection is a bundle that did not verify, and why.
+type Rejection struct {
+	Bundle string // referrer digest, or the index of an entity
+	Reason string
+}
+
+// Result lists the predicate types that verified for a digest and the
+// bundles that did not. A predicate type is verified only by a bundle whose
+// signature, certificate chain, identity, time proof and in-toto subject all
+// check out against this exact digest.
+type Result struct {
+	Verified map[string]Evidence
+	Rejected []Rejection
+}
+
+// PredicateTypes lists the verified predicate types, sorted.
+func (r Result) PredicateTypes() []string {
+	out := make([]string, 0, len(r.Verified))
+	for p := range r.Verified {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Entities verifies already-fetched bundles for digest ("sha256:<hex>"):
+// no network.
+func (v *Verifier) Entities(digest string, ents []sgverify.SignedEntity, labels []string) (Result, error) {
+	alg, hx, ok := strings.Cut(digest, ":")
+	raw, err := hex.DecodeString(hx)
+	if !ok || alg != "sha256" || err != nil || len(raw) != 32 {
+		return Result{}, fmt.Errorf("verify: digest %q is not sha256:<64 hex>", digest)
+	}
+	res := Result{Verified: map[string]Evidence{}}
+	for i, e := range ents {
+		label := fmt.Sprint(i)
+		if i < len(labels) {
+			label = labels[i]
+		}
+		var out *sgverify.VerificationResult
+		var lastErr error
+		for _, id := range v.ids {
+			out, lastErr = v.v.Verify(e, sgverify.NewPolicy(sgverify.WithArtifactDigest(alg, raw), sgverify.WithCertificateIdentity(id)))
+			if lastErr == nil {
+				break
+			}
+		}
+		if lastErr != nil {
+			res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: lastErr.Error()})
+			continue
+		}
+		if out.Statement == nil {
+			res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: "not an in-toto statement (message signature)"})
+			continue
+		}
+		ev := Evidence{}
+		if out.Signature != nil && out.Signature.Certificate != nil {
+			ev.Subject = out.Signature.Certificate.SubjectAlternativeName
+			ev.Issuer = out.Signature.Certificate.Issuer
+		}
+		res.Verified[out.Statement.PredicateType] = ev
+	}
+	return res, nil
+}
+
+// Verify fetches every Sigstore bundle attached to ref (a digest reference)
+// and verifies them. Registry errors are returned; a bundle that cannot be
+// read or parsed is a rejection, never a pass.
+func (v *Verifier) Verify(ctx context.Context, ref string) (Result, error) {
+	if v.reg == nil {
+		return Result{}, errors.New("verify: no registry client")
+	}
+	parsed, err := v.reg.ParseReference(ref)
+	if err != nil {
+		return Result{}, err
+	}
+	d, ok := parsed.(name.Digest)
+	if !ok {
+		return Result{}, fmt.Errorf("verify %s: verify by digest, never by tag", ref)
+	}
+	mt, err := sgbundle.MediaTypeString("0.3")
+	if err != nil {
+		return Result{}, err
+	}
+	refs, err := v.reg.Referrers(ctx, d, mt)
+	if err != nil && !registry.IsNotFound(err) {
+		return Result{}, fmt.Errorf("verify %s: %w", ref, err)
+	}
+	var ents []sgverify.SignedEntity
+	var labels []string
+	var bad []Rejection
+	for _, desc := range refs {
+		b, err := v.fetchBundle(ctx, d.Context(), desc)
+		if err != nil {
+			bad = append(bad, Rejection{Bundle: desc.Digest.String(), Reason: err.Error()})
+			continue
+		}
+		ents, labels = append(ents, b), append(labels, desc.Digest.String())
+	}
+	res, err := v.Entities(d.DigestStr(), ents, labels)
+	if err != nil {
+		return Result{}, err
+	}
+	res.Rejected = append(res.Rejected, bad...)
+	return res, nil
+}
+
+func (v *Verifier) fetchBundle(ctx context.Context, repo name.Repository, desc v1.Descriptor) (*sgbundle.Bundle, error) {
+	raw, _, err := v.reg.Manifest(ctx, repo.Digest(desc.Digest.String()))
+	if err != nil {
+		return nil, err
+	}
+	m, err := v1.ParseManifest(strings.NewReader(string(raw)))
+	if err != nil {
+		return nil, fmt.Errorf("bundle manifest: %w", err)
+	}
+	if len(m.Layers) != 1 {
+		return nil, fmt.Errorf("bundle manifest has %d layers, want 1", len(m.Layers))
+	}
+	rc, err := v.reg.Blob(ctx, repo, m.Layers[0].Digest.String())
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, maxBundleBytes))
+	if err != nil {
+		return nil, err
+	}
+	var b sgbundle.Bundle
+	if err := b.UnmarshalJSON(data); err != nil {
+		return nil, fmt.Errorf("bundle: %w", err)
+	}
+	return &b, nil
+}

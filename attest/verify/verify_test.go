@@ -1,0 +1,112 @@
+package verify
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/sigstore/sigstore-go/pkg/testing/ca"
+	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
+)
+
+const (
+	issuer = "https://issuer.example.test"
+	signer = "attestd@example.test"
+)
+
+func statement(t *testing.T, digest, predicateType string) []byte {
+	t.Helper()
+	b, _ := json.Marshal(map[string]any{
+		"_type": "https://in-toto.io/Statement/v1", "predicateType": predicateType,
+		"subject":   []map[string]any{{"name": "r.example/app", "digest": map[string]string{"sha256": strings.TrimPrefix(digest, "sha256:")}}},
+		"predicate": map[string]any{"x": 1},
+	})
+	return b
+}
+
+func TestEntities(t *testing.T) {
+	t.Parallel()
+	vs, err := ca.NewVirtualSigstore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := "sha256:" + strings.Repeat("ab", 32)
+	other := "sha256:" + strings.Repeat("cd", 32)
+	attest := func(id, iss, dgst, pt string) sgverify.SignedEntity {
+		e, err := vs.Attest(id, iss, statement(t, dgst, pt))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	good := attest(signer, issuer, digest, "https://slsa.dev/provenance/v1")
+	sig := attest(signer, issuer, digest, "https://sigstore.dev/cosign/sign/v1")
+	wrongSigner := attest("mallory@example.test", issuer, digest, "https://spdx.dev/Document")
+	wrongIssuer := attest(signer, "https://evil.example", digest, "https://cyclonedx.org/bom")
+	otherDigest := attest(signer, issuer, other, "https://example.test/vuln")
+
+	v, err := New(vs, []Identity{{Issuer: issuer, Subject: signer}}, nil, Options{TransparencyLog: 1, SignedTimestamps: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := v.Entities(digest, []sgverify.SignedEntity{good, sig, wrongSigner, wrongIssuer, otherDigest}, []string{"good", "sig", "wrong-signer", "wrong-issuer", "other-digest"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"https://sigstore.dev/cosign/sign/v1", "https://slsa.dev/provenance/v1"}, res.PredicateTypes()); diff != "" {
+		t.Errorf("verified (-want +got):\n%s", diff)
+	}
+	var rejected []string
+	for _, r := range res.Rejected {
+		rejected = append(rejected, r.Bundle)
+	}
+	if diff := cmp.Diff([]string{"wrong-signer", "wrong-issuer", "other-digest"}, rejected); diff != "" {
+		t.Errorf("rejected (-want +got):\n%s", diff)
+	}
+	if ev := res.Verified["https://slsa.dev/provenance/v1"]; ev.Subject != signer {
+		t.Errorf("evidence = %+v", ev)
+	}
+
+	// A regex identity accepts the wrong-signer's sibling only when it matches.
+	vr, err := New(vs, []Identity{{Issuer: issuer, SubjectRegex: `^.*@example\.test$`}}, nil, Options{TransparencyLog: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, _ = vr.Entities(digest, []sgverify.SignedEntity{wrongSigner}, nil)
+	if _, ok := res.Verified["https://spdx.dev/Document"]; !ok {
+		t.Errorf("regex identity did not match: %+v", res.Rejected)
+	}
+
+	// Trust material of another Sigstore: nothing verifies.
+	vs2, _ := ca.NewVirtualSigstore()
+	v2, _ := New(vs2, []Identity{{Issuer: issuer, Subject: signer}}, nil, Options{TransparencyLog: 1})
+	res, _ = v2.Entities(digest, []sgverify.SignedEntity{good}, nil)
+	if len(res.Verified) != 0 {
+		t.Errorf("verified against foreign trust material: %+v", res.Verified)
+	}
+}
+
+func TestNewFailsClosed(t *testing.T) {
+	t.Parallel()
+	vs, _ := ca.NewVirtualSigstore()
+	for name, tc := range map[string]struct {
+		ids []Identity
+		o   Options
+	}{
+		"no identities": {nil, Options{TransparencyLog: 1}},
+		"no time proof": {[]Identity{{Issuer: issuer, Subject: signer}}, Options{}},
+		"bad regex":     {[]Identity{{Issuer: issuer, SubjectRegex: "("}}, Options{TransparencyLog: 1}},
+	} {
+		if _, err := New(vs, tc.ids, nil, tc.o); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	v, _ := New(vs, []Identity{{Issuer: issuer, Subject: signer}}, nil, Options{TransparencyLog: 1})
+	for _, d := range []string{"", "sha256:12", "md5:" + strings.Repeat("a", 32), fmt.Sprintf("sha256:%064d", 0)[:70]} {
+		if _, err := v.Entities(d, nil, nil); err == nil {
+			t.Errorf("digest %q accepted", d)
+		}
+	}
+}
