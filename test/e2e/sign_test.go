@@ -1,13 +1,20 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 	"github.com/sigstore/sigstore-go/pkg/root"
 
 	"github.com/attestd/attestd/attest/sign"
@@ -79,6 +86,17 @@ func TestKeylessSignVerifiedByCosign(t *testing.T) {
 		t.Fatalf("wrong identity: verified %v rejected %d, %v", res.PredicateTypes(), len(res.Rejected), err)
 	}
 
+	// A tampered copy of the provenance bundle (payload edited, signature
+	// kept) attached beside it: rejected, while the genuine ones still verify.
+	tamperedWith(t, ctx, rc, ref)
+	res, err = v.Verify(ctx, ref.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Rejected) != 1 || len(res.Verified) != 2 {
+		t.Fatalf("after tampering: verified %v, rejected %+v", res.PredicateTypes(), res.Rejected)
+	}
+
 	before, err := rc.Referrers(ctx, ref, "")
 	if err != nil {
 		t.Fatal(err)
@@ -90,8 +108,8 @@ func TestKeylessSignVerifiedByCosign(t *testing.T) {
 		t.Fatal(err)
 	}
 	after, _ := rc.Referrers(ctx, ref, "")
-	if len(after) != len(before) || len(before) != 2 {
-		t.Fatalf("referrers %d before, %d after re-signing; want 2 and 2", len(before), len(after))
+	if len(after) != len(before) || len(before) != 3 {
+		t.Fatalf("referrers %d before, %d after re-signing; want 3 and 3", len(before), len(after))
 	}
 
 	other := pushRandom(t, "sign/app:v2")
@@ -106,4 +124,42 @@ func TestKeylessSignVerifiedByCosign(t *testing.T) {
 	if err := k.SignImage(ctx, stk.RegistryHost+"/sign/app:v2"); err == nil {
 		t.Fatal("signed by tag")
 	}
+}
+
+// tamperedWith attaches a copy of ref's SLSA bundle whose DSSE payload was
+// edited after signing.
+func tamperedWith(t *testing.T, ctx context.Context, rc *registry.Client, ref name.Digest) {
+	t.Helper()
+	refs, err := rc.Referrers(ctx, ref, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range refs {
+		if d.Annotations["dev.sigstore.bundle.predicateType"] != "https://slsa.dev/provenance/v1" {
+			continue
+		}
+		raw, _, err := rc.Manifest(ctx, ref.Context().Digest(d.Digest.String()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _ := v1.ParseManifest(bytes.NewReader(raw))
+		blob, err := rc.Blob(ctx, ref.Context(), m.Layers[0].Digest.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(blob)
+		blob.Close()
+		var bundle map[string]any
+		json.Unmarshal(b, &bundle)
+		env := bundle["dsseEnvelope"].(map[string]any)
+		payload, _ := base64.StdEncoding.DecodeString(env["payload"].(string))
+		payload = bytes.Replace(payload, []byte("https://attestd.dev/builder"), []byte("https://evil.example/builder"), 1)
+		env["payload"] = base64.StdEncoding.EncodeToString(payload)
+		forged, _ := json.Marshal(bundle)
+		if err := ociremote.WriteAttestationNewBundleFormat(ref, forged, "https://slsa.dev/provenance/v1", ociremote.WithRemoteOptions(rc.RemoteOptions(ctx)...)); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	t.Fatal("no SLSA bundle to tamper with")
 }
