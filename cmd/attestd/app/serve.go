@@ -65,10 +65,6 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w (is another attestd running? set listen or --listen)", cfg.Listen, err)
-	}
 	var ready atomic.Bool
 	stats := watch.NewStats()
 	mux := newAPI(db, rc, p.Wake, &ready, log)
@@ -76,6 +72,17 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 	sink := &intakeSink{db: db, rc: rc, wake: p.Wake, log: log, recordExisting: cfg.Intake.Existing == "record"}
 	if err := mountSources(mux, cfg, sink, stats, log); err != nil {
 		return err
+	}
+	var poller *watch.Poller
+	if cfg.Intake.PollInterval > 0 && len(cfg.Watch) > 0 {
+		if poller, err = watch.NewPoller(registryLister{rc}, sink, watchFilter(cfg), timeDuration(cfg.Intake.PollInterval), log, stats); err != nil {
+			return err
+		}
+	}
+	// Everything that can fail is built; only now take the port.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (is another attestd running? set listen or --listen)", cfg.Listen, err)
 	}
 	srv := &http.Server{
 		Handler:           mux,
@@ -101,11 +108,7 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
-	if cfg.Intake.PollInterval > 0 && len(cfg.Watch) > 0 {
-		poller, err := watch.NewPoller(registryLister{rc}, sink, watchFilter(cfg), timeDuration(cfg.Intake.PollInterval), log, stats)
-		if err != nil {
-			return err
-		}
+	if poller != nil {
 		g.Go(func() error { return poller.Run(gctx) })
 	}
 	g.Go(func() error {
