@@ -19,6 +19,10 @@
 //	events    intake dedupe key (e.g. a webhook event ID) → RFC 3339 time first seen.
 //	tags      "host/repo:tag" ‖ 0x00 ‖ 8-byte big-endian UnixNano → digest.
 //	          The history of what a tag pointed at, oldest first.
+//	blobs     "sha256:<hex>" → raw bytes (not JSON) of a document attestd made
+//	          (SBOMs, hardening, provenance). Content-addressed: written
+//	          before the Record that names them, so a crash leaves at most an
+//	          unreferenced blob, never a Record pointing at nothing. (schema v2)
 //
 // # Rules
 //

@@ -84,6 +84,28 @@ type Child struct {
 	Platform string `json:"platform,omitempty"`
 }
 
+// Artifact is one document attestd produced about a subject digest (the
+// image, or one platform child of an index).
+type Artifact struct {
+	Subject       string `json:"subject"` // sha256:… the document is about
+	Platform      string `json:"platform,omitempty"`
+	Kind          string `json:"kind"` // spdx, cyclonedx, hardening, provenance, …
+	MediaType     string `json:"mediaType"`
+	PredicateType string `json:"predicateType,omitempty"` // in-toto predicate type it is attested as
+	Digest        string `json:"digest"`                  // sha256 of the bytes in the blobs bucket
+	Size          int64  `json:"size"`
+}
+
+// Facts is the analysis summary of one subject digest.
+type Facts struct {
+	Subject   string   `json:"subject"`
+	Platform  string   `json:"platform,omitempty"`
+	Packages  int      `json:"packages"`
+	Size      int64    `json:"size"`             // config + compressed layers, bytes
+	Failed    []string `json:"failed,omitempty"` // hardening check IDs that failed
+	BaseImage string   `json:"baseImage,omitempty"`
+}
+
 // Record is the per-digest state. Ref is "host/repo@sha256:…", the key.
 type Record struct {
 	Ref        string                 `json:"ref"`
@@ -97,12 +119,18 @@ type Record struct {
 	Rev        uint64                 `json:"rev"`
 	Stages     map[string]StageResult `json:"stages,omitempty"`
 	Decision   *Decision              `json:"decision,omitempty"`
-	FailedFrom State                  `json:"failedFrom,omitempty"`
-	LastError  string                 `json:"lastError,omitempty"`
-	Source     string                 `json:"source,omitempty"`
-	Note       string                 `json:"note,omitempty"`
-	CreatedAt  time.Time              `json:"createdAt"`
-	UpdatedAt  time.Time              `json:"updatedAt"`
+	// Artifacts are the documents analysis made about this digest and its
+	// platform children; their bytes live in the blobs bucket.
+	Artifacts []Artifact `json:"artifacts,omitempty"`
+	// Facts summarise analysis per subject digest, for status and policy.
+	Facts      []Facts   `json:"facts,omitempty"`
+	FailedFrom State     `json:"failedFrom,omitempty"`
+	LastError  string    `json:"lastError,omitempty"`
+	Source     string    `json:"source,omitempty"`
+	Pusher     string    `json:"pusher,omitempty"` // who pushed it, when the event said
+	Note       string    `json:"note,omitempty"`
+	CreatedAt  time.Time `json:"createdAt"`
+	UpdatedAt  time.Time `json:"updatedAt"`
 }
 
 // SplitRef splits "host/repo@sha256:hex" into its parts.

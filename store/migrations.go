@@ -19,6 +19,11 @@ var migrations = []func(tx *bolt.Tx) error{
 		}
 		return nil
 	},
+	// 1 → 2: blobs, the content-addressed documents analysis produces.
+	func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketBlobs)
+		return err
+	},
 }
 
 // SchemaVersion is the layout this binary reads and writes.

@@ -36,6 +36,7 @@ var (
 	bucketByRef  = []byte("byref")
 	bucketEvents = []byte("events")
 	bucketTags   = []byte("tags")
+	bucketBlobs  = []byte("blobs")
 
 	keySchema = []byte("schema")
 

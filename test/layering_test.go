@@ -20,6 +20,7 @@ var allowed = map[string][]string{
 	"cmd/attestd/app": {"*"},
 
 	// L2
+	"attest/analyze":  {"attest", "attest/slsa", "sbom", "sbom/harden", "store", "store/layers", "store/registry"},
 	"attest/pipeline": {"attest", "attest/watch", "sbom", "sbom/harden", "sbom/vuln", "policy", "policy/promote", "store"},
 	// L1
 	"attest/slsa":    {"attest"},
@@ -29,7 +30,7 @@ var allowed = map[string][]string{
 	"policy/promote": {"policy"},
 	// L0
 	"attest": {}, "attest/watch": {}, "sbom": {}, "sbom/harden": {}, "sbom/vuln": {},
-	"policy": {}, "store": {}, "store/registry": {}, "configs": {},
+	"policy": {}, "store": {}, "store/registry": {}, "store/layers": {}, "configs": {},
 }
 
 // forbidden external imports, by package prefix: only attest/sign and

@@ -319,14 +319,26 @@ func (p *Pipeline) next(rec *store.Record) (string, runFunc) {
 		if s.Analyzer == nil {
 			return StageAnalyse, nil
 		}
-		return StageAnalyse, func(ctx context.Context, _ *store.Record, t *Target) (store.State, func(*store.Record), error) {
-			return store.StateAnalysed, nil, s.Analyzer.Analyze(ctx, t)
+		return StageAnalyse, func(ctx context.Context, rec *store.Record, t *Target) (store.State, func(*store.Record), error) {
+			t.Source, t.Pusher = rec.Source, rec.Pusher
+			an, err := s.Analyzer.Analyze(ctx, t)
+			if err != nil {
+				return "", nil, err
+			}
+			// Fail closed: an analysis that produced nothing is not done.
+			if an == nil || len(an.Artifacts) == 0 {
+				return "", nil, errors.New("analysis produced no documents")
+			}
+			return store.StateAnalysed, func(r *store.Record) {
+				r.Artifacts, r.Facts = an.Artifacts, an.Facts
+			}, nil
 		}
 	case store.StateAnalysed:
 		if s.Signer == nil {
 			return StageSign, nil
 		}
-		return StageSign, func(ctx context.Context, _ *store.Record, t *Target) (store.State, func(*store.Record), error) {
+		return StageSign, func(ctx context.Context, rec *store.Record, t *Target) (store.State, func(*store.Record), error) {
+			t.Source, t.Pusher, t.Artifacts = rec.Source, rec.Pusher, rec.Artifacts
 			return store.StateAttested, nil, s.Signer.Sign(ctx, t)
 		}
 	case store.StateAttested:

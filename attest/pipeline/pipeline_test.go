@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -54,8 +55,13 @@ func (s *stage) Resolve(ctx context.Context, r string) (*Target, error) {
 	}
 	return &Target{Ref: r, MediaType: "application/vnd.oci.image.manifest.v1+json"}, nil
 }
-func (s *stage) Analyze(ctx context.Context, _ *Target) error { return s.hit(ctx, "analyse") }
-func (s *stage) Sign(ctx context.Context, _ *Target) error    { return s.hit(ctx, "sign") }
+func (s *stage) Analyze(ctx context.Context, t *Target) (*Analysis, error) {
+	if err := s.hit(ctx, "analyse"); err != nil {
+		return nil, err
+	}
+	return &Analysis{Artifacts: []store.Artifact{{Subject: "sha256:" + strings.Repeat("a", 64), Kind: "spdx"}}}, nil
+}
+func (s *stage) Sign(ctx context.Context, _ *Target) error { return s.hit(ctx, "sign") }
 func (s *stage) Evaluate(ctx context.Context, _ *Target) (Decision, error) {
 	return Decision{Allow: s.allow, Reasons: []string{"test"}}, s.hit(ctx, "evaluate")
 }

@@ -17,6 +17,21 @@ type Target struct {
 	// could not tell apart): the job ends after resolve and no later stage
 	// runs.
 	NotImage string
+	// Tags pointing at Ref when the job started (from intake's tag history).
+	Tags []string
+	// Source is the intake source that reported Ref; Pusher who pushed it,
+	// when the event said.
+	Source, Pusher string
+	// Artifacts are the documents analysis recorded (filled in for the
+	// stages after analysis).
+	Artifacts []store.Artifact
+}
+
+// Analysis is what the analysis stage produced, recorded on the digest in
+// the same transition that marks it analysed.
+type Analysis struct {
+	Artifacts []store.Artifact
+	Facts     []store.Facts
 }
 
 // The stage interfaces. app injects implementations; a nil stage is "not
@@ -29,7 +44,7 @@ type (
 	}
 	// Analyzer produces SBOMs, hardening facts and vulnerabilities.
 	Analyzer interface {
-		Analyze(ctx context.Context, t *Target) error
+		Analyze(ctx context.Context, t *Target) (*Analysis, error)
 	}
 	// Signer signs the analysis results and attaches them to the registry.
 	Signer interface {

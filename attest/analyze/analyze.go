@@ -1,0 +1,427 @@
+// Package analyze is the analysis stage: for an image, or every platform
+// manifest of an index, it fetches each layer once into the layer cache,
+// reads the image once (sbom.Scan) and derives everything from that one
+// local copy — SPDX and CycloneDX SBOMs, the hardening report and SLSA
+// provenance — then stores the documents as content-addressed blobs and
+// returns what the pipeline records on the digest.
+//
+// A step is done only when every part of it is: any failed fetch, scan,
+// check or write fails the whole analysis, and nothing is recorded.
+package analyze
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/attestd/attestd/attest/slsa"
+	"github.com/attestd/attestd/sbom"
+	"github.com/attestd/attestd/sbom/harden"
+	"github.com/attestd/attestd/store"
+	"github.com/attestd/attestd/store/layers"
+	"github.com/attestd/attestd/store/registry"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/sync/errgroup"
+)
+
+// Kinds of artifacts, as recorded in store.Artifact.Kind.
+const (
+	KindSPDX       = "spdx"
+	KindCycloneDX  = "cyclonedx"
+	KindHardening  = "hardening"
+	KindProvenance = "provenance"
+)
+
+// Predicate types the SBOMs are attested as (cosign's --type spdxjson and
+// cyclonedx map to these).
+const (
+	PredicateSPDX      = "https://spdx.dev/Document"
+	PredicateCycloneDX = "https://cyclonedx.org/bom"
+)
+
+// MediaTypeJSON is the media type of the hardening report and provenance
+// statement blobs.
+const (
+	MediaTypeHardening = "application/vnd.attestd.hardening.v1+json"
+	MediaTypeInToto    = "application/vnd.in-toto+json"
+)
+
+// Blobs stores documents by content digest.
+type Blobs interface {
+	PutBlob(ctx context.Context, data []byte) (string, error)
+}
+
+// Options configure the analyser; zero values take defaults.
+type Options struct {
+	SBOM   sbom.Options // WorkDir required
+	Harden harden.Options
+	// Builders map repositories/pushers to provenance builder IDs.
+	Builders []slsa.Builder
+	// LayerConcurrency bounds parallel layer downloads of one job. Default 3.
+	LayerConcurrency int
+	Version          string // attestd's version, for provenance
+	Logger           *slog.Logger
+	Now              func() time.Time
+}
+
+// Analyzer runs the analysis stage.
+type Analyzer struct {
+	reg   *registry.Client
+	cache *layers.Cache
+	blobs Blobs
+	o     Options
+	log   *slog.Logger
+}
+
+// New returns an Analyzer.
+func New(reg *registry.Client, cache *layers.Cache, blobs Blobs, o Options) (*Analyzer, error) {
+	if reg == nil || cache == nil || blobs == nil {
+		return nil, errors.New("analyze: registry, layer cache and blob store are required")
+	}
+	if o.SBOM.WorkDir == "" {
+		return nil, errors.New("analyze: SBOM work dir is required")
+	}
+	if err := os.MkdirAll(o.SBOM.WorkDir, 0o700); err != nil {
+		return nil, fmt.Errorf("analyze: %w", err)
+	}
+	if o.LayerConcurrency <= 0 {
+		o.LayerConcurrency = 3
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.SBOM.ToolName == "" {
+		o.SBOM.ToolName, o.SBOM.ToolVersion = "attestd", o.Version
+	}
+	l := o.Logger
+	if l == nil {
+		l = slog.New(slog.DiscardHandler)
+	}
+	return &Analyzer{reg: reg, cache: cache, blobs: blobs, o: o, log: l}, nil
+}
+
+// CleanWorkDir removes scans a crash left behind. Call once at start, before
+// any Analyze.
+func (a *Analyzer) CleanWorkDir() error {
+	des, err := os.ReadDir(a.o.SBOM.WorkDir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, de := range des {
+		if strings.HasPrefix(de.Name(), "scan-") {
+			errs = append(errs, os.RemoveAll(filepath.Join(a.o.SBOM.WorkDir, de.Name())))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Request is one digest to analyse.
+type Request struct {
+	Ref       string // host/repo@sha256:…
+	MediaType string
+	Children  []store.Child
+	Tags      []string // tags currently pointing at Ref
+	Source    string   // intake source name
+	Pusher    string
+}
+
+// Result is what the pipeline records on the digest.
+type Result struct {
+	Artifacts []store.Artifact
+	Facts     []store.Facts
+}
+
+// Analyze analyses req. For an index it analyses every platform manifest
+// and writes index-level provenance covering all of them.
+func (a *Analyzer) Analyze(ctx context.Context, req Request) (*Result, error) {
+	ref, err := name.NewDigest(req.Ref)
+	if err != nil {
+		return nil, fmt.Errorf("analyze: %w", err)
+	}
+	repo := ref.Context()
+	res := &Result{}
+	raw, mt, err := a.reg.Manifest(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if !mt.IsIndex() {
+		if err := a.image(ctx, req, repo, ref.DigestStr(), "", raw, nil, res); err != nil {
+			return nil, err
+		}
+		return res, nil
+	}
+	idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("analyze: index %s: %w", ref, err)
+	}
+	kids, err := registry.ChildrenOf(raw, mt)
+	if err != nil {
+		return nil, fmt.Errorf("analyze: index %s: %w", ref, err)
+	}
+	if len(kids) == 0 {
+		return nil, fmt.Errorf("analyze: index %s lists no platform manifests", ref)
+	}
+	subjects := []slsa.Subject{{Name: repo.Name(), Digest: ref.DigestStr()}}
+	for _, k := range kids {
+		child := repo.Digest(k.Digest.String())
+		craw, cmt, err := a.reg.Manifest(ctx, child)
+		if err != nil {
+			return nil, err
+		}
+		if cmt.IsIndex() {
+			return nil, fmt.Errorf("analyze: %s: nested index %s is not supported", ref, child)
+		}
+		bk, err := a.buildKitProvenance(ctx, idx, k.Digest, repo)
+		if err != nil {
+			return nil, err
+		}
+		if err := a.image(ctx, req, repo, k.Digest.String(), k.Platform, craw, bk, res); err != nil {
+			return nil, err
+		}
+		subjects = append(subjects, slsa.Subject{Name: repo.Name(), Digest: k.Digest.String()})
+	}
+	st, err := slsa.Statement(slsa.Input{
+		Subjects: subjects, Repository: repo.Name(), Tags: req.Tags,
+		EventSource: req.Source, Pusher: req.Pusher,
+		BuilderID:  slsa.BuilderFor(a.o.Builders, repo.Name(), req.Pusher),
+		ObservedAt: a.o.Now(), Version: a.o.Version,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := a.put(ctx, res, store.Artifact{Subject: ref.DigestStr(), Kind: KindProvenance, MediaType: MediaTypeInToto, PredicateType: slsa.PredicateType}, st); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// image analyses one platform image.
+func (a *Analyzer) image(ctx context.Context, req Request, repo name.Repository, digest, platform string, raw []byte, bk *slsa.Attached, res *Result) error {
+	ref := repo.Digest(digest)
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return fmt.Errorf("analyze: manifest %s: %w", ref, err)
+	}
+	if m.Config.MediaType != "" && !m.Config.MediaType.IsConfig() {
+		return fmt.Errorf("analyze: %s: config media type %s is not an image config", ref, m.Config.MediaType)
+	}
+	rawCfg, err := a.blob(ctx, repo, m.Config.Digest.String(), 4<<20)
+	if err != nil {
+		return err
+	}
+	cf, err := sbom.ConfigFile(rawCfg)
+	if err != nil {
+		return fmt.Errorf("analyze: config of %s: %w", ref, err)
+	}
+	if platform == "" {
+		platform = cf.Platform().String()
+	}
+	if len(cf.RootFS.DiffIDs) != len(m.Layers) {
+		return fmt.Errorf("analyze: %s: manifest has %d layers, config %d diff IDs", ref, len(m.Layers), len(cf.RootFS.DiffIDs))
+	}
+
+	// Fetch every layer once (bounded), into the shared cache.
+	handles := make([]*layers.Handle, len(m.Layers))
+	defer func() {
+		for _, h := range handles {
+			if h != nil {
+				h.Release()
+			}
+		}
+	}()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(a.o.LayerConcurrency)
+	size := m.Config.Size
+	for i, l := range m.Layers {
+		size += l.Size
+		if !isTarLayer(l.MediaType) {
+			return fmt.Errorf("analyze: %s: layer %d has media type %s, not a filesystem layer", ref, i, l.MediaType)
+		}
+		g.Go(func() error {
+			h, err := a.cache.Get(gctx, layers.Layer{
+				Digest: l.Digest.String(), DiffID: cf.RootFS.DiffIDs[i].String(),
+				MediaType: string(l.MediaType), Size: l.Size,
+			}, func(ctx context.Context) (io.ReadCloser, error) {
+				return a.reg.Blob(ctx, repo, l.Digest.String())
+			})
+			if err != nil {
+				return fmt.Errorf("analyze: %s: %w", ref, err)
+			}
+			handles[i] = h
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	img := sbom.Image{Name: ref.String(), RawManifest: raw, RawConfig: rawCfg}
+	if len(req.Tags) > 0 {
+		img.Tag = req.Tags[0]
+	}
+	for i, h := range handles {
+		img.Layers = append(img.Layers, sbom.LayerFile{
+			Digest: h.Digest, DiffID: cf.RootFS.DiffIDs[i].String(), MediaType: h.MediaType, Size: h.Size, Path: h.Path,
+		})
+	}
+
+	scan, err := sbom.Open(ctx, img, a.o.SBOM)
+	if err != nil {
+		return err
+	}
+	defer scan.Close()
+	docs, err := scan.Documents(ctx)
+	if err != nil {
+		return err
+	}
+	files, err := scan.Files()
+	if err != nil {
+		return err
+	}
+	hin := harden.Input{Config: cf, Open: scan.OpenFile, Size: size, OSPackages: docs.OSPackages}
+	for _, f := range files {
+		hin.Files = append(hin.Files, harden.File{Path: f.Path, Mode: f.Mode, Size: f.Size, UID: f.UID, GID: f.GID, Link: f.Link})
+	}
+	hin.Tag = pickTag(req.Tags)
+	report, err := harden.Run(ctx, hin, a.o.Harden)
+	if err != nil {
+		return fmt.Errorf("analyze: %s: %w", ref, err)
+	}
+	hjson, err := json.Marshal(report)
+	if err != nil {
+		return fmt.Errorf("analyze: %w", err)
+	}
+	prov, err := slsa.Statement(slsa.Input{
+		Subjects:     []slsa.Subject{{Name: repo.Name(), Digest: digest}},
+		Repository:   repo.Name(),
+		Tags:         req.Tags,
+		Platform:     platform,
+		ConfigDigest: m.Config.Digest.String(),
+		Layers:       len(m.Layers),
+		Labels:       cf.Config.Labels,
+		Created:      cf.Created.Time,
+		EventSource:  req.Source,
+		Pusher:       req.Pusher,
+		BuilderID:    slsa.BuilderFor(a.o.Builders, repo.Name(), req.Pusher),
+		BuildKit:     bk,
+		ObservedAt:   a.o.Now(),
+		Version:      a.o.Version,
+	})
+	if err != nil {
+		return err
+	}
+	for _, d := range []struct {
+		art  store.Artifact
+		body []byte
+	}{
+		{store.Artifact{Kind: KindSPDX, MediaType: sbom.MediaTypeSPDX, PredicateType: PredicateSPDX}, docs.SPDX},
+		{store.Artifact{Kind: KindCycloneDX, MediaType: sbom.MediaTypeCycloneDX, PredicateType: PredicateCycloneDX}, docs.CycloneDX},
+		{store.Artifact{Kind: KindHardening, MediaType: MediaTypeHardening, PredicateType: harden.PredicateType}, hjson},
+		{store.Artifact{Kind: KindProvenance, MediaType: MediaTypeInToto, PredicateType: slsa.PredicateType}, prov},
+	} {
+		d.art.Subject, d.art.Platform = digest, platform
+		if err := a.put(ctx, res, d.art, d.body); err != nil {
+			return err
+		}
+	}
+	res.Facts = append(res.Facts, store.Facts{
+		Subject: digest, Platform: platform, Packages: docs.Packages, Size: size,
+		Failed: report.Failed, BaseImage: cf.Config.Labels[harden.LabelBaseName],
+	})
+	a.log.InfoContext(ctx, "analysed", "digest", digest, "platform", platform, "packages", docs.Packages,
+		"hardening_failed", len(report.Failed), "layers", len(m.Layers))
+	return nil
+}
+
+func (a *Analyzer) put(ctx context.Context, res *Result, art store.Artifact, body []byte) error {
+	d, err := a.blobs.PutBlob(ctx, body)
+	if err != nil {
+		return fmt.Errorf("analyze: %w", err)
+	}
+	art.Digest, art.Size = d, int64(len(body))
+	res.Artifacts = append(res.Artifacts, art)
+	return nil
+}
+
+// blob fetches a small blob (a config) into memory, bounded and verified.
+func (a *Analyzer) blob(ctx context.Context, repo name.Repository, digest string, max int64) ([]byte, error) {
+	rc, err := a.reg.Blob(ctx, repo, digest)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("analyze: blob %s: %w", digest, err)
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("analyze: blob %s is larger than %d bytes", digest, max)
+	}
+	h, _, err := v1.SHA256(bytes.NewReader(b))
+	if err != nil || h.String() != digest {
+		return nil, fmt.Errorf("analyze: blob %s: content hashes to %s", digest, h)
+	}
+	return b, nil
+}
+
+func isTarLayer(mt types.MediaType) bool {
+	switch mt {
+	case types.DockerLayer, types.DockerUncompressedLayer, types.DockerForeignLayer,
+		types.OCILayer, types.OCILayerZStd, types.OCIUncompressedLayer,
+		types.OCIRestrictedLayer, types.OCIUncompressedRestrictedLayer:
+		return true
+	}
+	return false
+}
+
+// pickTag prefers "latest" (so the check sees it) and otherwise the first tag.
+func pickTag(tags []string) string {
+	for _, t := range tags {
+		if t == "latest" {
+			return t
+		}
+	}
+	if len(tags) > 0 {
+		return tags[0]
+	}
+	return ""
+}
+
+// buildKitProvenance finds the provenance BuildKit attached to child in
+// idx: an attestation manifest (annotation vnd.docker.reference.digest =
+// child) with a layer annotated in-toto.io/predicate-type = SLSA
+// provenance. It returns nil when there is none.
+func (a *Analyzer) buildKitProvenance(ctx context.Context, idx *v1.IndexManifest, child v1.Hash, repo name.Repository) (*slsa.Attached, error) {
+	for _, m := range idx.Manifests {
+		if m.Annotations["vnd.docker.reference.type"] != "attestation-manifest" ||
+			m.Annotations["vnd.docker.reference.digest"] != child.String() {
+			continue
+		}
+		ref := repo.Digest(m.Digest.String())
+		raw, _, err := a.reg.Manifest(ctx, ref)
+		if err != nil {
+			return nil, err
+		}
+		am, err := v1.ParseManifest(bytes.NewReader(raw))
+		if err != nil {
+			return nil, fmt.Errorf("analyze: attestation manifest %s: %w", ref, err)
+		}
+		for _, l := range am.Layers {
+			pt := l.Annotations["in-toto.io/predicate-type"]
+			if strings.HasPrefix(pt, "https://slsa.dev/provenance/") {
+				return &slsa.Attached{Digest: m.Digest.String(), MediaType: string(m.MediaType), PredicateType: pt, URI: "oci://" + ref.String()}, nil
+			}
+		}
+	}
+	return nil, nil
+}
