@@ -23,6 +23,10 @@ import (
 	"github.com/anchore/syft/syft/source"
 	"github.com/anchore/syft/syft/source/stereoscopesource"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	// The RPM and Nix catalogers read SQLite databases; syft's CLI links
+	// the same pure-Go driver, so counts match the CLI's.
+	_ "modernc.org/sqlite"
 )
 
 // Media types of the documents this package writes.

@@ -224,8 +224,8 @@ func (a *Analyzer) image(ctx context.Context, req Request, repo name.Repository,
 	if err != nil {
 		return fmt.Errorf("analyze: config of %s: %w", ref, err)
 	}
-	if platform == "" {
-		platform = cf.Platform().String()
+	if p := cf.Platform(); platform == "" && p != nil && p.OS != "" {
+		platform = p.String()
 	}
 	if len(cf.RootFS.DiffIDs) != len(m.Layers) {
 		return fmt.Errorf("analyze: %s: manifest has %d layers, config %d diff IDs", ref, len(m.Layers), len(cf.RootFS.DiffIDs))
