@@ -221,4 +221,3 @@ func TestAnalyzeSharesBaseLayer(t *testing.T) {
 		t.Errorf("stereoscope temp dirs left behind: %v", after)
 	}
 }
-
