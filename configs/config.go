@@ -10,8 +10,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -34,6 +37,7 @@ type Config struct {
 	Registries []Registry `yaml:"registries"`
 	Watch      []Watch    `yaml:"watch"`
 	Sources    []Source   `yaml:"sources"`
+	Analysis   Analysis   `yaml:"analysis"`
 
 	// file is where the config came from, for error messages.
 	file string
@@ -71,6 +75,83 @@ type Intake struct {
 	// pushes are always processed.
 	Existing string `yaml:"existing"`
 }
+
+// Analysis configures the analysis stage (SBOMs, hardening, provenance).
+type Analysis struct {
+	// SPDXVersion and CycloneDXVersion of the SBOM documents.
+	SPDXVersion      string `yaml:"spdx_version"`
+	CycloneDXVersion string `yaml:"cyclonedx_version"`
+	// LayerCache caps the on-disk layer cache (uncompressed layers shared by
+	// all jobs), e.g. "10GiB". Least recently used layers go first.
+	LayerCache Size `yaml:"layer_cache"`
+	// LayerConcurrency bounds parallel layer downloads of one job.
+	LayerConcurrency int       `yaml:"layer_concurrency"`
+	Hardening        Hardening `yaml:"hardening"`
+	// Builders map repositories or pushers to the builder ID that SLSA
+	// provenance names; first match wins. Without a match provenance says
+	// attestd only observed the image.
+	Builders []Builder `yaml:"builders"`
+}
+
+// Hardening tunes the hardening checks (docs/hardening.md).
+type Hardening struct {
+	// MinimalBases is the base-image allowlist (repository globs); empty
+	// means the built-in list.
+	MinimalBases []string `yaml:"minimal_bases"`
+	// MaxImageSize fails images above it, e.g. "1GiB".
+	MaxImageSize Size `yaml:"max_image_size"`
+	// MinGoVersion is the oldest supported Go release ("go1.25"); empty:
+	// one release before the Go attestd was built with.
+	MinGoVersion string `yaml:"min_go_version"`
+}
+
+// Builder maps images to a provenance builder ID.
+type Builder struct {
+	Repository string `yaml:"repository"` // glob over host/repo
+	Pusher     string `yaml:"pusher"`     // glob over the event's pusher
+	ID         string `yaml:"id"`         // URI of the build platform
+}
+
+// Size is a byte count written as an integer or with a unit: 512MiB, 10GiB, 1GB.
+type Size int64
+
+// UnmarshalYAML parses sizes with B, KB/KiB, MB/MiB, GB/GiB, TB/TiB units.
+func (z *Size) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := ParseSize(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*z = Size(v)
+	return nil
+}
+
+// ParseSize parses "10GiB", "512MiB", "1GB" or a plain byte count.
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"TB", 1e12}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if num, ok := strings.CutSuffix(t, u.suffix); ok {
+			t, mult = strings.TrimSpace(num), u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || v < 0 || v > (1<<62)/mult {
+		return 0, fmt.Errorf("%q is not a size (write e.g. 512MiB, 10GiB or a byte count)", s)
+	}
+	return v * mult, nil
+}
+
+// MarshalYAML writes the byte count.
+func (z Size) MarshalYAML() (any, error) { return int64(z), nil }
 
 // Registry is one registry attestd reads from or writes to.
 type Registry struct {
@@ -176,6 +257,10 @@ func Default() *Config {
 			Timeout: Duration(30 * time.Minute), ShutdownGrace: Duration(8 * time.Second),
 		},
 		Intake: Intake{MaxBodyBytes: 1 << 20, PollInterval: Duration(5 * time.Minute), Existing: "process"},
+		Analysis: Analysis{
+			SPDXVersion: "2.3", CycloneDXVersion: "1.6", LayerCache: 10 << 30, LayerConcurrency: 3,
+			Hardening: Hardening{MaxImageSize: 1 << 30},
+		},
 	}
 }
 
@@ -300,6 +385,44 @@ func (c *Config) Validate() error {
 	}
 	if c.Intake.Existing != "process" && c.Intake.Existing != "record" {
 		bad("intake.existing", "%q is not process or record", c.Intake.Existing)
+	}
+	a := c.Analysis
+	if !slices.Contains([]string{"2.3", "2.2"}, a.SPDXVersion) {
+		bad("analysis.spdx_version", "%q is not supported: use 2.3 (or 2.2)", a.SPDXVersion)
+	}
+	if !slices.Contains([]string{"1.6", "1.5", "1.4"}, a.CycloneDXVersion) {
+		bad("analysis.cyclonedx_version", "%q is not supported: use 1.6 (or 1.5, 1.4)", a.CycloneDXVersion)
+	}
+	if a.LayerCache < 64<<20 {
+		bad("analysis.layer_cache", "must be at least 64MiB, got %d bytes", a.LayerCache)
+	}
+	if a.LayerConcurrency < 1 || a.LayerConcurrency > 32 {
+		bad("analysis.layer_concurrency", "must be 1…32, got %d", a.LayerConcurrency)
+	}
+	if a.Hardening.MaxImageSize <= 0 {
+		bad("analysis.hardening.max_image_size", "must be positive")
+	}
+	if v := a.Hardening.MinGoVersion; v != "" && !regexp.MustCompile(`^go1\.\d+$`).MatchString(v) {
+		bad("analysis.hardening.min_go_version", "%q: write goX.Y, e.g. go1.25", v)
+	}
+	for i, g := range a.Hardening.MinimalBases {
+		if _, err := path.Match(g, ""); err != nil || g == "" {
+			bad(fmt.Sprintf("analysis.hardening.minimal_bases[%d]", i), "%q is not a valid glob", g)
+		}
+	}
+	for i, b := range a.Builders {
+		f := fmt.Sprintf("analysis.builders[%d]", i)
+		if u, err := url.Parse(b.ID); err != nil || u.Scheme == "" {
+			bad(f+".id", "%q must be a URI naming the build platform, e.g. https://ci.example.com/builders/main", b.ID)
+		}
+		if b.Repository == "" && b.Pusher == "" {
+			bad(f, "set repository or pusher (or both)")
+		}
+		for _, g := range []string{b.Repository, b.Pusher} {
+			if _, err := path.Match(g, ""); err != nil {
+				bad(f, "%q is not a valid glob", g)
+			}
+		}
 	}
 	if c.Intake.MaxBodyBytes < 1024 {
 		bad("intake.max_body_bytes", "must be at least 1024, got %d", c.Intake.MaxBodyBytes)

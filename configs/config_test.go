@@ -21,7 +21,8 @@ func TestExampleConfigIsValid(t *testing.T) {
 		t.Fatalf("configs/attestd.yaml does not validate: %v", err)
 	}
 	want := Default()
-	if c.Jobs != want.Jobs || c.Intake != want.Intake || c.Workers != want.Workers || c.Log != want.Log {
+	if c.Jobs != want.Jobs || c.Intake != want.Intake || c.Workers != want.Workers || c.Log != want.Log ||
+		!cmp.Equal(c.Analysis, want.Analysis) {
 		t.Errorf("the example's documented defaults drifted from Default():\n%s", cmp.Diff(want.Jobs, c.Jobs))
 	}
 }
@@ -37,6 +38,11 @@ func TestLoadErrors(t *testing.T) {
 		{"bad type", "workers: many\n", []string{"line 1", "many", "into int"}},
 		{"inline password", "registries:\n- host: r.example\n  auth: {username: u, password: hunter2}\n", []string{"registries[0].auth.password", "password_file"}},
 		{"empty host", "registries:\n- rate_limit: 3\n", []string{"registries[0].host", "must be set"}},
+		{"bad size", "analysis:\n  layer_cache: lots\n", []string{"line 2", "not a size"}},
+		{"small cache", "analysis:\n  layer_cache: 1MiB\n", []string{"analysis.layer_cache", "64MiB"}},
+		{"bad spdx", "analysis:\n  spdx_version: \"3.0\"\n", []string{"analysis.spdx_version"}},
+		{"bad go", "analysis:\n  hardening: {min_go_version: \"1.25\"}\n", []string{"min_go_version", "go1.25"}},
+		{"builder without uri", "analysis:\n  builders: [{repository: \"r/*\", id: ci}]\n", []string{"analysis.builders[0].id", "URI"}},
 		{"scheme in host", "registries:\n- host: https://r.example\n", []string{"bare host"}},
 		{"watch unknown registry", "watch:\n- registry: nope\n  repositories: [a]\n", []string{"watch[0].registry", "add it there"}},
 		{"bad listen", "listen: 8080\n", []string{"listen", "host:port"}},

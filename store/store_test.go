@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -510,5 +511,81 @@ func TestIntakeFoldsChildren(t *testing.T) {
 	r, _ := db.Image(ctx, childRef)
 	if r.Parent != ref(1) {
 		t.Fatalf("child parent = %q", r.Parent)
+	}
+}
+
+func TestTagsOf(t *testing.T) {
+	ctx := context.Background()
+	db, err := Open(filepath.Join(t.TempDir(), "a.db")) // real clock: each move gets its own key
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	a, b := "sha256:"+strings.Repeat("a", 64), "sha256:"+strings.Repeat("b", 64)
+	for _, x := range []struct{ tag, d string }{
+		{"r.example/app:v1", a}, {"r.example/app:latest", a}, {"r.example/app:latest", b},
+		{"r.example/app:v1.0", a}, {"r.example/app-other:v1", a}, {"r.example/app:gone", a}, {"r.example/app:gone", ""},
+	} {
+		if err := db.RecordTag(ctx, x.tag, x.d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := db.TagsOf(ctx, "r.example/app", a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"v1", "v1.0"}; !slices.Equal(got, want) {
+		t.Errorf("TagsOf = %v, want %v", got, want)
+	}
+}
+
+func TestBlobs(t *testing.T) {
+	ctx := context.Background()
+	db, _ := open(t)
+	d, err := db.PutBlob(ctx, []byte("hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d != "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824" {
+		t.Errorf("digest %s", d)
+	}
+	if _, err := db.PutBlob(ctx, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := db.Blob(ctx, d)
+	if err != nil || string(got) != "hello" {
+		t.Errorf("Blob = %q, %v", got, err)
+	}
+	if _, err := db.Blob(ctx, "sha256:"+strings.Repeat("0", 64)); !errors.Is(err, ErrNotFound) {
+		t.Errorf("missing blob: %v, want ErrNotFound", err)
+	}
+}
+
+// A v1 file (before blobs) migrates to the current schema on open.
+func TestMigrateV1(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "v1.db")
+	bdb, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bdb.Update(func(tx *bolt.Tx) error {
+		if err := migrations[0](tx); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(keySchema, u64(1))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	bdb.Close()
+	if _, err := Open(path, ReadOnly()); err == nil || !strings.Contains(err.Error(), "needs migration") {
+		t.Fatalf("read-only open of a v1 file: %v, want needs migration", err)
+	}
+	db, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.PutBlob(context.Background(), []byte("x")); err != nil {
+		t.Fatalf("blobs after migration: %v", err)
 	}
 }

@@ -76,3 +76,38 @@ func (db *DB) TagHistory(ctx context.Context, repoTag string) ([]TagEvent, error
 	})
 	return out, err
 }
+
+// TagsOf lists the tags of repo ("host/repo") whose newest entry points at
+// digest, sorted. It scans the repository's tag histories, which stay small
+// (one entry per move).
+func (db *DB) TagsOf(ctx context.Context, repo, digest string) ([]string, error) {
+	var out []string
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		prefix := []byte(repo + ":")
+		c := tx.Bucket(bucketTags).Cursor()
+		var cur string
+		var newest []byte
+		flush := func() {
+			if cur != "" && string(newest) == digest {
+				out = append(out, cur)
+			}
+		}
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if len(k) < len(prefix)+9 || k[len(k)-9] != 0 {
+				continue
+			}
+			tag := string(k[len(prefix) : len(k)-9])
+			if tag != cur {
+				flush()
+				cur = tag
+			}
+			newest = v
+		}
+		flush()
+		return nil
+	})
+	return out, err
+}

@@ -127,8 +127,9 @@ var (
 func attestdBinary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "attestd-bin-")
-		if err != nil {
+		// Under the run's dir, which runTests removes: binaries do not pile up in /tmp.
+		dir := filepath.Join(runDir, "bin")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
 			buildErr = err
 			return
 		}

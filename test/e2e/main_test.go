@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"os/signal"
 	"strings"
 	"sync"
@@ -21,6 +22,8 @@ import (
 )
 
 var (
+	// runDir holds everything one test run writes; removed after a passing run.
+	runDir string
 	stk    *stack.Stack
 	events = &eventLog{}
 )
@@ -47,6 +50,7 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	runDir = dir
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	notify := events.serve()
@@ -64,6 +68,8 @@ func runTests(m *testing.M) int {
 	stk.Stop()
 	if code == 0 {
 		os.RemoveAll(dir)
+	} else {
+		os.RemoveAll(filepath.Join(dir, "bin")) // keep the logs, not the binaries
 	}
 	return code
 }

@@ -152,6 +152,13 @@ func printRecord(w io.Writer, rec *store.Record) {
 	for _, c := range rec.Children {
 		fmt.Fprintf(w, "child:  %s %s\n", c.Digest, c.Platform)
 	}
+	for _, f := range rec.Facts {
+		fmt.Fprintf(w, "facts:  %s %s packages=%d size=%d base=%q hardening_failed=[%s]\n",
+			f.Subject, f.Platform, f.Packages, f.Size, f.BaseImage, strings.Join(f.Failed, " "))
+	}
+	for _, a := range rec.Artifacts {
+		fmt.Fprintf(w, "doc:    %-10s %s %s (%d bytes) %s\n", a.Kind, a.Subject, a.Digest, a.Size, a.PredicateType)
+	}
 	if rec.Decision != nil {
 		fmt.Fprintf(w, "decision: allow=%t %s\n", rec.Decision.Allow, strings.Join(rec.Decision.Reasons, "; "))
 	}

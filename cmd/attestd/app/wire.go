@@ -6,14 +6,20 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 
+	"github.com/attestd/attestd/attest/analyze"
 	"github.com/attestd/attestd/attest/pipeline"
+	"github.com/attestd/attestd/attest/slsa"
 	"github.com/attestd/attestd/configs"
+	"github.com/attestd/attestd/sbom"
+	"github.com/attestd/attestd/sbom/harden"
 	"github.com/attestd/attestd/store"
+	"github.com/attestd/attestd/store/layers"
 	"github.com/attestd/attestd/store/registry"
 )
 
@@ -98,11 +104,15 @@ func (r resolver) Resolve(ctx context.Context, ref string) (*pipeline.Target, er
 	return t, nil
 }
 
-// newPipeline wires the stages that exist today. The analysis, signing,
-// evaluation and promotion stages are not built yet: the pipeline reports
-// them as skipped and never moves a digest past what really ran.
+// newPipeline wires the stages that exist today: resolve and analyse. The
+// signing, evaluation and promotion stages are not wired yet: the pipeline
+// reports them as skipped and never moves a digest past what really ran.
 func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Client, log *slog.Logger) (*pipeline.Pipeline, error) {
-	stages := pipeline.Stages{Resolver: resolver{rc}}
+	an, err := newAnalyzer(cfg, db, rc, log)
+	if err != nil {
+		return nil, err
+	}
+	stages := pipeline.Stages{Resolver: resolver{rc}, Analyzer: analyzerStage{an, db}}
 	if r.wrapStages != nil {
 		stages = r.wrapStages(stages)
 	}
@@ -153,4 +163,66 @@ func notImage(raw []byte) string {
 		return "config media type " + m.Config.MediaType
 	}
 	return ""
+}
+
+// newAnalyzer builds the analysis stage on the layer cache under data_dir.
+func newAnalyzer(cfg *configs.Config, db *store.DB, rc *registry.Client, log *slog.Logger) (*analyze.Analyzer, error) {
+	cache, err := layers.Open(filepath.Join(cfg.DataDir, "cache", "layers"), int64(cfg.Analysis.LayerCache))
+	if err != nil {
+		return nil, err
+	}
+	builders := make([]slsa.Builder, 0, len(cfg.Analysis.Builders))
+	for _, b := range cfg.Analysis.Builders {
+		builders = append(builders, slsa.Builder{Repository: b.Repository, Pusher: b.Pusher, ID: b.ID})
+	}
+	ver, _, _ := buildInfo()
+	a, err := analyze.New(rc, cache, db, analyze.Options{
+		SBOM: sbom.Options{
+			SPDXVersion: cfg.Analysis.SPDXVersion, CycloneDXVersion: cfg.Analysis.CycloneDXVersion,
+			WorkDir: filepath.Join(cfg.DataDir, "work"),
+		},
+		Harden: harden.Options{
+			MinimalBases: cfg.Analysis.Hardening.MinimalBases, MaxImageBytes: int64(cfg.Analysis.Hardening.MaxImageSize),
+			MinGoVersion: cfg.Analysis.Hardening.MinGoVersion,
+		},
+		Builders:         builders,
+		LayerConcurrency: cfg.Analysis.LayerConcurrency,
+		Version:          ver,
+		Logger:           log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := a.CleanWorkDir(); err != nil {
+		return nil, fmt.Errorf("analysis work dir: %w", err)
+	}
+	return a, nil
+}
+
+// analyzerStage adapts analyze.Analyzer to the pipeline, adding the tags
+// intake recorded for the digest.
+type analyzerStage struct {
+	a  *analyze.Analyzer
+	db *store.DB
+}
+
+func (s analyzerStage) Analyze(ctx context.Context, t *pipeline.Target) (*pipeline.Analysis, error) {
+	host, repo, digest, err := store.SplitRef(t.Ref)
+	if err != nil {
+		return nil, pipeline.Permanent(err)
+	}
+	tags, err := s.db.TagsOf(ctx, host+"/"+repo, digest)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.a.Analyze(ctx, analyze.Request{
+		Ref: t.Ref, MediaType: t.MediaType, Children: t.Children, Tags: tags, Source: t.Source, Pusher: t.Pusher,
+	})
+	if registry.IsNotFound(err) {
+		return nil, pipeline.Permanent(err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &pipeline.Analysis{Artifacts: res.Artifacts, Facts: res.Facts}, nil
 }
