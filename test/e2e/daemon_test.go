@@ -138,7 +138,7 @@ func TestKillResume(t *testing.T) {
 			resumed++
 		}
 		rec, err := db.Image(ctx, j.Ref)
-		if err != nil || rec.Stages["resolve"].Status != store.StagePassed || rec.State != store.StateDiscovered {
+		if err != nil || rec.Stages["resolve"].Status != store.StagePassed || rec.State != store.StateAnalysed {
 			t.Errorf("record %s = %+v, %v", j.Ref, rec, err)
 		}
 	}
@@ -149,8 +149,8 @@ func TestKillResume(t *testing.T) {
 }
 
 // TestProcessCommand runs `attestd process` against the real registry: the
-// resolve stage passes and every later stage is reported as skipped, with
-// the record left in discovered.
+// resolve and analysis stages pass and every later stage is reported as
+// skipped, with the record left in analysed.
 func TestProcessCommand(t *testing.T) {
 	ref := pushRandom(t, "process/app:v1")
 	cfg := writeConfig(t, 1)
@@ -160,7 +160,7 @@ func TestProcessCommand(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d\n%s\n%s", code, out.String(), errOut.String())
 	}
-	for _, want := range []string{ref.DigestStr(), "state:  discovered", "resolve   passed", "analyse   skipped  not built yet"} {
+	for _, want := range []string{ref.DigestStr(), "state:  analysed", "resolve   passed", "analyse   passed", "sign      skipped  not built yet"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}

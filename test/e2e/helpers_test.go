@@ -230,6 +230,12 @@ func (d *daemon) getJSON(t *testing.T, path string, v any) {
 
 func writeConfig(t *testing.T, workers int) string {
 	t.Helper()
+	return writeConfigExtra(t, workers, "")
+}
+
+// writeConfigExtra is writeConfig plus extra top-level YAML.
+func writeConfigExtra(t *testing.T, workers int, extra string) string {
+	t.Helper()
 	cfg := fmt.Sprintf(`registries:
   - host: %s
 watch:
@@ -243,7 +249,7 @@ jobs:
   shutdown_grace: 2s
 log:
   level: debug
-`, stk.RegistryHost, stk.RegistryHost, workers)
+`, stk.RegistryHost, stk.RegistryHost, workers) + extra
 	p := filepath.Join(t.TempDir(), "attestd.yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

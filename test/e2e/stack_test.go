@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -74,5 +75,17 @@ func TestToolsPinned(t *testing.T) {
 	out, err := stk.Cosign(context.Background(), "version")
 	if err != nil || !strings.Contains(string(out), "v2.6.5") {
 		t.Fatalf("cosign version = %s, %v", out, err)
+	}
+	// The syft CLI the analysis tests compare with is the library version attestd links.
+	mod, err := exec.Command("go", "list", "-m", "-f", "{{.Version}}", "github.com/anchore/syft").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := strings.TrimSpace(string(mod)); v != stack.Syft().Version {
+		t.Errorf("go.mod has syft %s, the CLI cross-check installs %s", v, stack.Syft().Version)
+	}
+	out, err = stk.Syft(context.Background(), "version")
+	if err != nil || !strings.Contains(string(out), strings.TrimPrefix(stack.Syft().Version, "v")) {
+		t.Fatalf("syft version = %s, %v", out, err)
 	}
 }

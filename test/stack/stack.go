@@ -60,6 +60,7 @@ type Stack struct {
 	SigningConfig string
 	CosignBin     string
 	CraneBin      string
+	SyftBin       string
 
 	procs   []*proc
 	unlocks []func()
@@ -104,7 +105,7 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 		}
 		bins[t.Name] = p
 	}
-	s.CosignBin, s.CraneBin = bins["cosign"], bins["crane"]
+	s.CosignBin, s.CraneBin, s.SyftBin = bins["cosign"], bins["crane"], bins["syft"]
 	regBin, err := DockerRegistry(ctx, o.Log)
 	if err != nil {
 		return s, err
@@ -245,6 +246,22 @@ func (s *Stack) writeTrust(ctx context.Context, tsaBase, rekorPub string) error 
 			len(tr.FulcioCertificateAuthorities()), len(tr.TimestampingAuthorities()), len(tr.RekorLogs()))
 	}
 	return nil
+}
+
+// Syft runs the stock syft CLI hermetically: no update check, no local
+// container daemons (sources are given explicitly), plain HTTP to the
+// loopback registry.
+func (s *Stack) Syft(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, s.SyftBin, args...)
+	cmd.Env = append(os.Environ(), "HOME="+filepath.Join(s.Dir, "home"), "XDG_CACHE_HOME="+filepath.Join(s.Dir, "home", ".cache"),
+		"SYFT_CHECK_FOR_APP_UPDATE=false", "SYFT_REGISTRY_INSECURE_USE_HTTP=true")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("syft %s: %w\n%s", strings.Join(args, " "), err, tail(stderr.String(), 30))
+	}
+	return out, nil
 }
 
 // Cosign runs the stock cosign CLI hermetically (HOME and TUF_ROOT inside

@@ -42,8 +42,12 @@ func RekorV2() Tool {
 	return Tool{"posix", "github.com/sigstore/rekor-tiles/v2/cmd/rekor-server/posix", "v2.2.1"}
 }
 
+// Syft is the stock syft CLI, at the version attestd links as a library:
+// the analysis tests compare package counts with it.
+func Syft() Tool { return Tool{"syft", "github.com/anchore/syft/cmd/syft", "v1.54.1"} }
+
 // AllTools is every tool the stack and the cross-checks use.
-func AllTools() []Tool { return []Tool{Crane(), TSA(), RekorV2(), Fulcio(), Cosign()} }
+func AllTools() []Tool { return []Tool{Crane(), TSA(), RekorV2(), Fulcio(), Cosign(), Syft()} }
 
 // installTimeout bounds one cold `go install` (cosign alone takes ~5.5 min
 // on 2 cores).
