@@ -228,8 +228,10 @@ func TestAnalysisFixtures(t *testing.T) {
 				}
 				t.Logf("%s%s: %d packages (syft CLI %d), hardening failed %v", n, suffix, facts.Packages, cli, rep.Failed)
 
-				golden(t, filepath.Join(n, "hardening"+suffix+".json"), hjson)
+				// Debian-based fixtures are built from the live bookworm suite:
+				// their file lists move with point releases, so only verdicts are checked.
 				if w.golden {
+					golden(t, filepath.Join(n, "hardening"+suffix+".json"), hjson)
 					golden(t, filepath.Join(n, "spdx"+suffix+".json"), spdx)
 					golden(t, filepath.Join(n, "cyclonedx"+suffix+".json"), cdx)
 					golden(t, filepath.Join(n, "provenance"+suffix+".json"), load(artifact(t, rec, subj, analyze.KindProvenance)))
@@ -324,7 +326,7 @@ var redactions = []struct {
 	re   *regexp.Regexp
 	with string
 }{
-	{regexp.MustCompile(`127\.0\.0\.1[:_]\d+`), "REGISTRY"},
+	{regexp.MustCompile(`127\.0\.0\.1(%3A|[-:_])\d+`), "REGISTRY"},
 	{regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)`), "TIME"},
 	{regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`), "UUID"},
 }
