@@ -13,7 +13,7 @@ IMAGE       ?=
 # Unit packages also run under the race detector; e2e drives real processes.
 RACE_PKGS   := ./store/... ./attest/... ./configs/... ./cmd/...
 
-.PHONY: all build test unit e2e bench lint demo stack tools image clean
+.PHONY: all build test unit e2e bench bench-analysis lint demo stack tools image clean
 
 all: build
 
@@ -39,6 +39,10 @@ BENCHSTAT := $(TOOLS)/benchstat/benchstat
 bench: $(BENCHSTAT)
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./store/... | tee bin/bench.txt
 	$(BENCHSTAT) bin/bench.txt
+
+## bench-analysis: attestd's analysis vs the stock syft CLI (wall, peak RSS), incl. a ≥ 1 GiB image
+bench-analysis:
+	$(GO) run ./test/cmd/benchanalysis -runs 3 -big
 
 $(BENCHSTAT):
 	GOBIN=$(dir $@) GOFLAGS=-mod=mod $(GO) install golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
