@@ -16,6 +16,7 @@ type IntakeItem struct {
 	Tag      string // "host/repo:tag" when the event named one
 	Priority Priority
 	Source   string
+	Pusher   string // who pushed, when the event said
 	EventKey string // dedupe key of the delivery (e.g. source + event ID)
 	// Deleted records a deletion: the tag history and the event are
 	// recorded, nothing is queued.
@@ -199,7 +200,7 @@ func intakeTx(tx *bolt.Tx, items []IntakeItem, now time.Time) ([]IntakeResult, e
 			continue
 		}
 		r := &Record{Ref: it.Ref, Registry: ps[i].reg, Repository: ps[i].repo, Digest: ps[i].dgst,
-			State: StateDiscovered, Source: it.Source, Rev: 1, CreatedAt: now, UpdatedAt: now}
+			State: StateDiscovered, Source: it.Source, Pusher: it.Pusher, Rev: 1, CreatedAt: now, UpdatedAt: now}
 		recordOnly := it.BaselineKey != "" && !baselined[it.BaselineKey]
 		if recordOnly {
 			r.Note = "recorded only: present when attestd first listed this repository (intake.existing: record); attestd requeue processes it"

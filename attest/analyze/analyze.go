@@ -240,14 +240,16 @@ func (a *Analyzer) image(ctx context.Context, req Request, repo name.Repository,
 			}
 		}
 	}()
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(a.o.LayerConcurrency)
 	size := m.Config.Size
 	for i, l := range m.Layers {
 		size += l.Size
 		if !isTarLayer(l.MediaType) {
 			return fmt.Errorf("analyze: %s: layer %d has media type %s, not a filesystem layer", ref, i, l.MediaType)
 		}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(a.o.LayerConcurrency)
+	for i, l := range m.Layers {
 		g.Go(func() error {
 			h, err := a.cache.Get(gctx, layers.Layer{
 				Digest: l.Digest.String(), DiffID: cf.RootFS.DiffIDs[i].String(),

@@ -221,3 +221,90 @@ func TestAnalyzeSharesBaseLayer(t *testing.T) {
 		t.Errorf("stereoscope temp dirs left behind: %v", after)
 	}
 }
+
+// An index whose platform image carries BuildKit provenance (an attestation
+// manifest): every platform is analysed, the attestation manifest is not a
+// platform, and the platform's provenance references it by digest.
+func TestAnalyzeIndexImportsBuildKitProvenance(t *testing.T) {
+	ctx := context.Background()
+	srv := httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+
+	img, err := mutate.AppendLayers(empty.Image, tarLayer(t, tfile{"app/hello.txt", 0o644, "hi"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, _ = mutate.ConfigFile(img, &v1.ConfigFile{OS: "linux", Architecture: "amd64", Config: v1.Config{User: "65532"},
+		RootFS: v1.RootFS{Type: "layers", DiffIDs: mustDiffIDs(t, img)}})
+	imgDigest, _ := img.Digest()
+
+	stmt := `{"_type":"https://in-toto.io/Statement/v0.1","predicateType":"https://slsa.dev/provenance/v0.2","subject":[],"predicate":{"builder":{"id":"https://github.com/docker/buildx"}}}`
+	att, err := mutate.Append(empty.Image, mutate.Addendum{
+		Layer:       static(t, stmt),
+		Annotations: map[string]string{"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attDigest, _ := att.Digest()
+	idx := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
+		mutate.IndexAddendum{Add: att, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "unknown", Architecture: "unknown"},
+			Annotations: map[string]string{"vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": imgDigest.String()}}},
+	)
+	tag, _ := name.NewTag(host + "/team/multi:v1")
+	if err := remote.WriteIndex(tag, idx); err != nil {
+		t.Fatal(err)
+	}
+	idxDigest, _ := idx.Digest()
+
+	reg, _ := registry.New()
+	cache, _ := layers.Open(filepath.Join(t.TempDir(), "layers"), 1<<30)
+	blobs := &memBlobs{}
+	a, err := analyze.New(reg, cache, blobs, analyze.Options{SBOM: sbom.Options{WorkDir: t.TempDir()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := a.Analyze(ctx, analyze.Request{Ref: tag.Context().Digest(idxDigest.String()).String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Facts) != 1 || res.Facts[0].Subject != imgDigest.String() || res.Facts[0].Platform != "linux/amd64" {
+		t.Fatalf("facts %+v: want exactly the amd64 image", res.Facts)
+	}
+	var prov, idxProv []byte
+	for _, art := range res.Artifacts {
+		if art.Kind == analyze.KindProvenance && art.Subject == imgDigest.String() {
+			prov = blobs.m[art.Digest]
+		}
+		if art.Kind == analyze.KindProvenance && art.Subject == idxDigest.String() {
+			idxProv = blobs.m[art.Digest]
+		}
+	}
+	if !strings.Contains(string(prov), attDigest.Hex) || !strings.Contains(string(prov), "buildkit-provenance") {
+		t.Errorf("platform provenance does not reference the BuildKit attestation %s:\n%s", attDigest, prov)
+	}
+	if !strings.Contains(string(idxProv), idxDigest.Hex) || !strings.Contains(string(idxProv), imgDigest.Hex) {
+		t.Errorf("index provenance does not cover the index and its platform:\n%s", idxProv)
+	}
+}
+
+func mustDiffIDs(t *testing.T, img v1.Image) []v1.Hash {
+	t.Helper()
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cf.RootFS.DiffIDs
+}
+
+func static(t *testing.T, s string) v1.Layer {
+	t.Helper()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(s)), nil },
+		tarball.WithMediaType("application/vnd.in-toto+json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}

@@ -39,6 +39,9 @@ type distEvent struct {
 			Digest    string `json:"digest"`
 		} `json:"references"`
 	} `json:"target"`
+	Actor struct {
+		Name string `json:"name"`
+	} `json:"actor"`
 	Request struct {
 		Host      string `json:"host"`
 		UserAgent string `json:"useragent"`
@@ -75,7 +78,7 @@ func (d Distribution) Parse(_ *http.Request, body []byte) ([]Incoming, error) {
 			return nil, fmt.Errorf("events[%d]: missing action", i)
 		}
 		in := Incoming{
-			Event: Event{ID: e.ID, Action: Action(e.Action), Registry: host, Repository: e.Target.Repository,
+			Event: Event{ID: e.ID, Action: Action(e.Action), Registry: host, Repository: e.Target.Repository, Pusher: e.Actor.Name,
 				Digest: e.Target.Digest, Tag: e.Target.Tag, MediaType: e.Target.MediaType},
 			UserAgent: e.Request.UserAgent,
 		}

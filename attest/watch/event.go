@@ -30,6 +30,10 @@ type Event struct {
 	Digest     string // sha256:…; empty when only a tag is known (generic receiver)
 	Tag        string
 	MediaType  string
+	// Pusher is who pushed, when the format says (Distribution's
+	// actor.name, Harbor's operator). Informational: it is a claim of the
+	// sender, recorded in provenance as such.
+	Pusher string
 	// Children are the manifest digests an index push lists.
 	Children []string
 	// Backfill marks what the poller found: queued behind webhook events.

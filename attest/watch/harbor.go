@@ -29,6 +29,7 @@ type harborData struct {
 	Repository struct {
 		RepoFullName string `json:"repo_full_name"`
 	} `json:"repository"`
+	Operator string `json:"operator"` // some Harbor versions put it inside data
 }
 
 // harborActions maps both formats' event types to actions.
@@ -47,6 +48,7 @@ func (h Harbor) Parse(r *http.Request, body []byte) ([]Incoming, error) {
 		ID          string          `json:"id"`
 		SpecVersion string          `json:"specversion"`
 		EventData   json.RawMessage `json:"event_data"`
+		Operator    string          `json:"operator"` // default format: top level
 		Data        json.RawMessage `json:"data"`
 	}
 	if err := json.Unmarshal(body, &env); err != nil {
@@ -59,10 +61,10 @@ func (h Harbor) Parse(r *http.Request, body []byte) ([]Incoming, error) {
 	if env.SpecVersion != "" {
 		raw = env.Data
 	}
-	return h.fromData(env.Type, env.ID, raw)
+	return h.fromData(env.Type, env.ID, env.Operator, raw)
 }
 
-func (h Harbor) fromData(typ, id string, raw json.RawMessage) ([]Incoming, error) {
+func (h Harbor) fromData(typ, id, operator string, raw json.RawMessage) ([]Incoming, error) {
 	action, ok := harborActions[typ]
 	if !ok {
 		// Pulls, scans, quota, replication: counted as ignored, not errors.
@@ -77,6 +79,9 @@ func (h Harbor) fromData(typ, id string, raw json.RawMessage) ([]Incoming, error
 	}
 	if d.Repository.RepoFullName == "" || len(d.Resources) == 0 {
 		return nil, fmt.Errorf("harbor %s: want data.repository.repo_full_name and data.resources", typ)
+	}
+	if d.Operator != "" {
+		operator = d.Operator
 	}
 	out := make([]Incoming, 0, len(d.Resources))
 	for i, res := range d.Resources {
@@ -93,7 +98,7 @@ func (h Harbor) fromData(typ, id string, raw json.RawMessage) ([]Incoming, error
 			evID = fmt.Sprintf("%s/%d", id, i)
 		}
 		out = append(out, Incoming{Event: Event{ID: evID, Action: action, Registry: host,
-			Repository: d.Repository.RepoFullName, Digest: res.Digest, Tag: tag}})
+			Repository: d.Repository.RepoFullName, Digest: res.Digest, Tag: tag, Pusher: operator}})
 	}
 	return out, nil
 }
@@ -119,18 +124,19 @@ func (CloudEvents) ContentTypes() []string { return []string{CloudEventsMediaTyp
 
 // Parse implements Parser.
 func (c CloudEvents) Parse(r *http.Request, body []byte) ([]Incoming, error) {
-	var typ, id string
+	var typ, id, operator string // operator: Harbor's extension attribute
 	var data json.RawMessage
 	if v := r.Header.Get("Ce-Specversion"); v != "" {
 		if v != "1.0" {
 			return nil, fmt.Errorf("cloudevents: specversion %q, want 1.0", v)
 		}
-		typ, id, data = r.Header.Get("Ce-Type"), r.Header.Get("Ce-Id"), body
+		typ, id, operator, data = r.Header.Get("Ce-Type"), r.Header.Get("Ce-Id"), r.Header.Get("Ce-Operator"), body
 	} else {
 		var env struct {
 			SpecVersion string          `json:"specversion"`
 			Type        string          `json:"type"`
 			ID          string          `json:"id"`
+			Operator    string          `json:"operator"`
 			Data        json.RawMessage `json:"data"`
 		}
 		if err := json.Unmarshal(body, &env); err != nil {
@@ -139,14 +145,14 @@ func (c CloudEvents) Parse(r *http.Request, body []byte) ([]Incoming, error) {
 		if env.SpecVersion != "1.0" {
 			return nil, fmt.Errorf(`cloudevents: structured mode needs "specversion":"1.0" (binary mode: ce-specversion header), got %q`, env.SpecVersion)
 		}
-		typ, id, data = env.Type, env.ID, env.Data
+		typ, id, operator, data = env.Type, env.ID, env.Operator, env.Data
 	}
 	if typ == "" || id == "" {
 		return nil, errors.New("cloudevents: type and id are required")
 	}
 	switch {
 	case strings.HasPrefix(typ, "harbor."):
-		return Harbor(c).fromData(typ, id, data)
+		return Harbor(c).fromData(typ, id, operator, data)
 	case typ == AttestdEventType:
 		var d struct {
 			Image string `json:"image"`

@@ -22,12 +22,12 @@ func TestHarborAndCloudEvents(t *testing.T) {
 		reason  string
 	}{
 		{name: "harbor default push", parser: Harbor{}, file: "harbor-default-push.json",
-			want: Event{Action: ActionPush, Registry: "harbor.example.com", Repository: "library/app", Digest: a64, Tag: "v1"}},
+			want: Event{Action: ActionPush, Registry: "harbor.example.com", Repository: "library/app", Digest: a64, Tag: "v1", Pusher: "admin"}},
 		{name: "harbor cloudevents push", parser: Harbor{}, file: "harbor-cloudevents-push.json",
-			want: Event{ID: "4b2f89a6-548d-4c12-9993-a1f5790b97d2", Action: ActionPush, Registry: "harbor.example.com", Repository: "library/app", Digest: a64, Tag: "v1"}},
+			want: Event{ID: "4b2f89a6-548d-4c12-9993-a1f5790b97d2", Action: ActionPush, Registry: "harbor.example.com", Repository: "library/app", Digest: a64, Tag: "v1", Pusher: "admin"}},
 		{name: "harbor pull ignored", parser: Harbor{}, file: "harbor-default-pull.json", want: Event{Action: "PULL_ARTIFACT"}, reason: ReasonAction},
 		{name: "cloudevents structured harbor", parser: CloudEvents{}, file: "harbor-cloudevents-push.json",
-			want: Event{ID: "4b2f89a6-548d-4c12-9993-a1f5790b97d2", Action: ActionPush, Registry: "harbor.example.com", Repository: "library/app", Digest: a64, Tag: "v1"}},
+			want: Event{ID: "4b2f89a6-548d-4c12-9993-a1f5790b97d2", Action: ActionPush, Registry: "harbor.example.com", Repository: "library/app", Digest: a64, Tag: "v1", Pusher: "admin"}},
 		{name: "cloudevents attestd type", parser: CloudEvents{}, file: "cloudevents-attestd.json",
 			want: Event{ID: "ci-1", Action: ActionPush, Registry: "registry.example.com", Repository: "team/app", Digest: b64}},
 		{name: "cloudevents binary zot", parser: CloudEvents{Registry: "zot.local:5000"}, file: "cloudevents-zot-binary-data.json",

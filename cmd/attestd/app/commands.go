@@ -1,6 +1,7 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -255,6 +256,74 @@ func printCounts[K ~string](w io.Writer, m map[K]int) {
 	}
 }
 
+func (r *runner) docCommand() *cobra.Command {
+	var kind, platform string
+	cmd := &cobra.Command{
+		Use:   "doc DIGEST-REF",
+		Short: "Print a document analysis made (SBOM, hardening report, provenance), or list them",
+		Long: `Without --kind, lists the documents recorded for the image. With --kind, prints
+one: spdx, cyclonedx, hardening or provenance. For an index, --platform picks
+the platform (provenance without --platform is the index's own statement).`,
+		Example: `  attestd doc 127.0.0.1:5000/demo/app@sha256:…
+  attestd doc 127.0.0.1:5000/demo/app@sha256:… --kind spdx > app.spdx.json
+  attestd doc 127.0.0.1:5000/demo/app@sha256:… --kind hardening --platform linux/arm64`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := r.loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			return r.withStore(cmd.Context(), cfg, true, func(s source) error {
+				rec, err := s.Image(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				if kind == "" {
+					tw := tabwriter.NewWriter(r.stdout, 0, 0, 2, ' ', 0)
+					fmt.Fprintln(tw, "KIND\tPLATFORM\tSUBJECT\tBYTES\tDIGEST")
+					for _, a := range rec.Artifacts {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", a.Kind, a.Platform, a.Subject, a.Size, a.Digest)
+					}
+					return tw.Flush()
+				}
+				var match []store.Artifact
+				for _, a := range rec.Artifacts {
+					if a.Kind != kind || (platform != "" && a.Platform != platform) {
+						continue
+					}
+					if platform == "" && len(rec.Children) > 0 && a.Subject != rec.Digest {
+						continue // index: without --platform only the index's own documents
+					}
+					match = append(match, a)
+				}
+				switch len(match) {
+				case 0:
+					return usageError{fmt.Errorf("no %s document for %s%s (attestd doc %s lists what there is)", kind, args[0], platformSuffix(platform), args[0])}
+				case 1:
+				default:
+					return usageError{fmt.Errorf("%d %s documents for %s: pick one with --platform", len(match), kind, args[0])}
+				}
+				b, err := s.Blob(cmd.Context(), match[0].Digest)
+				if err != nil {
+					return err
+				}
+				_, err = r.stdout.Write(b)
+				return err
+			})
+		},
+	}
+	cmd.Flags().StringVar(&kind, "kind", "", "spdx, cyclonedx, hardening or provenance")
+	cmd.Flags().StringVar(&platform, "platform", "", "platform of an index, e.g. linux/arm64")
+	return cmd
+}
+
+func platformSuffix(p string) string {
+	if p == "" {
+		return ""
+	}
+	return " (platform " + p + ")"
+}
+
 func (r *runner) requeueCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:     "requeue DIGEST-REF",
@@ -391,6 +460,7 @@ type source interface {
 	Requeue(ctx context.Context, ref string) (*store.Job, error)
 	Backup(ctx context.Context, path string) (int64, error)
 	Submit(ctx context.Context, image string) (submission, error)
+	Blob(ctx context.Context, digest string) ([]byte, error)
 }
 
 type localSource struct {
@@ -414,6 +484,9 @@ func (l localSource) Images(ctx context.Context, p string) ([]store.Record, erro
 }
 func (l localSource) Requeue(ctx context.Context, ref string) (*store.Job, error) {
 	return l.db.Requeue(ctx, ref, "cli")
+}
+func (l localSource) Blob(ctx context.Context, digest string) ([]byte, error) {
+	return l.db.Blob(ctx, digest)
 }
 func (l localSource) Backup(ctx context.Context, path string) (int64, error) {
 	return l.db.BackupFile(ctx, path)
@@ -482,6 +555,13 @@ func (s *remoteSource) Stats(ctx context.Context) (store.Stats, error) {
 func (s *remoteSource) Image(ctx context.Context, ref string) (*store.Record, error) {
 	var rec store.Record
 	return &rec, s.do(ctx, http.MethodGet, "/api/v1/image", url.Values{"ref": {ref}}, &rec)
+}
+func (s *remoteSource) Blob(ctx context.Context, digest string) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := s.do(ctx, http.MethodGet, "/api/v1/blob", url.Values{"digest": {digest}}, &buf); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 func (s *remoteSource) Images(ctx context.Context, p string) ([]store.Record, error) {
 	var recs []store.Record

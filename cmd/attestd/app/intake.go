@@ -54,7 +54,7 @@ func (s *intakeSink) Accept(ctx context.Context, evs []watch.Event) (watch.Accep
 			}
 			e.Digest = d.DigestStr()
 		}
-		it := store.IntakeItem{Ref: e.Ref(), Priority: store.PriorityEvent, Source: "webhook:" + e.Source,
+		it := store.IntakeItem{Ref: e.Ref(), Priority: store.PriorityEvent, Source: "webhook:" + e.Source, Pusher: e.Pusher,
 			Deleted: e.Action == watch.ActionDelete, Children: e.Children}
 		if e.Backfill {
 			it.Priority, it.Source = store.PriorityBackfill, "poller"

@@ -138,6 +138,7 @@ func newAPI(db *store.DB, rc *registry.Client, wake func(), ready *atomic.Bool, 
 	mux.HandleFunc("GET /api/v1/stats", a.stats)
 	mux.HandleFunc("GET /api/v1/images", a.images)
 	mux.HandleFunc("GET /api/v1/image", a.image)
+	mux.HandleFunc("GET /api/v1/blob", a.blob)
 	mux.HandleFunc("POST /api/v1/requeue", loopbackOnly(a.requeue))
 	mux.HandleFunc("POST /api/v1/submit", loopbackOnly(a.submit))
 	mux.HandleFunc("GET /api/v1/backup", loopbackOnly(a.backup))
@@ -193,6 +194,17 @@ func (a *api) image(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, rec)
+}
+
+// blob serves a document analysis stored (content-addressed, verified on read).
+func (a *api) blob(w http.ResponseWriter, req *http.Request) {
+	b, err := a.db.Blob(req.Context(), req.URL.Query().Get("digest"))
+	if err != nil {
+		writeStoreError(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	_, _ = w.Write(b)
 }
 
 func (a *api) requeue(w http.ResponseWriter, req *http.Request) {

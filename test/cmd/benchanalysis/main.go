@@ -72,7 +72,7 @@ func run() error {
 	defer stk.Stop()
 
 	bin := filepath.Join(dir, "attestd")
-	if out, err := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/attestd").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/attestd").CombinedOutput(); err != nil {
 		return fmt.Errorf("go build: %v\n%s", err, out)
 	}
 	cfg := filepath.Join(dir, "attestd.yaml")

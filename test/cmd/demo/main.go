@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/attestd/attestd/cmd/attestd/app"
+	"github.com/attestd/attestd/test/fixture"
 	"github.com/attestd/attestd/test/image"
 	"github.com/attestd/attestd/test/stack"
 )
@@ -141,8 +142,30 @@ sources:
 	out, _ = attestd("status")
 	fmt.Print(out)
 
+	step("A deliberately bad image (root, shell, secrets, setuid, dynamic unstripped Go binary, :latest) pushed too")
+	if bad, err := fixture.Bad(ctx, fixture.Options{RepoRoot: root}); err != nil {
+		fmt.Printf("skipped: building the bad fixture needs debootstrap (root): %v\n", err)
+	} else {
+		btag, _ := name.NewTag(s.RegistryHost + "/demo/bad:latest")
+		if err := remote.Write(btag, bad, remote.WithContext(ctx)); err != nil {
+			return err
+		}
+		bd, _ := bad.Digest()
+		bref := btag.Context().Digest(bd.String()).String()
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			out, _ = attestd("status", bref)
+			if strings.Contains(out, "state:  analysed") || strings.Contains(out, "state:  failed") || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+		fmt.Print(out)
+		fmt.Println("(every hardening check, why it matters and how to fix it: docs/hardening.md)")
+	}
+
 	step("What this demo does not show yet (reported as skipped above, never as passed)")
-	fmt.Print(`  analyse   SBOMs (syft), hardening facts, vulnerabilities (grype)   — issues: image analysis, vulnerability scanning
+	fmt.Print(`  vulns     vulnerabilities (grype, offline DB)                      — issue: vulnerability scanning
   sign      keyless signing and attaching with cosign                — issue: keyless Sigstore signing
   evaluate  verification + policy (YAML rules, Rego), signed VSA     — issue: promotion gate
   promote   copy by digest with referrers, prod tag last             — issue: promotion gate

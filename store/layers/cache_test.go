@@ -1,0 +1,158 @@
+package layers
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func sum(b []byte) string {
+	s := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(s[:])
+}
+
+// blob returns a gzip layer of n bytes of content and its descriptor.
+func blob(t *testing.T, content string) ([]byte, Layer) {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write([]byte(content))
+	zw.Close()
+	b := buf.Bytes()
+	return b, Layer{Digest: sum(b), DiffID: sum([]byte(content)), MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Size: int64(len(b))}
+}
+
+func serve(b []byte, calls *atomic.Int32) Fetch {
+	return func(context.Context) (io.ReadCloser, error) {
+		calls.Add(1)
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
+}
+
+func TestGetFetchesOnceAndVerifies(t *testing.T) {
+	ctx := context.Background()
+	c, err := Open(t.TempDir(), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, l := blob(t, strings.Repeat("layer content ", 1000))
+	var calls atomic.Int32
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h, err := c.Get(ctx, l, serve(b, &calls))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer h.Release()
+			got, _ := os.ReadFile(h.Path)
+			if sum(got) != l.DiffID {
+				t.Error("cached tar is not the uncompressed content")
+			}
+		}()
+	}
+	wg.Wait()
+	if n := calls.Load(); n != 1 {
+		t.Errorf("8 concurrent Gets fetched %d times, want 1", n)
+	}
+	if st := c.Stats(); st.Fetches != 1 || st.Hits != 7 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+func TestGetRejectsWrongContent(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	c, _ := Open(dir, 1<<20)
+	b, l := blob(t, "the real layer")
+	other, _ := blob(t, "something else")
+	var calls atomic.Int32
+	for name, tc := range map[string]struct {
+		l    Layer
+		body []byte
+		want string
+	}{
+		"wrong blob":    {l, other, "registry served the wrong content"},
+		"wrong diff ID": {Layer{Digest: l.Digest, DiffID: sum([]byte("x")), MediaType: l.MediaType}, b, "config says diff ID"},
+		"wrong size":    {Layer{Digest: l.Digest, DiffID: l.DiffID, MediaType: l.MediaType, Size: l.Size + 1}, b, "manifest says"},
+		"not gzip":      {Layer{Digest: sum([]byte("plain")), MediaType: l.MediaType}, []byte("plain"), "not"},
+	} {
+		_, err := c.Get(ctx, tc.l, serve(tc.body, &calls))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want %q", name, err, tc.want)
+		}
+	}
+	des, _ := os.ReadDir(dir)
+	if len(des) != 0 || c.Stats().Entries != 0 {
+		t.Errorf("failed downloads left %d files, %d entries", len(des), c.Stats().Entries)
+	}
+}
+
+func TestEvictsLeastRecentlyUsedIdle(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	c, _ := Open(dir, 2500) // room for two 1000-byte layers
+	var calls atomic.Int32
+	get := func(content string) *Handle {
+		b, l := blob(t, content)
+		h, err := c.Get(ctx, l, serve(b, &calls))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	a := get(strings.Repeat("a", 1000))
+	a.Release()
+	time.Sleep(10 * time.Millisecond)
+	b := get(strings.Repeat("b", 1000))
+	b.Release()
+	time.Sleep(10 * time.Millisecond)
+	get(strings.Repeat("a", 1000)).Release() // a is now the most recent
+	cHeld := get(strings.Repeat("c", 1000))  // evicts b, not a
+	if _, err := os.Stat(b.Path); !os.IsNotExist(err) {
+		t.Errorf("b (least recently used) not evicted: %v", err)
+	}
+	if _, err := os.Stat(a.Path); err != nil {
+		t.Errorf("a evicted: %v", err)
+	}
+	// A held layer is never evicted, even over the cap.
+	d := get(strings.Repeat("d", 1000))
+	e := get(strings.Repeat("e", 1000))
+	for _, h := range []*Handle{cHeld, d, e} {
+		if _, err := os.Stat(h.Path); err != nil {
+			t.Errorf("held layer %s evicted", h.Digest)
+		}
+	}
+	cHeld.Release()
+	d.Release()
+	e.Release()
+	if st := c.Stats(); st.Bytes > 2500 {
+		t.Errorf("after release the cache holds %d bytes > cap", st.Bytes)
+	}
+
+	// Reopen: partial downloads are removed, layers are indexed.
+	os.WriteFile(filepath.Join(dir, "partial-123"), []byte("x"), 0o600)
+	c2, err := Open(dir, 2500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "partial-123")); !os.IsNotExist(err) {
+		t.Error("partial download survived Open")
+	}
+	if c2.Stats().Entries == 0 {
+		t.Error("reopened cache forgot its layers")
+	}
+}
