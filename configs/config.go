@@ -38,6 +38,7 @@ type Config struct {
 	Watch      []Watch    `yaml:"watch"`
 	Sources    []Source   `yaml:"sources"`
 	Analysis   Analysis   `yaml:"analysis"`
+	Signing    Signing    `yaml:"signing"`
 
 	// file is where the config came from, for error messages.
 	file string
@@ -74,6 +75,29 @@ type Intake struct {
 	// only record them (attestd requeue processes one on demand). New
 	// pushes are always processed.
 	Existing string `yaml:"existing"`
+}
+
+// Signing configures keyless Sigstore signing of every analysed image: the
+// image signature and every analysis document as an attestation, attached to
+// the registry in the Sigstore bundle format. Unset: the sign stage is
+// skipped (and nothing passes it).
+type Signing struct {
+	// SigningConfig and TrustedRoot are Sigstore's signing_config.json
+	// (which Fulcio, Rekor, TSA) and trusted_root.json (how to check them).
+	SigningConfig string `yaml:"signing_config"`
+	TrustedRoot   string `yaml:"trusted_root"`
+	// TokenFile (re-read for every certificate: a projected Kubernetes
+	// service-account token) or TokenEnv holds the OIDC identity token.
+	TokenFile string `yaml:"token_file"`
+	TokenEnv  string `yaml:"token_env"`
+	// Concurrency is how many signatures of one job are in flight at once
+	// (Rekor v2 answers after its next checkpoint, ~1 s).
+	Concurrency int `yaml:"concurrency"`
+}
+
+// Enabled reports whether signing is configured.
+func (s Signing) Enabled() bool {
+	return s.SigningConfig != "" || s.TrustedRoot != "" || s.TokenFile != "" || s.TokenEnv != ""
 }
 
 // Analysis configures the analysis stage (SBOMs, hardening, provenance).
@@ -261,6 +285,7 @@ func Default() *Config {
 			SPDXVersion: "2.3", CycloneDXVersion: "1.6", LayerCache: 10 << 30, LayerConcurrency: 3,
 			Hardening: Hardening{MaxImageSize: 1 << 30},
 		},
+		Signing: Signing{Concurrency: 4},
 	}
 }
 
@@ -385,6 +410,17 @@ func (c *Config) Validate() error {
 	}
 	if c.Intake.Existing != "process" && c.Intake.Existing != "record" {
 		bad("intake.existing", "%q is not process or record", c.Intake.Existing)
+	}
+	if sg := c.Signing; sg.Enabled() {
+		if sg.SigningConfig == "" || sg.TrustedRoot == "" {
+			bad("signing", "set both signing_config and trusted_root (the files cosign signing-config create / trusted-root create write), or neither")
+		}
+		if (sg.TokenFile == "") == (sg.TokenEnv == "") {
+			bad("signing", "set exactly one of token_file and token_env (the OIDC identity token for Fulcio)")
+		}
+	}
+	if c.Signing.Concurrency < 1 || c.Signing.Concurrency > 32 {
+		bad("signing.concurrency", "must be 1…32, got %d", c.Signing.Concurrency)
 	}
 	a := c.Analysis
 	if !slices.Contains([]string{"2.3", "2.2"}, a.SPDXVersion) {

@@ -22,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/attestd/attestd/attest"
 	"github.com/attestd/attestd/attest/slsa"
 	"github.com/attestd/attestd/sbom"
 	"github.com/attestd/attestd/sbom/harden"
@@ -45,8 +46,8 @@ const (
 // Predicate types the SBOMs are attested as (cosign's --type spdxjson and
 // cyclonedx map to these).
 const (
-	PredicateSPDX      = "https://spdx.dev/Document"
-	PredicateCycloneDX = "https://cyclonedx.org/bom"
+	PredicateSPDX      = attest.PredicateSPDX
+	PredicateCycloneDX = attest.PredicateCycloneDX
 )
 
 // MediaTypeJSON is the media type of the hardening report and provenance

@@ -9,16 +9,18 @@ package sign
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	intotov1 "github.com/in-toto/attestation/go/v1"
-	cbundle "github.com/sigstore/cosign/v2/pkg/cosign/bundle"
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 	ctypes "github.com/sigstore/cosign/v2/pkg/types"
 	sgbundle "github.com/sigstore/sigstore-go/pkg/bundle"
@@ -27,6 +29,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/attestd/attestd/attest"
 	"github.com/attestd/attestd/store/registry"
 )
 
@@ -74,7 +77,7 @@ func (e EnvToken) Token(context.Context) (string, error) {
 
 // Keyless signs with an ephemeral key and a Fulcio certificate.
 type Keyless struct {
-	signing *root.SigningConfig
+	opts    sgsign.BundleOptions // Fulcio, TSAs, Rekor logs, trusted root: chosen once from the signing config
 	trusted root.TrustedMaterial
 	tokens  TokenSource
 	reg     *registry.Client
@@ -92,73 +95,216 @@ func NewKeyless(signingConfigPath, trustedRootPath string, tokens TokenSource, r
 	if err != nil {
 		return nil, fmt.Errorf("signing config %s: %w", signingConfigPath, err)
 	}
-	if len(sc.FulcioCertificateAuthorityURLs()) == 0 {
-		return nil, fmt.Errorf("signing config %s names no Fulcio: keyless signing needs one", signingConfigPath)
-	}
-	if len(sc.RekorLogURLs()) == 0 && len(sc.TimestampAuthorityURLs()) == 0 {
-		return nil, fmt.Errorf("signing config %s names neither a Rekor log nor a timestamp authority: the 10-minute certificate could not be verified later", signingConfigPath)
-	}
 	tr, err := root.NewTrustedRootFromPath(trustedRootPath)
 	if err != nil {
 		return nil, fmt.Errorf("trusted root %s: %w", trustedRootPath, err)
 	}
+	opts, err := bundleOptions(sc, tr, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("signing config %s: %w", signingConfigPath, err)
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Keyless{signing: sc, trusted: tr, tokens: tokens, reg: reg, log: log}, nil
+	return &Keyless{opts: opts, trusted: tr, tokens: tokens, reg: reg, log: log}, nil
+}
+
+// bundleOptions selects the services of the signing config, as cosign's
+// bundle.SignData does, but returns errors instead of exiting the process.
+func bundleOptions(sc *root.SigningConfig, tr root.TrustedMaterial, now time.Time) (sgsign.BundleOptions, error) {
+	opts := sgsign.BundleOptions{TrustedRoot: tr}
+	if len(sc.FulcioCertificateAuthorityURLs()) == 0 {
+		return opts, errors.New("names no Fulcio: keyless signing needs one")
+	}
+	if len(sc.RekorLogURLs()) == 0 && len(sc.TimestampAuthorityURLs()) == 0 {
+		return opts, errors.New("names neither a Rekor log nor a timestamp authority: the 10-minute certificate could not be verified later")
+	}
+	fulcio, err := root.SelectService(sc.FulcioCertificateAuthorityURLs(), sgsign.FulcioAPIVersions, now)
+	if err != nil {
+		return opts, fmt.Errorf("Fulcio: %w", err)
+	}
+	opts.CertificateProvider = sgsign.NewFulcio(&sgsign.FulcioOptions{BaseURL: fulcio.URL, Timeout: 30 * time.Second, Retries: 1})
+	if len(sc.TimestampAuthorityURLs()) > 0 {
+		tsas, err := root.SelectServices(sc.TimestampAuthorityURLs(), sc.TimestampAuthorityURLsConfig(), sgsign.TimestampAuthorityAPIVersions, now)
+		if err != nil {
+			return opts, fmt.Errorf("timestamp authorities: %w", err)
+		}
+		for _, t := range tsas {
+			opts.TimestampAuthorities = append(opts.TimestampAuthorities, sgsign.NewTimestampAuthority(&sgsign.TimestampAuthorityOptions{URL: t.URL, Timeout: 30 * time.Second, Retries: 1}))
+		}
+	}
+	if len(sc.RekorLogURLs()) > 0 {
+		logs, err := root.SelectServices(sc.RekorLogURLs(), sc.RekorLogURLsConfig(), sgsign.RekorAPIVersions, now)
+		if err != nil {
+			return opts, fmt.Errorf("Rekor logs: %w", err)
+		}
+		for _, l := range logs {
+			opts.TransparencyLogs = append(opts.TransparencyLogs, sgsign.NewRekor(&sgsign.RekorOptions{BaseURL: l.URL, Timeout: 90 * time.Second, Retries: 1, Version: l.MajorAPIVersion}))
+		}
+	}
+	return opts, nil
+}
+
+// Session signs all of one job's documents with one ephemeral key and one
+// Fulcio certificate, reused while it has more than certMargin left; the
+// identity token is read once per certificate. Safe for concurrent use.
+type Session struct {
+	k       *Keyless
+	keypair sgsign.Keypair
+	certs   *certCache
+}
+
+// Session starts a signing session (one per job).
+func (k *Keyless) Session() (*Session, error) {
+	kp, err := sgsign.NewEphemeralKeypair(nil)
+	if err != nil {
+		return nil, fmt.Errorf("ephemeral key: %w", err)
+	}
+	return &Session{k: k, keypair: kp, certs: &certCache{inner: k.opts.CertificateProvider, tokens: k.tokens}}, nil
+}
+
+// certMargin is how much validity a reused certificate must have left for
+// one more signature (Fulcio certificates live 10 minutes).
+const certMargin = 2 * time.Minute
+
+// certCache is a CertificateProvider that asks Fulcio once per session and
+// hands the same certificate out while it is valid long enough.
+type certCache struct {
+	inner  sgsign.CertificateProvider
+	tokens TokenSource
+
+	mu       sync.Mutex
+	der      []byte
+	notAfter time.Time
+	fetched  int
+}
+
+func (c *certCache) GetCertificate(ctx context.Context, kp sgsign.Keypair, _ *sgsign.CertificateProviderOptions) ([]byte, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.der != nil && time.Until(c.notAfter) > certMargin {
+		return c.der, nil
+	}
+	token, err := c.tokens.Token(ctx)
+	if err != nil {
+		return nil, err
+	}
+	der, err := c.inner.GetCertificate(ctx, kp, &sgsign.CertificateProviderOptions{IDToken: token})
+	if err != nil {
+		return nil, fmt.Errorf("Fulcio certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("Fulcio certificate: %w", err)
+	}
+	c.der, c.notAfter = der, cert.NotAfter
+	c.fetched++
+	return der, nil
+}
+
+// Certificates reports how many certificates the session got from Fulcio.
+func (s *Session) Certificates() int {
+	s.certs.mu.Lock()
+	defer s.certs.mu.Unlock()
+	return s.certs.fetched
 }
 
 // SignImage signs the image digest (a cosign signature in bundle form) and
 // attaches it, unless a signature bundle is attached already.
 func (k *Keyless) SignImage(ctx context.Context, ref string) error {
-	return k.Attest(ctx, ref, PredicateSignature, nil)
-}
-
-// Attest signs an in-toto statement {subject: ref's digest, predicateType,
-// predicate} as a DSSE envelope in a Sigstore bundle and attaches it as a
-// referrer of ref. It is idempotent: when a bundle with this predicate type
-// is already attached to ref it does nothing, so a re-run stage never
-// duplicates attestations.
-func (k *Keyless) Attest(ctx context.Context, ref, predicateType string, predicate map[string]any) error {
-	ctx, cancel := context.WithTimeout(ctx, SignTimeout)
-	defer cancel()
-	parsed, err := k.reg.ParseReference(ref)
+	s, err := k.Session()
 	if err != nil {
 		return err
 	}
-	d, ok := parsed.(name.Digest)
-	if !ok {
-		return fmt.Errorf("attest %s: sign by digest, never by tag", ref)
+	return s.SignImage(ctx, ref)
+}
+
+// Attest signs an in-toto statement {subject: ref's digest, predicateType,
+// predicate} in its own session; see Session.AttestStatement.
+func (k *Keyless) Attest(ctx context.Context, ref, predicateType string, predicate map[string]any) error {
+	s, err := k.Session()
+	if err != nil {
+		return err
 	}
-	if done, err := k.attached(ctx, d, predicateType); err != nil {
-		return fmt.Errorf("attest %s: %w", ref, err)
-	} else if done {
-		k.log.InfoContext(ctx, "already attached", "digest", ref, "predicate_type", predicateType)
-		return nil
+	d, err := k.digest(ref)
+	if err != nil {
+		return err
 	}
 	payload, err := statement(d, predicateType, predicate)
 	if err != nil {
 		return fmt.Errorf("attest %s: %w", ref, err)
 	}
-	token, err := k.tokens.Token(ctx)
+	return s.AttestStatement(ctx, ref, predicateType, payload)
+}
+
+// SignImage signs ref's digest (cosign's sign predicate) and attaches it.
+func (s *Session) SignImage(ctx context.Context, ref string) error {
+	d, err := s.k.digest(ref)
+	if err != nil {
+		return err
+	}
+	payload, err := statement(d, PredicateSignature, nil)
+	if err != nil {
+		return fmt.Errorf("sign %s: %w", ref, err)
+	}
+	return s.AttestStatement(ctx, ref, PredicateSignature, payload)
+}
+
+// AttestStatement signs payload, an in-toto statement whose subject must
+// include ref's digest, as a DSSE envelope in a Sigstore bundle and
+// attaches it as a referrer of ref. It is idempotent: when a bundle with
+// this predicate type is already attached to ref it does nothing, so a
+// re-run stage never duplicates attestations.
+func (s *Session) AttestStatement(ctx context.Context, ref, predicateType string, payload []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, SignTimeout)
+	defer cancel()
+	d, err := s.k.digest(ref)
+	if err != nil {
+		return err
+	}
+	pt, digests, err := attest.ParseStatement(payload)
 	if err != nil {
 		return fmt.Errorf("attest %s: %w", ref, err)
 	}
-	keypair, err := sgsign.NewEphemeralKeypair(nil)
-	if err != nil {
-		return fmt.Errorf("attest %s: ephemeral key: %w", ref, err)
+	if pt != predicateType || !slices.Contains(digests, d.DigestStr()) {
+		return fmt.Errorf("attest %s: the statement is a %s about %v, not a %s about %s", ref, pt, digests, predicateType, d.DigestStr())
 	}
-	bundle, err := cbundle.SignData(ctx, &sgsign.DSSEData{Data: payload, PayloadType: ctypes.IntotoPayloadType},
-		keypair, token, k.signing, k.trusted)
+	if done, err := s.k.attached(ctx, d, predicateType); err != nil {
+		return fmt.Errorf("attest %s: %w", ref, err)
+	} else if done {
+		s.k.log.InfoContext(ctx, "already attached", "digest", ref, "predicate_type", predicateType)
+		return nil
+	}
+	opts := s.k.opts
+	opts.Context = ctx
+	opts.CertificateProvider = s.certs
+	opts.CertificateProviderOptions = &sgsign.CertificateProviderOptions{}
+	pb, err := sgsign.Bundle(&sgsign.DSSEData{Data: payload, PayloadType: ctypes.IntotoPayloadType}, s.keypair, opts)
 	if err != nil {
-		return fmt.Errorf("attest %s: sign: %w", ref, err)
+		return fmt.Errorf("attest %s (%s): sign: %w", ref, predicateType, err)
+	}
+	bundle, err := protojson.Marshal(pb)
+	if err != nil {
+		return fmt.Errorf("attest %s: %w", ref, err)
 	}
 	if err := ociremote.WriteAttestationNewBundleFormat(d, bundle, predicateType,
-		ociremote.WithRemoteOptions(k.reg.RemoteOptions(ctx)...)); err != nil {
-		return fmt.Errorf("attest %s: attach: %w", ref, err)
+		ociremote.WithRemoteOptions(s.k.reg.RemoteOptions(ctx)...)); err != nil {
+		return fmt.Errorf("attest %s (%s): attach: %w", ref, predicateType, err)
 	}
-	k.log.InfoContext(ctx, "signed and attached", "digest", ref, "predicate_type", predicateType)
+	s.k.log.InfoContext(ctx, "signed and attached", "digest", ref, "predicate_type", predicateType, "bytes", len(payload))
 	return nil
+}
+
+func (k *Keyless) digest(ref string) (name.Digest, error) {
+	parsed, err := k.reg.ParseReference(ref)
+	if err != nil {
+		return name.Digest{}, err
+	}
+	d, ok := parsed.(name.Digest)
+	if !ok {
+		return name.Digest{}, fmt.Errorf("sign %s: sign by digest, never by tag", ref)
+	}
+	return d, nil
 }
 
 // attached reports whether a bundle with predicateType is attached to d.

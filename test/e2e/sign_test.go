@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -110,6 +111,20 @@ func TestKeylessSignVerifiedByCosign(t *testing.T) {
 	after, _ := rc.Referrers(ctx, ref, "")
 	if len(after) != len(before) || len(before) != 3 {
 		t.Fatalf("referrers %d before, %d after re-signing; want 3 and 3", len(before), len(after))
+	}
+
+	// One session (one job): one Fulcio certificate for all its signatures.
+	sess, err := k.Session()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := sess.SignImage(ctx, pushRandom(t, fmt.Sprintf("sign/session:v%d", i)).String()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := sess.Certificates(); n != 1 {
+		t.Errorf("a session of 3 signatures asked Fulcio for %d certificates, want 1", n)
 	}
 
 	other := pushRandom(t, "sign/app:v2")

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -11,9 +12,12 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	"golang.org/x/sync/errgroup"
 
+	"github.com/attestd/attestd/attest"
 	"github.com/attestd/attestd/attest/analyze"
 	"github.com/attestd/attestd/attest/pipeline"
+	"github.com/attestd/attestd/attest/sign"
 	"github.com/attestd/attestd/attest/slsa"
 	"github.com/attestd/attestd/configs"
 	"github.com/attestd/attestd/sbom"
@@ -104,8 +108,8 @@ func (r resolver) Resolve(ctx context.Context, ref string) (*pipeline.Target, er
 	return t, nil
 }
 
-// newPipeline wires the stages that exist today: resolve and analyse. The
-// signing, evaluation and promotion stages are not wired yet: the pipeline
+// newPipeline wires the stages that exist today: resolve, analyse and (when
+// configured) sign. Evaluation and promotion are not built yet: the pipeline
 // reports them as skipped and never moves a digest past what really ran.
 func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Client, log *slog.Logger) (*pipeline.Pipeline, error) {
 	an, err := newAnalyzer(cfg, db, rc, log)
@@ -113,6 +117,13 @@ func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Cli
 		return nil, err
 	}
 	stages := pipeline.Stages{Resolver: resolver{rc}, Analyzer: analyzerStage{an, db}}
+	if cfg.Signing.Enabled() {
+		k, err := newSigner(cfg, rc, log)
+		if err != nil {
+			return nil, err
+		}
+		stages.Signer = signerStage{k: k, db: db, concurrency: cfg.Signing.Concurrency, log: log}
+	}
 	if r.wrapStages != nil {
 		stages = r.wrapStages(stages)
 	}
@@ -225,4 +236,71 @@ func (s analyzerStage) Analyze(ctx context.Context, t *pipeline.Target) (*pipeli
 		return nil, err
 	}
 	return &pipeline.Analysis{Artifacts: res.Artifacts, Facts: res.Facts}, nil
+}
+
+func newSigner(cfg *configs.Config, rc *registry.Client, log *slog.Logger) (*sign.Keyless, error) {
+	var tokens sign.TokenSource = sign.FileToken{Path: cfg.Signing.TokenFile}
+	if cfg.Signing.TokenEnv != "" {
+		tokens = sign.EnvToken{Name: cfg.Signing.TokenEnv}
+	}
+	k, err := sign.NewKeyless(cfg.Signing.SigningConfig, cfg.Signing.TrustedRoot, tokens, rc, log)
+	if err != nil {
+		return nil, fmt.Errorf("signing: %w", err)
+	}
+	return k, nil
+}
+
+// signerStage signs one job: the image signature and every analysis
+// document, per subject (the image, or the index and each platform), in one
+// signing session (one key, one Fulcio certificate while it lasts). Any
+// failure fails the stage: nothing is marked attested unless every
+// signature is attached.
+type signerStage struct {
+	k           *sign.Keyless
+	db          *store.DB
+	concurrency int
+	log         *slog.Logger
+}
+
+func (s signerStage) Sign(ctx context.Context, t *pipeline.Target) error {
+	if len(t.Artifacts) == 0 {
+		return errors.New("nothing to sign: the record has no analysis documents")
+	}
+	host, repo, _, err := store.SplitRef(t.Ref)
+	if err != nil {
+		return pipeline.Permanent(err)
+	}
+	repoName := host + "/" + repo
+	sess, err := s.k.Session()
+	if err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(1, s.concurrency))
+	subjects := map[string]bool{}
+	for _, a := range t.Artifacts {
+		if !subjects[a.Subject] {
+			subjects[a.Subject] = true
+			ref := repoName + "@" + a.Subject
+			g.Go(func() error { return sess.SignImage(gctx, ref) })
+		}
+		g.Go(func() error {
+			body, err := s.db.Blob(gctx, a.Digest)
+			if err != nil {
+				return fmt.Errorf("%s of %s: %w", a.Kind, a.Subject, err)
+			}
+			payload := body
+			if a.MediaType != analyze.MediaTypeInToto { // provenance is a statement already
+				if payload, err = attest.Statement(repoName, a.Subject, a.PredicateType, body); err != nil {
+					return err
+				}
+			}
+			return sess.AttestStatement(gctx, repoName+"@"+a.Subject, a.PredicateType, payload)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	s.log.InfoContext(ctx, "signed", "digest", t.Ref, "subjects", len(subjects), "documents", len(t.Artifacts), "certificates", sess.Certificates())
+	return nil
 }

@@ -1,0 +1,76 @@
+// Package attest is attestd's attestation vocabulary: predicate types and the
+// in-toto Statement v1 that wraps every document attestd signs. It imports
+// nothing of attestd.
+package attest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// StatementType is in-toto Statement v1.
+const StatementType = "https://in-toto.io/Statement/v1"
+
+// Predicate types attestd signs (and the stock cosign CLI verifies with
+// `verify-attestation --type <type>`).
+const (
+	PredicateSignature  = "https://sigstore.dev/cosign/sign/v1" // image signature (bundle format)
+	PredicateSPDX       = "https://spdx.dev/Document"           // cosign --type spdxjson
+	PredicateCycloneDX  = "https://cyclonedx.org/bom"           // cosign --type cyclonedx
+	PredicateSLSA1      = "https://slsa.dev/provenance/v1"      // cosign --type slsaprovenance1
+	PredicateHardening  = "https://attestd.dev/attestation/hardening/v1"
+	PredicateVulnCosign = "https://cosign.sigstore.dev/attestation/vuln/v1" // cosign --type vuln
+)
+
+// Subject is what a statement is about: an image by digest.
+type Subject struct {
+	Name   string            `json:"name"`
+	Digest map[string]string `json:"digest"`
+}
+
+type statement struct {
+	Type          string          `json:"_type"`
+	Subject       []Subject       `json:"subject"`
+	PredicateType string          `json:"predicateType"`
+	Predicate     json.RawMessage `json:"predicate"`
+}
+
+// Statement wraps predicate (a JSON document, kept byte for byte) in an
+// in-toto Statement v1 about name@digest.
+func Statement(name, digest, predicateType string, predicate []byte) ([]byte, error) {
+	alg, hex, ok := strings.Cut(digest, ":")
+	if !ok || alg != "sha256" || len(hex) != 64 {
+		return nil, fmt.Errorf("statement: digest %q is not sha256:<64 hex>", digest)
+	}
+	if predicateType == "" {
+		return nil, fmt.Errorf("statement: no predicate type")
+	}
+	p := bytes.TrimSpace(predicate)
+	if len(p) == 0 {
+		p = []byte("{}")
+	}
+	if !json.Valid(p) || p[0] != '{' {
+		return nil, fmt.Errorf("statement: the %s predicate is not a JSON object", predicateType)
+	}
+	return json.Marshal(statement{Type: StatementType, Subject: []Subject{{Name: name, Digest: map[string]string{alg: hex}}},
+		PredicateType: predicateType, Predicate: p})
+}
+
+// ParseStatement reads a statement's predicate type and subject digests.
+func ParseStatement(b []byte) (predicateType string, digests []string, err error) {
+	var st statement
+	if err := json.Unmarshal(b, &st); err != nil {
+		return "", nil, fmt.Errorf("statement: %w", err)
+	}
+	if st.Type != StatementType {
+		return "", nil, fmt.Errorf("statement: _type %q, want %s", st.Type, StatementType)
+	}
+	for _, s := range st.Subject {
+		for alg, h := range s.Digest {
+			digests = append(digests, alg+":"+h)
+		}
+	}
+	return st.PredicateType, digests, nil
+}
