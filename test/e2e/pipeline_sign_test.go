@@ -1,15 +1,32 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
+
 	"github.com/attestd/attestd/store"
+	"github.com/attestd/attestd/store/registry"
 )
 
 // signingConfig writes an attestd config that signs keylessly against the
@@ -85,4 +102,245 @@ func TestPipelineSignsEverything(t *testing.T) {
 			verifyAll(t, ref.Context().Digest(c.Digest).String(), all...)
 		}
 	})
+}
+
+// TestPipelineSignsTSAOnly: a signing config without Rekor (Fulcio + TSA):
+// the stock cosign CLI verifies with the signed timestamp alone, and refuses
+// when it is asked for a transparency-log entry (there is none).
+func TestPipelineSignsTSAOnly(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const identity = "attestd@example.test"
+	tok, _ := stk.Issuer.Token(identity, 30*time.Minute)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte(tok), 0o600)
+	cfg := writeConfigExtra(t, 1, fmt.Sprintf("signing:\n  signing_config: %s\n  trusted_root: %s\n  token_file: %s\n",
+		stk.SigningConfigTSAOnly, stk.TrustedRoot, tokenFile))
+	ref := pushFixture(t, allFixtures(t)["old-x-text"], "signed-tsa/app:v1")
+	rec, _ := processed(t, cfg, t.TempDir(), ref.String())
+	if rec.State != store.StateAttested {
+		t.Fatalf("state %s, stages %+v", rec.State, rec.Stages)
+	}
+	if _, err := stk.Cosign(ctx, append(append([]string{"verify"}, stk.VerifyArgsNoTlog(identity)...), ref.String())...); err != nil {
+		t.Errorf("cosign verify (TSA only): %v", err)
+	}
+	for _, typ := range []string{"spdxjson", "cyclonedx", "slsaprovenance1", "https://attestd.dev/attestation/hardening/v1"} {
+		if _, err := stk.Cosign(ctx, append(append([]string{"verify-attestation", "--type", typ}, stk.VerifyArgsNoTlog(identity)...), ref.String())...); err != nil {
+			t.Errorf("cosign verify-attestation --type %s (TSA only): %v", typ, err)
+		}
+	}
+	if _, err := stk.Cosign(ctx, append(append([]string{"verify"}, stk.VerifyArgs(identity)...), ref.String())...); err == nil {
+		t.Error("cosign found a transparency-log entry although the signing config names no Rekor")
+	}
+}
+
+// TestPipelineSignsOnReferrersRegistry: on a registry with the OCI 1.1
+// referrers API (ggcr's, in process) the attestations are real referrers —
+// no sha256-<hex> fallback tag — and the stock cosign CLI verifies them.
+func TestPipelineSignsOnReferrersRegistry(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const identity = "attestd@example.test"
+	srv := httptest.NewServer(ggcrregistry.New(ggcrregistry.WithReferrersSupport(true), ggcrregistry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	tok, _ := stk.Issuer.Token(identity, 30*time.Minute)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte(tok), 0o600)
+	cfg := filepath.Join(t.TempDir(), "attestd.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("registries:\n  - host: %s\nintake:\n  poll_interval: 0s\nsigning:\n  signing_config: %s\n  trusted_root: %s\n  token_file: %s\n",
+		host, stk.SigningConfig, stk.TrustedRoot, tokenFile)), 0o644)
+
+	f := allFixtures(t)["static-go"]
+	tag, _ := name.NewTag(host + "/team/app:v1")
+	if err := remote.Write(tag, f.Image); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := f.Image.Digest()
+	ref := tag.Context().Digest(d.String())
+	rec, _ := processed(t, cfg, t.TempDir(), ref.String())
+	if rec.State != store.StateAttested {
+		t.Fatalf("state %s, stages %+v", rec.State, rec.Stages)
+	}
+	idx, err := remote.Referrers(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, _ := idx.IndexManifest()
+	if len(im.Manifests) != 5 {
+		t.Errorf("referrers API lists %d manifests, want 5 (signature + 4 attestations)", len(im.Manifests))
+	}
+	tags, err := remote.List(tag.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tg := range tags {
+		if strings.HasPrefix(tg, "sha256-") {
+			t.Errorf("fallback tag %s written although the registry has the referrers API", tg)
+		}
+	}
+	if _, err := stk.Cosign(ctx, append(append([]string{"verify"}, stk.VerifyArgs(identity)...), ref.String())...); err != nil {
+		t.Errorf("cosign verify: %v", err)
+	}
+	for _, typ := range []string{"spdxjson", "cyclonedx", "slsaprovenance1", "https://attestd.dev/attestation/hardening/v1"} {
+		if _, err := stk.Cosign(ctx, append(append([]string{"verify-attestation", "--type", typ}, stk.VerifyArgs(identity)...), ref.String())...); err != nil {
+			t.Errorf("cosign verify-attestation --type %s: %v", typ, err)
+		}
+	}
+}
+
+// TestTamperedAttestationRejectedByCosign: the stored SPDX attestation is
+// replaced (in the referrers fallback index) by a copy whose payload was
+// edited: the stock cosign CLI refuses it.
+func TestTamperedAttestationRejectedByCosign(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const identity = "attestd@example.test"
+	cfg := signingConfig(t, identity)
+	ref := pushFixture(t, allFixtures(t)["static-go"], "signed-tamper/app:v1")
+	if rec, _ := processed(t, cfg, t.TempDir(), ref.String()); rec.State != store.StateAttested {
+		t.Fatalf("state %s", rec.State)
+	}
+	verify := func() error {
+		_, err := stk.Cosign(ctx, append(append([]string{"verify-attestation", "--type", "spdxjson"}, stk.VerifyArgs(identity)...), ref.String())...)
+		return err
+	}
+	if err := verify(); err != nil {
+		t.Fatalf("before tampering: %v", err)
+	}
+	rc, _ := registry.New()
+	replaceAttestation(t, ctx, rc, ref, "https://spdx.dev/Document", func(payload []byte) []byte {
+		return bytes.Replace(payload, []byte(`"spdxVersion":"SPDX-2.3"`), []byte(`"spdxVersion":"SPDX-2.3","comment":"tampered"`), 1)
+	})
+	if err := verify(); err == nil {
+		t.Fatal("cosign verified an attestation whose payload was edited after signing")
+	}
+}
+
+// replaceAttestation swaps the bundle of predicateType attached to ref for a
+// copy with its DSSE payload edited (signature kept).
+func replaceAttestation(t *testing.T, ctx context.Context, rc *registry.Client, ref name.Digest, predicateType string, edit func([]byte) []byte) {
+	t.Helper()
+	fallback := ref.Context().Tag(strings.Replace(ref.DigestStr(), ":", "-", 1))
+	idx, err := remote.Index(fallback, rc.RemoteOptions(ctx)...)
+	if err != nil {
+		t.Fatalf("referrers fallback index %s: %v", fallback, err)
+	}
+	im, _ := idx.IndexManifest()
+	var genuine v1.Hash
+	for _, d := range im.Manifests {
+		if d.Annotations["dev.sigstore.bundle.predicateType"] == predicateType {
+			genuine = d.Digest
+		}
+	}
+	if genuine == (v1.Hash{}) {
+		t.Fatalf("no %s bundle attached", predicateType)
+	}
+	raw, _, err := rc.Manifest(ctx, ref.Context().Digest(genuine.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := v1.ParseManifest(bytes.NewReader(raw))
+	blob, err := rc.Blob(ctx, ref.Context(), m.Layers[0].Digest.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(blob)
+	blob.Close()
+	var bundle map[string]any
+	json.Unmarshal(b, &bundle)
+	env := bundle["dsseEnvelope"].(map[string]any)
+	payload, _ := base64.StdEncoding.DecodeString(env["payload"].(string))
+	edited := edit(payload)
+	if bytes.Equal(edited, payload) {
+		t.Fatal("the edit changed nothing")
+	}
+	env["payload"] = base64.StdEncoding.EncodeToString(edited)
+	forged, _ := json.Marshal(bundle)
+	if err := ociremote.WriteAttestationNewBundleFormat(ref, forged, predicateType, ociremote.WithRemoteOptions(rc.RemoteOptions(ctx)...)); err != nil {
+		t.Fatal(err)
+	}
+	// Drop the genuine one from the fallback index: the forged copy replaces it.
+	idx, err = remote.Index(fallback, rc.RemoteOptions(ctx)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx = mutate.RemoveManifests(idx, func(d v1.Descriptor) bool { return d.Digest == genuine })
+	if err := remote.WriteIndex(fallback, idx, rc.RemoteOptions(ctx)...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestKillMidAttachLeavesOneAttestationPerType: the daemon is killed (-9)
+// while a job's attestations are being attached; after a restart the job
+// completes and exactly one bundle per predicate type is attached.
+func TestKillMidAttachLeavesOneAttestationPerType(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cfg := signingConfig(t, "attestd@example.test")
+	dataDir := t.TempDir()
+	ref := pushFixture(t, allFixtures(t)["node"], "signed-kill/app:v1")
+	rc, _ := registry.New()
+	attached := func() map[string]int {
+		refs, err := rc.Referrers(ctx, ref, "")
+		if err != nil && !registry.IsNotFound(err) {
+			t.Fatal(err)
+		}
+		n := map[string]int{}
+		for _, d := range refs {
+			n[d.Annotations["dev.sigstore.bundle.predicateType"]]++
+		}
+		return n
+	}
+
+	self, _ := os.Executable()
+	addr := freeAddr(t)
+	args := []string{"serve", "-c", cfg, "--data-dir", dataDir, "--listen", addr}
+	d1 := startProcess(t, self, []string{daemonEnv + "=1"}, addr, args...)
+	resp, err := http.Post("http://"+addr+"/api/v1/submit?image="+ref.String(), "", nil)
+	if err != nil || resp.StatusCode != http.StatusAccepted && resp.StatusCode != http.StatusOK {
+		t.Fatalf("submit: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		n := attached()
+		total := 0
+		for _, c := range n {
+			total += c
+		}
+		if total >= 1 && total < 5 {
+			break // mid-attach
+		}
+		if total >= 5 || time.Now().After(deadline) {
+			t.Fatalf("could not catch the daemon mid-attach (attached: %v)", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	d1.signal(syscall.SIGKILL)
+	<-d1.done
+	d1.done <- nil
+	t.Logf("killed with attached: %v", attached())
+
+	d2 := startProcess(t, self, []string{daemonEnv + "=1"}, addr, args...)
+	deadline = time.Now().Add(2 * time.Minute)
+	for {
+		var rec store.Record
+		d2.getJSON(t, "/api/v1/image?ref="+url.QueryEscape(ref.String()), &rec)
+		if rec.State == store.StateAttested {
+			break
+		}
+		if rec.State == store.StateFailed || time.Now().After(deadline) {
+			t.Fatalf("after restart: state %s, stages %+v", rec.State, rec.Stages)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	d2.stop()
+	n := attached()
+	for _, pt := range []string{"https://sigstore.dev/cosign/sign/v1", "https://spdx.dev/Document", "https://cyclonedx.org/bom",
+		"https://slsa.dev/provenance/v1", "https://attestd.dev/attestation/hardening/v1"} {
+		if n[pt] != 1 {
+			t.Errorf("%s attached %d times, want exactly 1 (all: %v)", pt, n[pt], n)
+		}
+	}
 }

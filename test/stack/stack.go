@@ -58,9 +58,11 @@ type Stack struct {
 	// TrustedRoot and SigningConfig are the files cosign and sigstore-go read.
 	TrustedRoot   string
 	SigningConfig string
-	CosignBin     string
-	CraneBin      string
-	SyftBin       string
+	// SigningConfigTSAOnly names Fulcio and the TSA but no Rekor log.
+	SigningConfigTSAOnly string
+	CosignBin            string
+	CraneBin             string
+	SyftBin              string
 
 	procs   []*proc
 	unlocks []func()
@@ -237,6 +239,14 @@ func (s *Stack) writeTrust(ctx context.Context, tsaBase, rekorPub string) error 
 		"--out", s.SigningConfig); err != nil {
 		return err
 	}
+	// The same without Rekor: signatures carry only an RFC 3161 timestamp.
+	s.SigningConfigTSAOnly = filepath.Join(run, "signing_config_tsa_only.json")
+	if _, err := s.Cosign(ctx, "signing-config", "create",
+		"--fulcio=url="+s.FulcioURL+",api-version=1,start-time="+startTime+",operator=local",
+		"--tsa=url="+s.TSAURL+",api-version=1,start-time="+startTime+",operator=local", "--tsa-config=ANY",
+		"--out", s.SigningConfigTSAOnly); err != nil {
+		return err
+	}
 	tr, err := root.NewTrustedRootFromPath(s.TrustedRoot)
 	if err != nil {
 		return fmt.Errorf("trusted root written by cosign does not load: %w", err)
@@ -290,6 +300,12 @@ func (s *Stack) Crane(ctx context.Context, args ...string) ([]byte, error) {
 // and signed timestamps since Rekor v2 entries carry no integrated time).
 func (s *Stack) SignArgs(token string) []string {
 	return []string{"--yes", "--new-bundle-format", "--signing-config", s.SigningConfig, "--trusted-root", s.TrustedRoot, "--identity-token", token}
+}
+
+// VerifyArgsNoTlog verifies signatures made with SigningConfigTSAOnly (no
+// transparency log entry; the signed timestamp proves the signing time).
+func (s *Stack) VerifyArgsNoTlog(identity string) []string {
+	return append(s.VerifyArgs(identity), "--insecure-ignore-tlog=true")
 }
 
 // VerifyArgs: see SignArgs.
