@@ -90,6 +90,12 @@ type Signing struct {
 	// service-account token) or TokenEnv holds the OIDC identity token.
 	TokenFile string `yaml:"token_file"`
 	TokenEnv  string `yaml:"token_env"`
+	// Key switches to key-pair signing (the air-gapped fallback): a cosign
+	// private key file or a KMS URI (awskms://, gcpkms://, azurekms://,
+	// hashivault://). KeyPasswordEnv names the variable holding the key
+	// file's password.
+	Key            string `yaml:"key"`
+	KeyPasswordEnv string `yaml:"key_password_env"`
 	// Concurrency is how many signatures of one job are in flight at once
 	// (Rekor v2 answers after its next checkpoint, ~1 s).
 	Concurrency int `yaml:"concurrency"`
@@ -415,8 +421,13 @@ func (c *Config) Validate() error {
 		if sg.SigningConfig == "" || sg.TrustedRoot == "" {
 			bad("signing", "set both signing_config and trusted_root (the files cosign signing-config create / trusted-root create write), or neither")
 		}
-		if (sg.TokenFile == "") == (sg.TokenEnv == "") {
+		switch {
+		case sg.Key != "" && (sg.TokenFile != "" || sg.TokenEnv != ""):
+			bad("signing.key", "key-pair signing needs no identity token: remove token_file/token_env, or remove key for keyless signing")
+		case sg.Key == "" && (sg.TokenFile == "") == (sg.TokenEnv == ""):
 			bad("signing", "set exactly one of token_file and token_env (the OIDC identity token for Fulcio)")
+		case sg.Key == "" && sg.KeyPasswordEnv != "":
+			bad("signing.key_password_env", "only used with signing.key")
 		}
 	}
 	if c.Signing.Concurrency < 1 || c.Signing.Concurrency > 32 {

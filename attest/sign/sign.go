@@ -8,6 +8,7 @@
 package sign
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	intotov1 "github.com/in-toto/attestation/go/v1"
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 	ctypes "github.com/sigstore/cosign/v2/pkg/types"
@@ -75,11 +77,13 @@ func (e EnvToken) Token(context.Context) (string, error) {
 	return t, nil
 }
 
-// Keyless signs with an ephemeral key and a Fulcio certificate.
+// Keyless signs with an ephemeral key and a Fulcio certificate — or, made
+// with NewKeyed, with a key pair (the air-gapped fallback).
 type Keyless struct {
 	opts    sgsign.BundleOptions // Fulcio, TSAs, Rekor logs, trusted root: chosen once from the signing config
 	trusted root.TrustedMaterial
 	tokens  TokenSource
+	key     sgsign.Keypair // set: key-pair signing, no Fulcio
 	reg     *registry.Client
 	log     *slog.Logger
 }
@@ -99,7 +103,7 @@ func NewKeyless(signingConfigPath, trustedRootPath string, tokens TokenSource, r
 	if err != nil {
 		return nil, fmt.Errorf("trusted root %s: %w", trustedRootPath, err)
 	}
-	opts, err := bundleOptions(sc, tr, time.Now())
+	opts, err := bundleOptions(sc, tr, time.Now(), true)
 	if err != nil {
 		return nil, fmt.Errorf("signing config %s: %w", signingConfigPath, err)
 	}
@@ -109,21 +113,77 @@ func NewKeyless(signingConfigPath, trustedRootPath string, tokens TokenSource, r
 	return &Keyless{opts: opts, trusted: tr, tokens: tokens, reg: reg, log: log}, nil
 }
 
+// NewKeyed signs with a key pair instead of a Fulcio certificate: keyRef is
+// a cosign key file (encrypted; password from pass) or a sigstore KMS URI
+// whose provider is compiled in. The signing config still says which Rekor
+// log and timestamp authority record the signatures. Verify with
+// `cosign verify --key <public key>`.
+func NewKeyed(ctx context.Context, keyRef string, pass func(bool) ([]byte, error), signingConfigPath, trustedRootPath string, reg *registry.Client, log *slog.Logger) (*Keyless, error) {
+	if reg == nil {
+		return nil, errors.New("key-pair signer: a registry client is required")
+	}
+	sv, err := loadKey(ctx, keyRef, pass)
+	if err != nil {
+		return nil, fmt.Errorf("signing key %s: %w", keyRef, err)
+	}
+	kp, err := newKeypair(sv)
+	if err != nil {
+		return nil, fmt.Errorf("signing key %s: %w", keyRef, err)
+	}
+	sc, err := root.NewSigningConfigFromPath(signingConfigPath)
+	if err != nil {
+		return nil, fmt.Errorf("signing config %s: %w", signingConfigPath, err)
+	}
+	tr, err := root.NewTrustedRootFromPath(trustedRootPath)
+	if err != nil {
+		return nil, fmt.Errorf("trusted root %s: %w", trustedRootPath, err)
+	}
+	opts, err := bundleOptions(sc, tr, time.Now(), false)
+	if err != nil {
+		return nil, fmt.Errorf("signing config %s: %w", signingConfigPath, err)
+	}
+	// sigstore-go checks each bundle it makes against the trust material:
+	// add the public key to it, as cosign does.
+	pub := root.NewExpiringKey(sv, time.Time{}, time.Time{})
+	opts.TrustedRoot = keyTrust{TrustedMaterial: tr, hint: string(kp.GetHint()), key: pub}
+	opts.CertificateProvider = nil
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Keyless{opts: opts, trusted: tr, key: kp, reg: reg, log: log}, nil
+}
+
+// keyTrust is trust material plus one public key, found by its hint.
+type keyTrust struct {
+	root.TrustedMaterial
+	hint string
+	key  root.TimeConstrainedVerifier
+}
+
+func (k keyTrust) PublicKeyVerifier(hint string) (root.TimeConstrainedVerifier, error) {
+	if hint == k.hint {
+		return k.key, nil
+	}
+	return k.TrustedMaterial.PublicKeyVerifier(hint)
+}
+
 // bundleOptions selects the services of the signing config, as cosign's
 // bundle.SignData does, but returns errors instead of exiting the process.
-func bundleOptions(sc *root.SigningConfig, tr root.TrustedMaterial, now time.Time) (sgsign.BundleOptions, error) {
+func bundleOptions(sc *root.SigningConfig, tr root.TrustedMaterial, now time.Time, keyless bool) (sgsign.BundleOptions, error) {
 	opts := sgsign.BundleOptions{TrustedRoot: tr}
-	if len(sc.FulcioCertificateAuthorityURLs()) == 0 {
-		return opts, errors.New("names no Fulcio: keyless signing needs one")
-	}
 	if len(sc.RekorLogURLs()) == 0 && len(sc.TimestampAuthorityURLs()) == 0 {
-		return opts, errors.New("names neither a Rekor log nor a timestamp authority: the 10-minute certificate could not be verified later")
+		return opts, errors.New("names neither a Rekor log nor a timestamp authority: nothing would prove when a signature was made")
 	}
-	fulcio, err := root.SelectService(sc.FulcioCertificateAuthorityURLs(), sgsign.FulcioAPIVersions, now)
-	if err != nil {
-		return opts, fmt.Errorf("Fulcio: %w", err)
+	if keyless {
+		if len(sc.FulcioCertificateAuthorityURLs()) == 0 {
+			return opts, errors.New("names no Fulcio: keyless signing needs one")
+		}
+		fulcio, err := root.SelectService(sc.FulcioCertificateAuthorityURLs(), sgsign.FulcioAPIVersions, now)
+		if err != nil {
+			return opts, fmt.Errorf("Fulcio: %w", err)
+		}
+		opts.CertificateProvider = sgsign.NewFulcio(&sgsign.FulcioOptions{BaseURL: fulcio.URL, Timeout: 30 * time.Second, Retries: 1})
 	}
-	opts.CertificateProvider = sgsign.NewFulcio(&sgsign.FulcioOptions{BaseURL: fulcio.URL, Timeout: 30 * time.Second, Retries: 1})
 	if len(sc.TimestampAuthorityURLs()) > 0 {
 		tsas, err := root.SelectServices(sc.TimestampAuthorityURLs(), sc.TimestampAuthorityURLsConfig(), sgsign.TimestampAuthorityAPIVersions, now)
 		if err != nil {
@@ -152,10 +212,33 @@ type Session struct {
 	k       *Keyless
 	keypair sgsign.Keypair
 	certs   *certCache
+
+	// Attaching to one subject is serialised: on a registry without the
+	// referrers API, cosign updates the sha256-<hex> fallback index by
+	// read-modify-write, and concurrent writers lose each other's entries.
+	mu       sync.Mutex
+	subjects map[string]*sync.Mutex
+}
+
+func (s *Session) subjectLock(digest string) *sync.Mutex {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.subjects == nil {
+		s.subjects = map[string]*sync.Mutex{}
+	}
+	m := s.subjects[digest]
+	if m == nil {
+		m = &sync.Mutex{}
+		s.subjects[digest] = m
+	}
+	return m
 }
 
 // Session starts a signing session (one per job).
 func (k *Keyless) Session() (*Session, error) {
+	if k.key != nil {
+		return &Session{k: k, keypair: k.key}, nil
+	}
 	kp, err := sgsign.NewEphemeralKeypair(nil)
 	if err != nil {
 		return nil, fmt.Errorf("ephemeral key: %w", err)
@@ -204,6 +287,9 @@ func (c *certCache) GetCertificate(ctx context.Context, kp sgsign.Keypair, _ *sg
 
 // Certificates reports how many certificates the session got from Fulcio.
 func (s *Session) Certificates() int {
+	if s.certs == nil {
+		return 0
+	}
 	s.certs.mu.Lock()
 	defer s.certs.mu.Unlock()
 	return s.certs.fetched
@@ -277,8 +363,10 @@ func (s *Session) AttestStatement(ctx context.Context, ref, predicateType string
 	}
 	opts := s.k.opts
 	opts.Context = ctx
-	opts.CertificateProvider = s.certs
-	opts.CertificateProviderOptions = &sgsign.CertificateProviderOptions{}
+	if s.certs != nil {
+		opts.CertificateProvider = s.certs
+		opts.CertificateProviderOptions = &sgsign.CertificateProviderOptions{}
+	}
 	pb, err := sgsign.Bundle(&sgsign.DSSEData{Data: payload, PayloadType: ctypes.IntotoPayloadType}, s.keypair, opts)
 	if err != nil {
 		return fmt.Errorf("attest %s (%s): sign: %w", ref, predicateType, err)
@@ -287,12 +375,36 @@ func (s *Session) AttestStatement(ctx context.Context, ref, predicateType string
 	if err != nil {
 		return fmt.Errorf("attest %s: %w", ref, err)
 	}
+	lock := s.subjectLock(d.DigestStr())
+	lock.Lock()
+	defer lock.Unlock()
 	if err := ociremote.WriteAttestationNewBundleFormat(d, bundle, predicateType,
 		ociremote.WithRemoteOptions(s.k.reg.RemoteOptions(ctx)...)); err != nil {
 		return fmt.Errorf("attest %s (%s): attach: %w", ref, predicateType, err)
 	}
 	s.k.log.InfoContext(ctx, "signed and attached", "digest", ref, "predicate_type", predicateType, "bytes", len(payload))
 	return nil
+}
+
+// Missing returns the predicate types of want that no attached bundle of
+// ref carries. The signer stage checks it after attaching: a stage is done
+// only when every attestation is really there.
+func (s *Session) Missing(ctx context.Context, ref string, want []string) ([]string, error) {
+	d, err := s.k.digest(ref)
+	if err != nil {
+		return nil, err
+	}
+	var missing []string
+	for _, pt := range want {
+		ok, err := s.k.attached(ctx, d, pt)
+		if err != nil {
+			return nil, fmt.Errorf("check %s: %w", ref, err)
+		}
+		if !ok {
+			missing = append(missing, pt)
+		}
+	}
+	return missing, nil
 }
 
 func (k *Keyless) digest(ref string) (name.Digest, error) {
@@ -321,7 +433,21 @@ func (k *Keyless) attached(ctx context.Context, d name.Digest, predicateType str
 		return false, err
 	}
 	for _, r := range refs {
-		if r.Annotations["dev.sigstore.bundle.predicateType"] == predicateType {
+		ann := r.Annotations
+		if ann == nil {
+			// Some referrers APIs list descriptors without the manifests'
+			// annotations: read the manifest itself.
+			raw, _, err := k.reg.Manifest(ctx, d.Context().Digest(r.Digest.String()))
+			if err != nil {
+				return false, err
+			}
+			m, err := v1.ParseManifest(bytes.NewReader(raw))
+			if err != nil {
+				return false, fmt.Errorf("referrer %s: %w", r.Digest, err)
+			}
+			ann = m.Annotations
+		}
+		if ann["dev.sigstore.bundle.predicateType"] == predicateType {
 			return true, nil
 		}
 	}

@@ -163,13 +163,15 @@ func (c *Cache) Get(ctx context.Context, l Layer, fetch Fetch) (*Handle, error) 
 	for {
 		c.mu.Lock()
 		if e := c.entries[l.Digest]; e != nil {
+			now := time.Now()
 			e.refs++
-			e.used = time.Now()
+			e.used = now
+			size := e.size
 			c.stats.Hits++
 			c.mu.Unlock()
 			p := c.path(l.Digest)
-			_ = os.Chtimes(p, e.used, e.used) // LRU order survives restarts
-			return &Handle{Layer: l, Path: p, UncompressedSize: e.size, c: c}, nil
+			_ = os.Chtimes(p, now, now) // LRU order survives restarts
+			return &Handle{Layer: l, Path: p, UncompressedSize: size, c: c}, nil
 		}
 		if cl := c.inflight[l.Digest]; cl != nil {
 			c.mu.Unlock()

@@ -8,6 +8,7 @@ package registry
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -371,11 +372,10 @@ func (c *Client) Catalog(ctx context.Context, reg name.Registry) ([]string, erro
 func (c *Client) Referrers(ctx context.Context, ref name.Digest, artifactType string) ([]v1.Descriptor, error) {
 	ctx, cancel := withTimeout(ctx, FetchTimeout)
 	defer cancel()
-	opts := c.RemoteOptions(ctx)
-	if artifactType != "" {
-		opts = append(opts, remote.WithFilter("artifactType", artifactType))
-	}
-	idx, err := remote.Referrers(ref, opts...)
+	// No server-side filter: ggcr would also filter client-side on the
+	// descriptors' artifactType, which some registries report wrongly
+	// (see below). We filter here instead.
+	idx, err := remote.Referrers(ref, c.RemoteOptions(ctx)...)
 	if err != nil {
 		return nil, fmt.Errorf("referrers of %s: %w", ref, err)
 	}
@@ -384,15 +384,46 @@ func (c *Client) Referrers(ctx context.Context, ref name.Digest, artifactType st
 		return nil, fmt.Errorf("referrers of %s: %w", ref, err)
 	}
 	out := im.Manifests
-	if artifactType != "" { // the tag fallback cannot filter server-side
+	if artifactType != "" {
 		out = out[:0]
 		for _, d := range im.Manifests {
-			if d.ArtifactType == artifactType {
+			at := d.ArtifactType
+			if at == "" || at == string(types.OCIConfigJSON) || at == "application/vnd.oci.empty.v1+json" {
+				// Some registries (ggcr's own) report the config media type
+				// instead of the manifest's artifactType: read the manifest.
+				if at, err = c.artifactType(ctx, ref.Context().Digest(d.Digest.String())); err != nil {
+					return nil, fmt.Errorf("referrers of %s: %w", ref, err)
+				}
+				d.ArtifactType = at
+			}
+			if at == artifactType {
 				out = append(out, d)
 			}
 		}
 	}
 	return out, nil
+}
+
+// artifactType reads a manifest's artifactType (or its config media type),
+// and fills in its annotations.
+func (c *Client) artifactType(ctx context.Context, ref name.Digest) (string, error) {
+	raw, _, err := c.Manifest(ctx, ref)
+	if err != nil {
+		return "", err
+	}
+	var m struct {
+		ArtifactType string `json:"artifactType"`
+		Config       struct {
+			MediaType string `json:"mediaType"`
+		} `json:"config"`
+	}
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return "", fmt.Errorf("manifest %s: %w", ref, err)
+	}
+	if m.ArtifactType != "" {
+		return m.ArtifactType, nil
+	}
+	return m.Config.MediaType, nil
 }
 
 // Copy copies src (by digest) into the repository dst under the same digest:

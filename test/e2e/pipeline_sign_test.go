@@ -25,6 +25,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 
+	"github.com/attestd/attestd/cmd/attestd/app"
 	"github.com/attestd/attestd/store"
 	"github.com/attestd/attestd/store/registry"
 )
@@ -342,5 +343,48 @@ func TestKillMidAttachLeavesOneAttestationPerType(t *testing.T) {
 		if n[pt] != 1 {
 			t.Errorf("%s attached %d times, want exactly 1 (all: %v)", pt, n[pt], n)
 		}
+	}
+}
+
+// TestPipelineSignsWithKeyFile: the air-gapped fallback — a cosign key pair
+// instead of Fulcio (Rekor and the TSA still record the signatures); the
+// stock cosign CLI verifies with the public key.
+func TestPipelineSignsWithKeyFile(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	t.Setenv("COSIGN_PASSWORD", "e2e-key-password")
+	if _, err := stk.Cosign(ctx, "generate-key-pair", "--output-key-prefix", filepath.Join(dir, "cosign")); err != nil {
+		t.Fatal(err)
+	}
+	cfg := writeConfigExtra(t, 1, fmt.Sprintf("signing:\n  signing_config: %s\n  trusted_root: %s\n  key: %s\n  key_password_env: COSIGN_PASSWORD\n",
+		stk.SigningConfig, stk.TrustedRoot, filepath.Join(dir, "cosign.key")))
+	ref := pushFixture(t, allFixtures(t)["static-go"], "signed-key/app:v1")
+	rec, _ := processed(t, cfg, t.TempDir(), ref.String())
+	if rec.State != store.StateAttested {
+		t.Fatalf("state %s, stages %+v", rec.State, rec.Stages)
+	}
+	args := []string{"--key", filepath.Join(dir, "cosign.pub"), "--new-bundle-format", "--trusted-root", stk.TrustedRoot, "--use-signed-timestamps"}
+	if _, err := stk.Cosign(ctx, append(append([]string{"verify"}, args...), ref.String())...); err != nil {
+		t.Errorf("cosign verify --key: %v", err)
+	}
+	for _, typ := range []string{"spdxjson", "cyclonedx", "slsaprovenance1", "https://attestd.dev/attestation/hardening/v1"} {
+		if _, err := stk.Cosign(ctx, append(append([]string{"verify-attestation", "--type", typ}, args...), ref.String())...); err != nil {
+			t.Errorf("cosign verify-attestation --key --type %s: %v", typ, err)
+		}
+	}
+	// Another key does not verify.
+	if _, err := stk.Cosign(ctx, "generate-key-pair", "--output-key-prefix", filepath.Join(dir, "other")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stk.Cosign(ctx, "verify", "--key", filepath.Join(dir, "other.pub"), "--new-bundle-format", "--trusted-root", stk.TrustedRoot, "--use-signed-timestamps", ref.String()); err == nil {
+		t.Error("cosign verified with a different public key")
+	}
+	// A wrong password fails the stage, nothing is marked attested.
+	t.Setenv("COSIGN_PASSWORD", "wrong")
+	var out, errOut bytes.Buffer
+	ref2 := pushFixture(t, allFixtures(t)["old-x-text"], "signed-key/app:v2")
+	if code := app.Run(ctx, []string{"process", "-c", cfg, "--data-dir", t.TempDir(), ref2.String()}, &out, &errOut); code == 0 {
+		t.Errorf("process with a wrong key password succeeded:\n%s", out.String())
 	}
 }

@@ -239,6 +239,23 @@ func (s analyzerStage) Analyze(ctx context.Context, t *pipeline.Target) (*pipeli
 }
 
 func newSigner(cfg *configs.Config, rc *registry.Client, log *slog.Logger) (*sign.Keyless, error) {
+	if cfg.Signing.Key != "" {
+		pass := func(bool) ([]byte, error) {
+			if cfg.Signing.KeyPasswordEnv == "" {
+				return nil, nil
+			}
+			v, ok := os.LookupEnv(cfg.Signing.KeyPasswordEnv)
+			if !ok {
+				return nil, fmt.Errorf("$%s (signing.key_password_env) is not set", cfg.Signing.KeyPasswordEnv)
+			}
+			return []byte(v), nil
+		}
+		k, err := sign.NewKeyed(context.Background(), cfg.Signing.Key, pass, cfg.Signing.SigningConfig, cfg.Signing.TrustedRoot, rc, log)
+		if err != nil {
+			return nil, fmt.Errorf("signing: %w", err)
+		}
+		return k, nil
+	}
 	var tokens sign.TokenSource = sign.FileToken{Path: cfg.Signing.TokenFile}
 	if cfg.Signing.TokenEnv != "" {
 		tokens = sign.EnvToken{Name: cfg.Signing.TokenEnv}
@@ -300,6 +317,23 @@ func (s signerStage) Sign(ctx context.Context, t *pipeline.Target) error {
 	}
 	if err := g.Wait(); err != nil {
 		return err
+	}
+	// Done only when every signature and attestation is really attached.
+	want := map[string][]string{}
+	for _, a := range t.Artifacts {
+		if len(want[a.Subject]) == 0 {
+			want[a.Subject] = append(want[a.Subject], sign.PredicateSignature)
+		}
+		want[a.Subject] = append(want[a.Subject], a.PredicateType)
+	}
+	for subj, pts := range want {
+		missing, err := sess.Missing(ctx, repoName+"@"+subj, pts)
+		if err != nil {
+			return err
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("after attaching, %s lacks %v", subj, missing)
+		}
 	}
 	s.log.InfoContext(ctx, "signed", "digest", t.Ref, "subjects", len(subjects), "documents", len(t.Artifacts), "certificates", sess.Certificates())
 	return nil
