@@ -24,6 +24,26 @@ const (
 	PredicateVulnCosign = "https://cosign.sigstore.dev/attestation/vuln/v1" // cosign --type vuln
 )
 
+// DocumentRefType is the predicate type of a document-ref attestation for a
+// document kind ("spdx", "cyclonedx"): it points at a document too large to
+// sign inline (above signing.max_payload), stored as its own OCI artifact
+// referring to the image; the predicate is a DocumentRef. One type per kind,
+// so each kind is attached (and deduplicated) on its own.
+func DocumentRefType(kind string) string {
+	return "https://attestd.dev/attestation/document-ref/" + kind + "/v1"
+}
+
+// DocumentRef is the predicate of PredicateDocumentRef: the signed
+// statement carries the digest of the document, so verifying the statement
+// and checking the artifact's digest verifies the document.
+type DocumentRef struct {
+	PredicateType string `json:"predicateType"` // what the document would have been attested as
+	MediaType     string `json:"mediaType"`
+	Digest        string `json:"digest"` // sha256 of the document bytes (= the artifact's layer)
+	Size          int64  `json:"size"`
+	URI           string `json:"uri"` // oci://host/repo@sha256:… of the artifact manifest
+}
+
 // Subject is what a statement is about: an image by digest.
 type Subject struct {
 	Name   string            `json:"name"`

@@ -86,6 +86,10 @@ type Signing struct {
 	// (which Fulcio, Rekor, TSA) and trusted_root.json (how to check them).
 	SigningConfig string `yaml:"signing_config"`
 	TrustedRoot   string `yaml:"trusted_root"`
+	// PublicGood instead fetches both for the public-good Sigstore instance
+	// through TUF (cached under data_dir/tuf); start fails when neither the
+	// repository nor a valid cache is available.
+	PublicGood bool `yaml:"public_good"`
 	// TokenFile (re-read for every certificate: a projected Kubernetes
 	// service-account token) or TokenEnv holds the OIDC identity token.
 	TokenFile string `yaml:"token_file"`
@@ -96,6 +100,10 @@ type Signing struct {
 	// file's password.
 	Key            string `yaml:"key"`
 	KeyPasswordEnv string `yaml:"key_password_env"`
+	// MaxPayload bounds what is signed inline. A larger SBOM is pushed as its
+	// own OCI artifact referring to the image, and a document-ref
+	// attestation carrying its digest is signed instead.
+	MaxPayload Size `yaml:"max_payload"`
 	// Concurrency is how many signatures of one job are in flight at once
 	// (Rekor v2 answers after its next checkpoint, ~1 s).
 	Concurrency int `yaml:"concurrency"`
@@ -291,7 +299,7 @@ func Default() *Config {
 			SPDXVersion: "2.3", CycloneDXVersion: "1.6", LayerCache: 10 << 30, LayerConcurrency: 3,
 			Hardening: Hardening{MaxImageSize: 1 << 30},
 		},
-		Signing: Signing{Concurrency: 4},
+		Signing: Signing{Concurrency: 4, MaxPayload: 4 << 20},
 	}
 }
 
@@ -418,8 +426,11 @@ func (c *Config) Validate() error {
 		bad("intake.existing", "%q is not process or record", c.Intake.Existing)
 	}
 	if sg := c.Signing; sg.Enabled() {
-		if sg.SigningConfig == "" || sg.TrustedRoot == "" {
-			bad("signing", "set both signing_config and trusted_root (the files cosign signing-config create / trusted-root create write), or neither")
+		switch {
+		case sg.PublicGood && (sg.SigningConfig != "" || sg.TrustedRoot != ""):
+			bad("signing.public_good", "public_good fetches the signing config and trusted root through TUF: remove signing_config and trusted_root, or public_good")
+		case !sg.PublicGood && (sg.SigningConfig == "" || sg.TrustedRoot == ""):
+			bad("signing", "set both signing_config and trusted_root (the files cosign signing-config create / trusted-root create write), or public_good: true")
 		}
 		switch {
 		case sg.Key != "" && (sg.TokenFile != "" || sg.TokenEnv != ""):
@@ -429,6 +440,9 @@ func (c *Config) Validate() error {
 		case sg.Key == "" && sg.KeyPasswordEnv != "":
 			bad("signing.key_password_env", "only used with signing.key")
 		}
+	}
+	if c.Signing.MaxPayload < 1024 {
+		bad("signing.max_payload", "must be at least 1KiB, got %d bytes", c.Signing.MaxPayload)
 	}
 	if c.Signing.Concurrency < 1 || c.Signing.Concurrency > 32 {
 		bad("signing.concurrency", "must be 1…32, got %d", c.Signing.Concurrency)

@@ -27,6 +27,20 @@ func TestExampleConfigIsValid(t *testing.T) {
 	}
 }
 
+func TestProductionExampleIsValid(t *testing.T) {
+	t.Parallel()
+	c, err := LoadFile("attestd-production.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("configs/attestd-production.yaml does not validate: %v", err)
+	}
+	if !c.Signing.PublicGood || c.Signing.TokenFile == "" {
+		t.Errorf("the production example should sign keylessly with the public-good instance: %+v", c.Signing)
+	}
+}
+
 func TestLoadErrors(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -38,6 +52,7 @@ func TestLoadErrors(t *testing.T) {
 		{"bad type", "workers: many\n", []string{"line 1", "many", "into int"}},
 		{"inline password", "registries:\n- host: r.example\n  auth: {username: u, password: hunter2}\n", []string{"registries[0].auth.password", "password_file"}},
 		{"empty host", "registries:\n- rate_limit: 3\n", []string{"registries[0].host", "must be set"}},
+		{"public good plus files", "signing:\n  public_good: true\n  trusted_root: tr.json\n  token_file: t\n", []string{"signing.public_good", "TUF"}},
 		{"signing half set", "signing:\n  signing_config: sc.json\n  token_file: t\n", []string{"signing", "trusted_root"}},
 		{"signing two tokens", "signing:\n  signing_config: sc.json\n  trusted_root: tr.json\n  token_file: t\n  token_env: T\n", []string{"exactly one of token_file and token_env"}},
 		{"bad size", "analysis:\n  layer_cache: lots\n", []string{"line 2", "not a size"}},

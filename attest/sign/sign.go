@@ -28,6 +28,7 @@ import (
 	sgbundle "github.com/sigstore/sigstore-go/pkg/bundle"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	sgsign "github.com/sigstore/sigstore-go/pkg/sign"
+	"github.com/sigstore/sigstore-go/pkg/tuf"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -95,17 +96,26 @@ func NewKeyless(signingConfigPath, trustedRootPath string, tokens TokenSource, r
 	if tokens == nil || reg == nil {
 		return nil, errors.New("keyless signer: a token source and a registry client are required")
 	}
-	sc, err := root.NewSigningConfigFromPath(signingConfigPath)
+	sc, tr, err := LoadTrust(signingConfigPath, trustedRootPath)
 	if err != nil {
-		return nil, fmt.Errorf("signing config %s: %w", signingConfigPath, err)
+		return nil, err
 	}
-	tr, err := root.NewTrustedRootFromPath(trustedRootPath)
-	if err != nil {
-		return nil, fmt.Errorf("trusted root %s: %w", trustedRootPath, err)
+	return newKeyless(sc, tr, tokens, reg, log)
+}
+
+// NewKeylessFromTrust is NewKeyless with trust material already loaded
+// (LoadTrust, or PublicGoodTrust).
+func NewKeylessFromTrust(sc *root.SigningConfig, tr *root.TrustedRoot, tokens TokenSource, reg *registry.Client, log *slog.Logger) (*Keyless, error) {
+	if tokens == nil || reg == nil {
+		return nil, errors.New("keyless signer: a token source and a registry client are required")
 	}
+	return newKeyless(sc, tr, tokens, reg, log)
+}
+
+func newKeyless(sc *root.SigningConfig, tr *root.TrustedRoot, tokens TokenSource, reg *registry.Client, log *slog.Logger) (*Keyless, error) {
 	opts, err := bundleOptions(sc, tr, time.Now(), true)
 	if err != nil {
-		return nil, fmt.Errorf("signing config %s: %w", signingConfigPath, err)
+		return nil, fmt.Errorf("signing config: %w", err)
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -113,12 +123,44 @@ func NewKeyless(signingConfigPath, trustedRootPath string, tokens TokenSource, r
 	return &Keyless{opts: opts, trusted: tr, tokens: tokens, reg: reg, log: log}, nil
 }
 
+// LoadTrust reads a private or air-gapped Sigstore's signing_config.json
+// and trusted_root.json.
+func LoadTrust(signingConfigPath, trustedRootPath string) (*root.SigningConfig, *root.TrustedRoot, error) {
+	sc, err := root.NewSigningConfigFromPath(signingConfigPath)
+	if err != nil {
+		return nil, nil, fmt.Errorf("signing config %s: %w", signingConfigPath, err)
+	}
+	tr, err := root.NewTrustedRootFromPath(trustedRootPath)
+	if err != nil {
+		return nil, nil, fmt.Errorf("trusted root %s: %w", trustedRootPath, err)
+	}
+	return sc, tr, nil
+}
+
+// PublicGoodTrust fetches the public-good Sigstore instance's signing
+// config and trusted root through TUF (sigstore-go's embedded root of
+// trust, tuf-repo-cdn.sigstore.dev), caching the metadata in cacheDir. It
+// fails, with the reason, when the repository cannot be reached and no valid
+// cache exists: signing never proceeds on unverified trust material.
+func PublicGoodTrust(cacheDir string) (*root.SigningConfig, *root.TrustedRoot, error) {
+	opts := tuf.DefaultOptions().WithCachePath(cacheDir)
+	tr, err := root.FetchTrustedRootWithOptions(opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("public-good trusted root via TUF (%s): %w", opts.RepositoryBaseURL, err)
+	}
+	sc, err := root.FetchSigningConfigWithOptions(opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("public-good signing config via TUF (%s): %w", opts.RepositoryBaseURL, err)
+	}
+	return sc, tr, nil
+}
+
 // NewKeyed signs with a key pair instead of a Fulcio certificate: keyRef is
 // a cosign key file (encrypted; password from pass) or a sigstore KMS URI
 // whose provider is compiled in. The signing config still says which Rekor
 // log and timestamp authority record the signatures. Verify with
 // `cosign verify --key <public key>`.
-func NewKeyed(ctx context.Context, keyRef string, pass func(bool) ([]byte, error), signingConfigPath, trustedRootPath string, reg *registry.Client, log *slog.Logger) (*Keyless, error) {
+func NewKeyed(ctx context.Context, keyRef string, pass func(bool) ([]byte, error), sc *root.SigningConfig, tr *root.TrustedRoot, reg *registry.Client, log *slog.Logger) (*Keyless, error) {
 	if reg == nil {
 		return nil, errors.New("key-pair signer: a registry client is required")
 	}
@@ -130,17 +172,9 @@ func NewKeyed(ctx context.Context, keyRef string, pass func(bool) ([]byte, error
 	if err != nil {
 		return nil, fmt.Errorf("signing key %s: %w", keyRef, err)
 	}
-	sc, err := root.NewSigningConfigFromPath(signingConfigPath)
-	if err != nil {
-		return nil, fmt.Errorf("signing config %s: %w", signingConfigPath, err)
-	}
-	tr, err := root.NewTrustedRootFromPath(trustedRootPath)
-	if err != nil {
-		return nil, fmt.Errorf("trusted root %s: %w", trustedRootPath, err)
-	}
 	opts, err := bundleOptions(sc, tr, time.Now(), false)
 	if err != nil {
-		return nil, fmt.Errorf("signing config %s: %w", signingConfigPath, err)
+		return nil, fmt.Errorf("signing config: %w", err)
 	}
 	// sigstore-go checks each bundle it makes against the trust material:
 	// add the public key to it, as cosign does.

@@ -21,8 +21,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/time/rate"
 )
@@ -476,6 +479,40 @@ func (c *Client) Tag(ctx context.Context, ref name.Digest, tag name.Tag) error {
 		return fmt.Errorf("tag %s: %w", tag, err)
 	}
 	return nil
+}
+
+// PushArtifact stores data as a one-layer OCI artifact that refers to
+// subject (OCI 1.1 subject; the registry's referrers API or ggcr's tag
+// fallback index lists it) and returns its digest reference. The config is
+// the empty JSON object typed artifactType, the pre-1.1 artifact pattern
+// every registry accepts.
+func (c *Client) PushArtifact(ctx context.Context, subject name.Digest, artifactType, mediaType string, data []byte, annotations map[string]string) (name.Digest, error) {
+	ctx, cancel := withTimeout(ctx, FetchTimeout)
+	defer cancel()
+	opts := c.RemoteOptions(ctx)
+	sub, err := remote.Head(subject, opts...)
+	if err != nil {
+		return name.Digest{}, fmt.Errorf("artifact for %s: %w", subject, err)
+	}
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.MediaType(artifactType))
+	img, err = mutate.Append(img, mutate.Addendum{Layer: static.NewLayer(data, types.MediaType(mediaType))})
+	if err != nil {
+		return name.Digest{}, err
+	}
+	if len(annotations) > 0 {
+		img = mutate.Annotations(img, annotations).(v1.Image)
+	}
+	withSubject := mutate.Subject(img, v1.Descriptor{MediaType: sub.MediaType, Digest: sub.Digest, Size: sub.Size}).(v1.Image)
+	d, err := withSubject.Digest()
+	if err != nil {
+		return name.Digest{}, err
+	}
+	ref := subject.Context().Digest(d.String())
+	if err := remote.Write(ref, withSubject, opts...); err != nil {
+		return name.Digest{}, fmt.Errorf("push artifact for %s: %w", subject, err)
+	}
+	return ref, nil
 }
 
 // Blob opens a blob of repo by digest (as stored: no decompression). The

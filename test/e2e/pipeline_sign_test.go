@@ -388,3 +388,78 @@ func TestPipelineSignsWithKeyFile(t *testing.T) {
 		t.Errorf("process with a wrong key password succeeded:\n%s", out.String())
 	}
 }
+
+// TestPipelineLargeDocumentsAsArtifacts: documents above signing.max_payload
+// are pushed as their own OCI artifacts referring to the image; the signed
+// document-ref statement carries their digest, which matches the artifact.
+func TestPipelineLargeDocumentsAsArtifacts(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const identity = "attestd@example.test"
+	tok, _ := stk.Issuer.Token(identity, 30*time.Minute)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte(tok), 0o600)
+	cfg := writeConfigExtra(t, 1, fmt.Sprintf("signing:\n  signing_config: %s\n  trusted_root: %s\n  token_file: %s\n  max_payload: 1KiB\n",
+		stk.SigningConfig, stk.TrustedRoot, tokenFile))
+	ref := pushFixture(t, allFixtures(t)["node"], "signed-large/app:v1")
+	rec, load := processed(t, cfg, t.TempDir(), ref.String())
+	if rec.State != store.StateAttested {
+		t.Fatalf("state %s, stages %+v", rec.State, rec.Stages)
+	}
+	spdx := artifact(t, rec, rec.Digest, "spdx")
+	out, err := stk.Cosign(ctx, append(append([]string{"verify-attestation", "--type", "https://attestd.dev/attestation/document-ref/spdx/v1"}, stk.VerifyArgs(identity)...), ref.String())...)
+	if err != nil {
+		t.Fatalf("cosign verify-attestation (document-ref): %v", err)
+	}
+	var docRef struct {
+		Digest, URI, MediaType string
+		Size                   int64
+	}
+	for _, line := range bytes.Split(out, []byte("\n")) {
+		var env struct{ Payload string }
+		if json.Unmarshal(line, &env) != nil || env.Payload == "" {
+			continue
+		}
+		p, _ := base64.StdEncoding.DecodeString(env.Payload)
+		var st struct {
+			Predicate json.RawMessage `json:"predicate"`
+		}
+		json.Unmarshal(p, &st)
+		json.Unmarshal(st.Predicate, &docRef)
+	}
+	if docRef.Digest != spdx.Digest || docRef.Size != spdx.Size || !strings.HasPrefix(docRef.URI, "oci://") {
+		t.Fatalf("verified document-ref %+v, want digest %s size %d", docRef, spdx.Digest, spdx.Size)
+	}
+	art, err := name.NewDigest(strings.TrimPrefix(docRef.URI, "oci://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := remote.Image(art)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, _ := img.Layers()
+	d, _ := ls[0].Digest()
+	if len(ls) != 1 || d.String() != spdx.Digest {
+		t.Fatalf("artifact %s holds %d layers, first %s; want the SPDX document %s", art, len(ls), d, spdx.Digest)
+	}
+	rc, _ := ls[0].Compressed()
+	body, _ := io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Equal(body, load(spdx)) {
+		t.Fatal("the artifact's bytes differ from the stored SPDX document")
+	}
+	// The artifact is a referrer of the image.
+	refs, err := remote.Referrers(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, _ := refs.IndexManifest()
+	found := false
+	for _, m := range im.Manifests {
+		found = found || m.Digest.String() == art.DigestStr()
+	}
+	if !found {
+		t.Errorf("the SBOM artifact %s is not listed among the image's referrers", art.DigestStr())
+	}
+}

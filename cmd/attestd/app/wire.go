@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/sigstore/sigstore-go/pkg/root"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/attestd/attestd/attest"
@@ -122,7 +123,7 @@ func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Cli
 		if err != nil {
 			return nil, err
 		}
-		stages.Signer = signerStage{k: k, db: db, concurrency: cfg.Signing.Concurrency, log: log}
+		stages.Signer = signerStage{k: k, db: db, rc: rc, concurrency: cfg.Signing.Concurrency, maxPayload: int64(cfg.Signing.MaxPayload), log: log}
 	}
 	if r.wrapStages != nil {
 		stages = r.wrapStages(stages)
@@ -239,6 +240,17 @@ func (s analyzerStage) Analyze(ctx context.Context, t *pipeline.Target) (*pipeli
 }
 
 func newSigner(cfg *configs.Config, rc *registry.Client, log *slog.Logger) (*sign.Keyless, error) {
+	var sc *root.SigningConfig
+	var tr *root.TrustedRoot
+	var err error
+	if cfg.Signing.PublicGood {
+		sc, tr, err = sign.PublicGoodTrust(filepath.Join(cfg.DataDir, "tuf"))
+	} else {
+		sc, tr, err = sign.LoadTrust(cfg.Signing.SigningConfig, cfg.Signing.TrustedRoot)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("signing: %w", err)
+	}
 	if cfg.Signing.Key != "" {
 		pass := func(bool) ([]byte, error) {
 			if cfg.Signing.KeyPasswordEnv == "" {
@@ -250,7 +262,7 @@ func newSigner(cfg *configs.Config, rc *registry.Client, log *slog.Logger) (*sig
 			}
 			return []byte(v), nil
 		}
-		k, err := sign.NewKeyed(context.Background(), cfg.Signing.Key, pass, cfg.Signing.SigningConfig, cfg.Signing.TrustedRoot, rc, log)
+		k, err := sign.NewKeyed(context.Background(), cfg.Signing.Key, pass, sc, tr, rc, log)
 		if err != nil {
 			return nil, fmt.Errorf("signing: %w", err)
 		}
@@ -260,7 +272,7 @@ func newSigner(cfg *configs.Config, rc *registry.Client, log *slog.Logger) (*sig
 	if cfg.Signing.TokenEnv != "" {
 		tokens = sign.EnvToken{Name: cfg.Signing.TokenEnv}
 	}
-	k, err := sign.NewKeyless(cfg.Signing.SigningConfig, cfg.Signing.TrustedRoot, tokens, rc, log)
+	k, err := sign.NewKeylessFromTrust(sc, tr, tokens, rc, log)
 	if err != nil {
 		return nil, fmt.Errorf("signing: %w", err)
 	}
@@ -275,8 +287,19 @@ func newSigner(cfg *configs.Config, rc *registry.Client, log *slog.Logger) (*sig
 type signerStage struct {
 	k           *sign.Keyless
 	db          *store.DB
+	rc          *registry.Client
 	concurrency int
+	maxPayload  int64
 	log         *slog.Logger
+}
+
+// predicateFor is the predicate type an artifact is attested as: its own,
+// or a document-ref when it is too large to sign inline.
+func (s signerStage) predicateFor(a store.Artifact) string {
+	if s.maxPayload > 0 && a.Size > s.maxPayload && a.MediaType != analyze.MediaTypeInToto {
+		return attest.DocumentRefType(a.Kind)
+	}
+	return a.PredicateType
 }
 
 func (s signerStage) Sign(ctx context.Context, t *pipeline.Target) error {
@@ -306,13 +329,32 @@ func (s signerStage) Sign(ctx context.Context, t *pipeline.Target) error {
 			if err != nil {
 				return fmt.Errorf("%s of %s: %w", a.Kind, a.Subject, err)
 			}
+			pt := s.predicateFor(a)
 			payload := body
-			if a.MediaType != analyze.MediaTypeInToto { // provenance is a statement already
-				if payload, err = attest.Statement(repoName, a.Subject, a.PredicateType, body); err != nil {
+			switch {
+			case pt != a.PredicateType:
+				// Too large to sign inline: the document becomes its own
+				// artifact, the signed statement carries its digest.
+				subj, err := name.NewDigest(repoName + "@" + a.Subject)
+				if err != nil {
+					return err
+				}
+				art, err := s.rc.PushArtifact(gctx, subj, a.MediaType, a.MediaType, body,
+					map[string]string{"dev.attestd.predicateType": a.PredicateType})
+				if err != nil {
+					return err
+				}
+				ref, _ := json.Marshal(attest.DocumentRef{PredicateType: a.PredicateType, MediaType: a.MediaType,
+					Digest: a.Digest, Size: a.Size, URI: "oci://" + art.String()})
+				if payload, err = attest.Statement(repoName, a.Subject, pt, ref); err != nil {
+					return err
+				}
+			case a.MediaType != analyze.MediaTypeInToto: // provenance is a statement already
+				if payload, err = attest.Statement(repoName, a.Subject, pt, body); err != nil {
 					return err
 				}
 			}
-			return sess.AttestStatement(gctx, repoName+"@"+a.Subject, a.PredicateType, payload)
+			return sess.AttestStatement(gctx, repoName+"@"+a.Subject, pt, payload)
 		})
 	}
 	if err := g.Wait(); err != nil {
@@ -324,7 +366,7 @@ func (s signerStage) Sign(ctx context.Context, t *pipeline.Target) error {
 		if len(want[a.Subject]) == 0 {
 			want[a.Subject] = append(want[a.Subject], sign.PredicateSignature)
 		}
-		want[a.Subject] = append(want[a.Subject], a.PredicateType)
+		want[a.Subject] = append(want[a.Subject], s.predicateFor(a))
 	}
 	for subj, pts := range want {
 		missing, err := sess.Missing(ctx, repoName+"@"+subj, pts)
