@@ -23,6 +23,10 @@
 //	          (SBOMs, hardening, provenance). Content-addressed: written
 //	          before the Record that names them, so a crash leaves at most an
 //	          unreferenced blob, never a Record pointing at nothing. (schema v2)
+//	audit     8-byte big-endian sequence → AuditEntry, hash-chained (each
+//	          entry's Prev is the previous entry's Hash); meta "audit_head"
+//	          holds the newest entry's sequence and hash. Entries are appended
+//	          in the same transaction as the change they record. (schema v3)
 //
 // # Rules
 //

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"strings"
 	"time"
 
@@ -226,6 +227,12 @@ func (db *DB) Transition(ctx context.Context, ref string, from, to State, fn fun
 		if !allowed(r, from, to) {
 			return fmt.Errorf("image %s: %w: %s → %s", ref, ErrInvalidTransition, from, to)
 		}
+		before := *r
+		before.Stages = maps.Clone(r.Stages)
+		if r.Decision != nil {
+			d := *r.Decision
+			before.Decision = &d
+		}
 		if fn != nil {
 			if err := fn(r); err != nil {
 				return err
@@ -242,6 +249,9 @@ func (db *DB) Transition(ctx context.Context, ref string, from, to State, fn fun
 		r.Rev++
 		r.UpdatedAt = db.now().UTC()
 		out = r
+		if err := auditTransition(tx, &before, r, actorFrom(ctx), r.UpdatedAt); err != nil {
+			return err
+		}
 		return putRecord(tx, r)
 	})
 	return out, err

@@ -163,10 +163,12 @@ func intakeTx(tx *bolt.Tx, items []IntakeItem, now time.Time) ([]IntakeResult, e
 			}
 		}
 	}
+	redelivered := make([]bool, len(items))
 	for i, it := range items {
 		if it.EventKey != "" {
 			if events.Get([]byte(it.EventKey)) != nil {
 				out[i].Duplicate = true
+				redelivered[i] = true
 				continue
 			}
 			if err := events.Put([]byte(it.EventKey), stamp); err != nil {
@@ -229,6 +231,37 @@ func intakeTx(tx *bolt.Tx, items []IntakeItem, now time.Time) ([]IntakeResult, e
 			if err := meta.Put([]byte("baseline/"+k), stamp); err != nil {
 				return nil, err
 			}
+		}
+	}
+	// Every event that was not a redelivery is audited in this same
+	// transaction: what came in, from whom, and what intake did with it.
+	for i, it := range items {
+		if redelivered[i] {
+			continue
+		}
+		e := AuditEntry{Time: now, Actor: it.Source, Action: AuditEventAccepted, Subject: it.Ref,
+			Repo: ps[i].reg + "/" + ps[i].repo, Digest: ps[i].dgst, Details: map[string]string{}}
+		switch {
+		case it.Deleted:
+			e.Action = AuditEventDeleted
+		case out[i].RecordedOnly:
+			e.Details["result"] = "recorded-only"
+		case out[i].Duplicate:
+			e.Details["result"] = "known"
+		default:
+			e.Details["result"] = "queued"
+		}
+		if it.Tag != "" {
+			e.Details["tag"] = it.Tag
+		}
+		if it.Pusher != "" {
+			e.Details["pusher"] = it.Pusher
+		}
+		if it.EventKey != "" {
+			e.Details["event"] = it.EventKey
+		}
+		if err := appendAudit(tx, e); err != nil {
+			return nil, err
 		}
 	}
 	return out, nil

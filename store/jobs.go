@@ -152,7 +152,12 @@ func (db *DB) Enqueue(ctx context.Context, req EnqueueRequest) (EnqueueResult, e
 			return err
 		}
 		res.JobID = j.ID
-		return nil
+		e := AuditEntry{Time: now, Actor: req.Source, Action: AuditEventAccepted, Subject: req.Ref, Repo: reg + "/" + repo, Digest: dgst,
+			Details: map[string]string{"result": "queued"}}
+		if req.EventKey != "" {
+			e.Details["event"] = req.EventKey
+		}
+		return appendAudit(tx, e)
 	})
 	if err != nil {
 		return EnqueueResult{}, fmt.Errorf("enqueue %s: %w", req.Ref, err)
@@ -363,8 +368,11 @@ func (db *DB) Requeue(ctx context.Context, ref string, source string) (*Job, err
 				return err
 			}
 		}
-		out, err = newJob(tx, ref, PriorityEvent, source, now)
-		return err
+		if out, err = newJob(tx, ref, PriorityEvent, source, now); err != nil {
+			return err
+		}
+		return appendAudit(tx, AuditEntry{Time: now, Actor: source, Action: AuditRequeue, Subject: ref,
+			Repo: r.Registry + "/" + r.Repository, Digest: r.Digest, Details: map[string]string{"job": fmt.Sprint(out.ID), "state": string(r.State)}})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("requeue %s: %w", ref, err)

@@ -24,6 +24,11 @@ var migrations = []func(tx *bolt.Tx) error{
 		_, err := tx.CreateBucketIfNotExists(bucketBlobs)
 		return err
 	},
+	// 2 → 3: audit, the hash-chained audit log.
+	func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucketAudit)
+		return err
+	},
 }
 
 // SchemaVersion is the layout this binary reads and writes.

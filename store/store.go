@@ -37,6 +37,7 @@ var (
 	bucketEvents = []byte("events")
 	bucketTags   = []byte("tags")
 	bucketBlobs  = []byte("blobs")
+	bucketAudit  = []byte("audit")
 
 	keySchema = []byte("schema")
 

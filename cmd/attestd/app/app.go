@@ -121,7 +121,7 @@ keylessly with Sigstore, and promotes only what verifies against policy.`,
 	pf.StringVar(&r.listen, "listen", "", "daemon HTTP address: serve listens there, other commands reach a running daemon there (overrides config and ATTESTD_LISTEN)")
 	pf.StringVar(&r.logLevel, "log-level", "", "debug, info, warn or error (overrides config and ATTESTD_LOG_LEVEL)")
 	root.AddCommand(
-		r.serveCommand(), r.processCommand(), r.submitCommand(), r.statusCommand(), r.docCommand(), r.requeueCommand(),
+		r.serveCommand(), r.processCommand(), r.submitCommand(), r.statusCommand(), r.docCommand(), r.requeueCommand(), r.auditCommand(),
 		r.storeCommand(), r.healthcheckCommand(), r.versionCommand(),
 	)
 	return root

@@ -375,3 +375,28 @@ func TestProcessArtifactIsNotAnImage(t *testing.T) {
 		t.Fatalf("output:\n%s", out)
 	}
 }
+
+func TestAuditVerifyAndExport(t *testing.T) {
+	t.Parallel()
+	host, _ := testRegistry(t)
+	dir := t.TempDir()
+	if code, _, stderr := run(t, "process", "--data-dir", dir, host+"/demo/app:v1"); code != 0 {
+		t.Fatalf("process: exit %d: %s", code, stderr)
+	}
+	code, out, stderr := run(t, "audit", "verify", "--data-dir", dir)
+	if code != 0 || !strings.Contains(out, "audit log intact") {
+		t.Fatalf("audit verify: exit %d\n%s%s", code, out, stderr)
+	}
+	code, out, stderr = run(t, "audit", "export", "--data-dir", dir, "--format", "csv")
+	if code != 0 {
+		t.Fatalf("export: exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"seq,time,actor,action", "event.accepted", "stage", "state", `""stage"":""analyse""`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("csv export lacks %q:\n%s", want, out)
+		}
+	}
+	if code, _, stderr := run(t, "audit", "export", "--data-dir", dir, "--since", "yesterday"); code != ExitUsage || !strings.Contains(stderr, "RFC 3339") {
+		t.Errorf("bad --since: exit %d: %s", code, stderr)
+	}
+}
