@@ -84,6 +84,21 @@ func TestPipelineSignsEverything(t *testing.T) {
 			t.Fatalf("state %s, sign %+v", rec.State, rec.Stages["sign"])
 		}
 		verifyAll(t, ref.String(), all...)
+		// Every step is in the audit log, and the log verifies.
+		var out, errOut bytes.Buffer
+		if code := app.Run(ctx, []string{"audit", "export", "-c", cfg, "--data-dir", dataDir, "--digest", ref.DigestStr()}, &out, &errOut); code != 0 {
+			t.Fatalf("audit export: %s", errOut.String())
+		}
+		for _, want := range []string{`"action":"event.accepted"`, `"stage":"analyse","status":"passed"`, `"stage":"sign","status":"passed"`,
+			`"action":"attestations.attached"`, `"from":"analysed","to":"attested"`} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("audit log lacks %s:\n%s", want, out.String())
+			}
+		}
+		out.Reset()
+		if code := app.Run(ctx, []string{"audit", "verify", "-c", cfg, "--data-dir", dataDir}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "intact") {
+			t.Errorf("audit verify: exit %d %s %s", code, out.String(), errOut.String())
+		}
 		// Another identity is refused by the stock CLI.
 		if _, err := stk.Cosign(ctx, append(append([]string{"verify"}, stk.VerifyArgs("mallory@example.test")...), ref.String())...); err == nil {
 			t.Error("cosign verified attestd's signature for the wrong identity")

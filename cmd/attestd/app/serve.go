@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
+	"gopkg.in/yaml.v3"
 
 	"github.com/attestd/attestd/attest/watch"
 	"github.com/attestd/attestd/configs"
@@ -64,6 +66,15 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 	p, err := r.newPipeline(cfg, db, rc, log)
 	if err != nil {
 		return err
+	}
+	// The effective configuration (file, env and flags; it holds no secret
+	// values, only paths to them) is audited by digest before work starts.
+	if raw, err := yaml.Marshal(cfg); err != nil {
+		return err
+	} else if err := db.Audit(ctx, store.AuditEntry{Actor: "attestd", Action: "config.loaded", Details: map[string]string{
+		"digest": fmt.Sprintf("sha256:%x", sha256.Sum256(raw)), "file": r.configFile, "version": version,
+	}}); err != nil {
+		return fmt.Errorf("audit log: %w", err)
 	}
 	var ready atomic.Bool
 	stats := watch.NewStats()

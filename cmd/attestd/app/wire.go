@@ -377,6 +377,12 @@ func (s signerStage) Sign(ctx context.Context, t *pipeline.Target) error {
 			return fmt.Errorf("after attaching, %s lacks %v", subj, missing)
 		}
 	}
+	if err := s.db.Audit(ctx, store.AuditEntry{Actor: "pipeline", Action: "attestations.attached", Subject: t.Ref, Repo: repoName,
+		Digest: t.Ref[strings.LastIndex(t.Ref, "@")+1:], Details: map[string]string{
+			"subjects": fmt.Sprint(len(subjects)), "documents": fmt.Sprint(len(t.Artifacts)), "certificates": fmt.Sprint(sess.Certificates()),
+		}}); err != nil {
+		return err
+	}
 	s.log.InfoContext(ctx, "signed", "digest", t.Ref, "subjects", len(subjects), "documents", len(t.Artifacts), "certificates", sess.Certificates())
 	return nil
 }
