@@ -94,6 +94,11 @@ type Signing struct {
 	// service-account token) or TokenEnv holds the OIDC identity token.
 	TokenFile string `yaml:"token_file"`
 	TokenEnv  string `yaml:"token_env"`
+	// TokenGitHubActions takes the workflow's ambient OIDC token (a job
+	// with `permissions: id-token: write`); TokenCommand runs a command
+	// and uses what it prints.
+	TokenGitHubActions bool     `yaml:"token_github_actions"`
+	TokenCommand       []string `yaml:"token_command"`
 	// Key switches to key-pair signing (the air-gapped fallback): a cosign
 	// private key file or a KMS URI (awskms://, gcpkms://, azurekms://,
 	// hashivault://). KeyPasswordEnv names the variable holding the key
@@ -111,7 +116,17 @@ type Signing struct {
 
 // Enabled reports whether signing is configured.
 func (s Signing) Enabled() bool {
-	return s.SigningConfig != "" || s.TrustedRoot != "" || s.TokenFile != "" || s.TokenEnv != ""
+	return s.SigningConfig != "" || s.TrustedRoot != "" || s.tokenSources() > 0 || s.Key != "" || s.PublicGood
+}
+
+func (s Signing) tokenSources() int {
+	n := 0
+	for _, set := range []bool{s.TokenFile != "", s.TokenEnv != "", s.TokenGitHubActions, len(s.TokenCommand) > 0} {
+		if set {
+			n++
+		}
+	}
+	return n
 }
 
 // Analysis configures the analysis stage (SBOMs, hardening, provenance).
@@ -433,10 +448,10 @@ func (c *Config) Validate() error {
 			bad("signing", "set both signing_config and trusted_root (the files cosign signing-config create / trusted-root create write), or public_good: true")
 		}
 		switch {
-		case sg.Key != "" && (sg.TokenFile != "" || sg.TokenEnv != ""):
-			bad("signing.key", "key-pair signing needs no identity token: remove token_file/token_env, or remove key for keyless signing")
-		case sg.Key == "" && (sg.TokenFile == "") == (sg.TokenEnv == ""):
-			bad("signing", "set exactly one of token_file and token_env (the OIDC identity token for Fulcio)")
+		case sg.Key != "" && sg.tokenSources() > 0:
+			bad("signing.key", "key-pair signing needs no identity token: remove token_*, or remove key for keyless signing")
+		case sg.Key == "" && sg.tokenSources() != 1:
+			bad("signing", "set exactly one of token_file, token_env, token_github_actions and token_command (the OIDC identity token for Fulcio)")
 		case sg.Key == "" && sg.KeyPasswordEnv != "":
 			bad("signing.key_password_env", "only used with signing.key")
 		}

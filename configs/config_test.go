@@ -22,7 +22,7 @@ func TestExampleConfigIsValid(t *testing.T) {
 	}
 	want := Default()
 	if c.Jobs != want.Jobs || c.Intake != want.Intake || c.Workers != want.Workers || c.Log != want.Log ||
-		!cmp.Equal(c.Analysis, want.Analysis) || c.Signing != want.Signing {
+		!cmp.Equal(c.Analysis, want.Analysis) || !cmp.Equal(c.Signing, want.Signing) {
 		t.Errorf("the example's documented defaults drifted from Default():\n%s", cmp.Diff(want.Jobs, c.Jobs))
 	}
 }
@@ -52,9 +52,12 @@ func TestLoadErrors(t *testing.T) {
 		{"bad type", "workers: many\n", []string{"line 1", "many", "into int"}},
 		{"inline password", "registries:\n- host: r.example\n  auth: {username: u, password: hunter2}\n", []string{"registries[0].auth.password", "password_file"}},
 		{"empty host", "registries:\n- rate_limit: 3\n", []string{"registries[0].host", "must be set"}},
+		{"public good plus key and token", "signing:\n  public_good: true\n  key: k\n  token_env: T\n", []string{"signing.key", "no identity token"}},
+		{"public good without token", "signing:\n  public_good: true\n", []string{"exactly one of token_file"}},
+		{"two token sources", "signing:\n  public_good: true\n  token_github_actions: true\n  token_command: [print-token]\n", []string{"exactly one of token_file"}},
 		{"public good plus files", "signing:\n  public_good: true\n  trusted_root: tr.json\n  token_file: t\n", []string{"signing.public_good", "TUF"}},
 		{"signing half set", "signing:\n  signing_config: sc.json\n  token_file: t\n", []string{"signing", "trusted_root"}},
-		{"signing two tokens", "signing:\n  signing_config: sc.json\n  trusted_root: tr.json\n  token_file: t\n  token_env: T\n", []string{"exactly one of token_file and token_env"}},
+		{"signing two tokens", "signing:\n  signing_config: sc.json\n  trusted_root: tr.json\n  token_file: t\n  token_env: T\n", []string{"exactly one of token_file, token_env"}},
 		{"bad size", "analysis:\n  layer_cache: lots\n", []string{"line 2", "not a size"}},
 		{"small cache", "analysis:\n  layer_cache: 1MiB\n", []string{"analysis.layer_cache", "64MiB"}},
 		{"bad spdx", "analysis:\n  spdx_version: \"3.0\"\n", []string{"analysis.spdx_version"}},

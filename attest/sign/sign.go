@@ -10,11 +10,18 @@ package sign
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -76,6 +83,81 @@ func (e EnvToken) Token(context.Context) (string, error) {
 		return "", fmt.Errorf("oidc token: $%s is empty", e.Name)
 	}
 	return t, nil
+}
+
+// GitHubActionsToken requests the workflow's ambient OIDC token (audience
+// sigstore) from the Actions runtime: ACTIONS_ID_TOKEN_REQUEST_URL and
+// ACTIONS_ID_TOKEN_REQUEST_TOKEN, set when the job has `id-token: write`.
+type GitHubActionsToken struct {
+	Client *http.Client // nil: a client with a 30 s timeout
+}
+
+// Token implements TokenSource.
+func (g GitHubActionsToken) Token(ctx context.Context) (string, error) {
+	u, bearer := os.Getenv("ACTIONS_ID_TOKEN_REQUEST_URL"), os.Getenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
+	if u == "" || bearer == "" {
+		return "", errors.New("oidc token: not in a GitHub Actions job with `permissions: id-token: write` (ACTIONS_ID_TOKEN_REQUEST_URL/TOKEN unset)")
+	}
+	sep := "?"
+	if strings.Contains(u, "?") {
+		sep = "&"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u+sep+"audience=sigstore", nil)
+	if err != nil {
+		return "", fmt.Errorf("oidc token: %w", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+bearer)
+	c := g.Client
+	if c == nil {
+		c = &http.Client{Timeout: 30 * time.Second}
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("oidc token from GitHub Actions: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("oidc token from GitHub Actions: %s", resp.Status)
+	}
+	var v struct {
+		Value string `json:"value"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&v); err != nil || v.Value == "" {
+		return "", fmt.Errorf("oidc token from GitHub Actions: no token in the response (%v)", err)
+	}
+	return v.Value, nil
+}
+
+// CommandToken runs a command and takes its standard output as the token
+// (e.g. a cloud CLI that prints a workload identity token).
+type CommandToken struct {
+	Argv    []string
+	Timeout time.Duration // 0: 30 s
+}
+
+// Token implements TokenSource.
+func (c CommandToken) Token(ctx context.Context) (string, error) {
+	if len(c.Argv) == 0 {
+		return "", errors.New("oidc token: empty token command")
+	}
+	t := c.Timeout
+	if t == 0 {
+		t = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, t)
+	defer cancel()
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, c.Argv[0], c.Argv[1:]...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("oidc token command %s: %w: %s", c.Argv[0], err, strings.TrimSpace(stderr.String()))
+	}
+	tok := strings.TrimSpace(string(out))
+	if tok == "" {
+		return "", fmt.Errorf("oidc token command %s printed nothing", c.Argv[0])
+	}
+	return tok, nil
 }
 
 // Keyless signs with an ephemeral key and a Fulcio certificate — or, made
@@ -389,7 +471,8 @@ func (s *Session) AttestStatement(ctx context.Context, ref, predicateType string
 	if pt != predicateType || !slices.Contains(digests, d.DigestStr()) {
 		return fmt.Errorf("attest %s: the statement is a %s about %v, not a %s about %s", ref, pt, digests, predicateType, d.DigestStr())
 	}
-	if done, err := s.k.attached(ctx, d, predicateType); err != nil {
+	sum := sha256.Sum256(payload)
+	if done, err := s.k.attachedPayload(ctx, d, predicateType, hex.EncodeToString(sum[:])); err != nil {
 		return fmt.Errorf("attest %s: %w", ref, err)
 	} else if done {
 		s.k.log.InfoContext(ctx, "already attached", "digest", ref, "predicate_type", predicateType)
@@ -451,6 +534,63 @@ func (k *Keyless) digest(ref string) (name.Digest, error) {
 		return name.Digest{}, fmt.Errorf("sign %s: sign by digest, never by tag", ref)
 	}
 	return d, nil
+}
+
+// attachedPayload reports whether a bundle with predicateType whose DSSE
+// payload hashes to payloadSHA256 is attached to d: a retried job finds its
+// own attestation and adds none, while a changed document (a re-analysis)
+// is attached beside the old one.
+func (k *Keyless) attachedPayload(ctx context.Context, d name.Digest, predicateType, payloadSHA256 string) (bool, error) {
+	mt, err := sgbundle.MediaTypeString("0.3")
+	if err != nil {
+		return false, err
+	}
+	refs, err := k.reg.Referrers(ctx, d, mt)
+	if err != nil {
+		if registry.IsNotFound(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	for _, r := range refs {
+		ref := d.Context().Digest(r.Digest.String())
+		raw, _, err := k.reg.Manifest(ctx, ref)
+		if err != nil {
+			return false, err
+		}
+		m, err := v1.ParseManifest(bytes.NewReader(raw))
+		if err != nil || len(m.Layers) != 1 {
+			continue // not a bundle manifest
+		}
+		if m.Annotations["dev.sigstore.bundle.predicateType"] != predicateType {
+			continue
+		}
+		rc, err := k.reg.Blob(ctx, d.Context(), m.Layers[0].Digest.String())
+		if err != nil {
+			return false, err
+		}
+		b, err := io.ReadAll(io.LimitReader(rc, 64<<20))
+		rc.Close()
+		if err != nil {
+			return false, err
+		}
+		var bundle struct {
+			DSSEEnvelope struct {
+				Payload string `json:"payload"`
+			} `json:"dsseEnvelope"`
+		}
+		if json.Unmarshal(b, &bundle) != nil {
+			continue
+		}
+		p, err := base64.StdEncoding.DecodeString(bundle.DSSEEnvelope.Payload)
+		if err != nil {
+			continue
+		}
+		if got := sha256.Sum256(p); hex.EncodeToString(got[:]) == payloadSHA256 {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // attached reports whether a bundle with predicateType is attached to d.

@@ -268,9 +268,16 @@ func newSigner(cfg *configs.Config, rc *registry.Client, log *slog.Logger) (*sig
 		}
 		return k, nil
 	}
-	var tokens sign.TokenSource = sign.FileToken{Path: cfg.Signing.TokenFile}
-	if cfg.Signing.TokenEnv != "" {
-		tokens = sign.EnvToken{Name: cfg.Signing.TokenEnv}
+	var tokens sign.TokenSource
+	switch sg := cfg.Signing; {
+	case sg.TokenEnv != "":
+		tokens = sign.EnvToken{Name: sg.TokenEnv}
+	case sg.TokenGitHubActions:
+		tokens = sign.GitHubActionsToken{}
+	case len(sg.TokenCommand) > 0:
+		tokens = sign.CommandToken{Argv: sg.TokenCommand}
+	default:
+		tokens = sign.FileToken{Path: sg.TokenFile}
 	}
 	k, err := sign.NewKeylessFromTrust(sc, tr, tokens, rc, log)
 	if err != nil {
