@@ -503,6 +503,20 @@ func (s *Session) AttestStatement(ctx context.Context, ref, predicateType string
 	return nil
 }
 
+// PushDocument stores data as an OCI artifact referring to ref (see
+// registry.PushArtifact), under the same per-subject lock as attaching:
+// both update the subject's referrers fallback index.
+func (s *Session) PushDocument(ctx context.Context, ref, artifactType, mediaType string, data []byte, annotations map[string]string) (name.Digest, error) {
+	d, err := s.k.digest(ref)
+	if err != nil {
+		return name.Digest{}, err
+	}
+	lock := s.subjectLock(d.DigestStr())
+	lock.Lock()
+	defer lock.Unlock()
+	return s.k.reg.PushArtifact(ctx, d, artifactType, mediaType, data, annotations)
+}
+
 // Missing returns the predicate types of want that no attached bundle of
 // ref carries. The signer stage checks it after attaching: a stage is done
 // only when every attestation is really there.

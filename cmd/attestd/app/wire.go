@@ -8,10 +8,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	"golang.org/x/sync/errgroup"
 
@@ -325,6 +328,8 @@ func (s signerStage) Sign(ctx context.Context, t *pipeline.Target) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(1, s.concurrency))
 	subjects := map[string]bool{}
+	var pushedMu sync.Mutex
+	pushed := map[string][]string{} // subject → document artifacts pushed for it
 	for _, a := range t.Artifacts {
 		if !subjects[a.Subject] {
 			subjects[a.Subject] = true
@@ -342,15 +347,14 @@ func (s signerStage) Sign(ctx context.Context, t *pipeline.Target) error {
 			case pt != a.PredicateType:
 				// Too large to sign inline: the document becomes its own
 				// artifact, the signed statement carries its digest.
-				subj, err := name.NewDigest(repoName + "@" + a.Subject)
-				if err != nil {
-					return err
-				}
-				art, err := s.rc.PushArtifact(gctx, subj, a.MediaType, a.MediaType, body,
+				art, err := sess.PushDocument(gctx, repoName+"@"+a.Subject, a.MediaType, a.MediaType, body,
 					map[string]string{"dev.attestd.predicateType": a.PredicateType})
 				if err != nil {
 					return err
 				}
+				pushedMu.Lock()
+				pushed[a.Subject] = append(pushed[a.Subject], art.DigestStr())
+				pushedMu.Unlock()
 				ref, _ := json.Marshal(attest.DocumentRef{PredicateType: a.PredicateType, MediaType: a.MediaType,
 					Digest: a.Digest, Size: a.Size, URI: "oci://" + art.String()})
 				if payload, err = attest.Statement(repoName, a.Subject, pt, ref); err != nil {
@@ -382,6 +386,21 @@ func (s signerStage) Sign(ctx context.Context, t *pipeline.Target) error {
 		}
 		if len(missing) > 0 {
 			return fmt.Errorf("after attaching, %s lacks %v", subj, missing)
+		}
+	}
+	for subj, arts := range pushed {
+		d, err := name.NewDigest(repoName + "@" + subj)
+		if err != nil {
+			return err
+		}
+		refs, err := s.rc.Referrers(ctx, d, "")
+		if err != nil {
+			return err
+		}
+		for _, a := range arts {
+			if !slices.ContainsFunc(refs, func(r v1.Descriptor) bool { return r.Digest.String() == a }) {
+				return fmt.Errorf("after pushing, document artifact %s is not among the referrers of %s", a, subj)
+			}
 		}
 	}
 	if err := s.db.Audit(ctx, store.AuditEntry{Actor: "pipeline", Action: "attestations.attached", Subject: t.Ref, Repo: repoName,
