@@ -296,7 +296,7 @@ func bundleOptions(sc *root.SigningConfig, tr root.TrustedMaterial, now time.Tim
 		}
 		fulcio, err := root.SelectService(sc.FulcioCertificateAuthorityURLs(), sgsign.FulcioAPIVersions, now)
 		if err != nil {
-			return opts, fmt.Errorf("Fulcio: %w", err)
+			return opts, fmt.Errorf("selecting Fulcio: %w", err)
 		}
 		opts.CertificateProvider = sgsign.NewFulcio(&sgsign.FulcioOptions{BaseURL: fulcio.URL, Timeout: 30 * time.Second, Retries: 1})
 	}
@@ -312,7 +312,7 @@ func bundleOptions(sc *root.SigningConfig, tr root.TrustedMaterial, now time.Tim
 	if len(sc.RekorLogURLs()) > 0 {
 		logs, err := root.SelectServices(sc.RekorLogURLs(), sc.RekorLogURLsConfig(), sgsign.RekorAPIVersions, now)
 		if err != nil {
-			return opts, fmt.Errorf("Rekor logs: %w", err)
+			return opts, fmt.Errorf("selecting Rekor logs: %w", err)
 		}
 		for _, l := range logs {
 			opts.TransparencyLogs = append(opts.TransparencyLogs, sgsign.NewRekor(&sgsign.RekorOptions{BaseURL: l.URL, Timeout: 90 * time.Second, Retries: 1, Version: l.MajorAPIVersion}))
@@ -390,11 +390,11 @@ func (c *certCache) GetCertificate(ctx context.Context, kp sgsign.Keypair, _ *sg
 	}
 	der, err := c.inner.GetCertificate(ctx, kp, &sgsign.CertificateProviderOptions{IDToken: token})
 	if err != nil {
-		return nil, fmt.Errorf("Fulcio certificate: %w", err)
+		return nil, fmt.Errorf("certificate from Fulcio: %w", err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("Fulcio certificate: %w", err)
+		return nil, fmt.Errorf("certificate from Fulcio: %w", err)
 	}
 	c.der, c.notAfter = der, cert.NotAfter
 	c.fetched++

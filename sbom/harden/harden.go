@@ -573,7 +573,7 @@ func (c *checker) inspect(p string, size int64) (*GoBinary, error) {
 	}
 	ef, err := elf.NewFile(io.NewSectionReader(ra, 0, size))
 	if err != nil {
-		return nil, fmt.Errorf("Go binary is not a readable ELF file: %w", err)
+		return nil, fmt.Errorf("a Go binary that is not a readable ELF file: %w", err)
 	}
 	b := &GoBinary{Path: p, GoVersion: bi.GoVersion, Static: true, Stripped: ef.Section(".symtab") == nil}
 	for _, prog := range ef.Progs {
