@@ -32,7 +32,7 @@ func loadKey(ctx context.Context, keyRef string, pass func(bool) ([]byte, error)
 		if strings.HasPrefix(keyRef, p) {
 			sv, err := kms.Get(ctx, keyRef, crypto.SHA256)
 			if err != nil {
-				return nil, fmt.Errorf("KMS: %w (is the %s provider compiled into this attestd?)", err, strings.TrimSuffix(p, "://"))
+				return nil, fmt.Errorf("KMS %s: %w", strings.TrimSuffix(p, "://"), err)
 			}
 			return sv, nil
 		}

@@ -57,3 +57,18 @@ func TestCommandAndFileTokens(t *testing.T) {
 		t.Errorf("rotated file token %q", tok)
 	}
 }
+
+// The KMS providers are compiled in: a hashivault:// key without a Vault
+// token fails in the provider (a configuration error it names), not with
+// "no provider".
+func TestKMSProvidersCompiledIn(t *testing.T) {
+	t.Setenv("VAULT_TOKEN", "")
+	t.Setenv("VAULT_ADDR", "http://127.0.0.1:1")
+	_, err := loadKey(context.Background(), "hashivault://attestd", nil)
+	if err == nil {
+		t.Fatal("a Vault key loaded without Vault")
+	}
+	if strings.Contains(err.Error(), "no kms provider") || !strings.Contains(err.Error(), "KMS hashivault") {
+		t.Errorf("error %q: the hashivault provider is not compiled in", err)
+	}
+}
