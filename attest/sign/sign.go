@@ -525,13 +525,17 @@ func (s *Session) Missing(ctx context.Context, ref string, want []string) ([]str
 	if err != nil {
 		return nil, err
 	}
+	bs, err := s.k.bundles(ctx, d)
+	if err != nil {
+		return nil, fmt.Errorf("check %s: %w", ref, err)
+	}
+	have := map[string]bool{}
+	for _, b := range bs {
+		have[b.predicateType] = true
+	}
 	var missing []string
 	for _, pt := range want {
-		ok, err := s.k.attached(ctx, d, pt)
-		if err != nil {
-			return nil, fmt.Errorf("check %s: %w", ref, err)
-		}
-		if !ok {
+		if !have[pt] {
 			missing = append(missing, pt)
 		}
 	}
@@ -550,40 +554,81 @@ func (k *Keyless) digest(ref string) (name.Digest, error) {
 	return d, nil
 }
 
+// bundleRef is a Sigstore bundle attached to a subject.
+type bundleRef struct {
+	manifest      name.Digest
+	predicateType string
+}
+
+// bundles lists the Sigstore bundles attached to d (one referrers listing;
+// a manifest read only where the listing lacks the annotations).
+func (k *Keyless) bundles(ctx context.Context, d name.Digest) ([]bundleRef, error) {
+	mt, err := sgbundle.MediaTypeString("0.3")
+	if err != nil {
+		return nil, err
+	}
+	refs, err := k.reg.Referrers(ctx, d, mt)
+	if registry.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make([]bundleRef, 0, len(refs))
+	for _, r := range refs {
+		ref := d.Context().Digest(r.Digest.String())
+		ann := r.Annotations
+		if ann == nil {
+			// Some referrers APIs list descriptors without the manifests'
+			// annotations: read the manifest itself.
+			m, err := k.manifest(ctx, ref)
+			if err != nil {
+				return nil, err
+			}
+			ann = m.Annotations
+		}
+		out = append(out, bundleRef{manifest: ref, predicateType: ann["dev.sigstore.bundle.predicateType"]})
+	}
+	return out, nil
+}
+
+func (k *Keyless) manifest(ctx context.Context, ref name.Digest) (*v1.Manifest, error) {
+	raw, _, err := k.reg.Manifest(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("referrer %s: %w", ref, err)
+	}
+	return m, nil
+}
+
 // attachedPayload reports whether a bundle with predicateType whose DSSE
 // payload hashes to payloadSHA256 is attached to d: a retried job finds its
 // own attestation and adds none, while a changed document (a re-analysis)
 // is attached beside the old one.
 func (k *Keyless) attachedPayload(ctx context.Context, d name.Digest, predicateType, payloadSHA256 string) (bool, error) {
-	mt, err := sgbundle.MediaTypeString("0.3")
+	bs, err := k.bundles(ctx, d)
 	if err != nil {
 		return false, err
 	}
-	refs, err := k.reg.Referrers(ctx, d, mt)
-	if err != nil {
-		if registry.IsNotFound(err) {
-			return false, nil
+	for _, b := range bs {
+		if b.predicateType != predicateType {
+			continue
 		}
-		return false, err
-	}
-	for _, r := range refs {
-		ref := d.Context().Digest(r.Digest.String())
-		raw, _, err := k.reg.Manifest(ctx, ref)
+		m, err := k.manifest(ctx, b.manifest)
 		if err != nil {
 			return false, err
 		}
-		m, err := v1.ParseManifest(bytes.NewReader(raw))
-		if err != nil || len(m.Layers) != 1 {
+		if len(m.Layers) != 1 {
 			continue // not a bundle manifest
-		}
-		if m.Annotations["dev.sigstore.bundle.predicateType"] != predicateType {
-			continue
 		}
 		rc, err := k.reg.Blob(ctx, d.Context(), m.Layers[0].Digest.String())
 		if err != nil {
 			return false, err
 		}
-		b, err := io.ReadAll(io.LimitReader(rc, 64<<20))
+		raw, err := io.ReadAll(io.LimitReader(rc, 64<<20))
 		rc.Close()
 		if err != nil {
 			return false, err
@@ -593,7 +638,7 @@ func (k *Keyless) attachedPayload(ctx context.Context, d name.Digest, predicateT
 				Payload string `json:"payload"`
 			} `json:"dsseEnvelope"`
 		}
-		if json.Unmarshal(b, &bundle) != nil {
+		if json.Unmarshal(raw, &bundle) != nil {
 			continue
 		}
 		p, err := base64.StdEncoding.DecodeString(bundle.DSSEEnvelope.Payload)
@@ -601,41 +646,6 @@ func (k *Keyless) attachedPayload(ctx context.Context, d name.Digest, predicateT
 			continue
 		}
 		if got := sha256.Sum256(p); hex.EncodeToString(got[:]) == payloadSHA256 {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
-// attached reports whether a bundle with predicateType is attached to d.
-func (k *Keyless) attached(ctx context.Context, d name.Digest, predicateType string) (bool, error) {
-	mt, err := sgbundle.MediaTypeString("0.3")
-	if err != nil {
-		return false, err
-	}
-	refs, err := k.reg.Referrers(ctx, d, mt)
-	if err != nil {
-		if registry.IsNotFound(err) {
-			return false, nil
-		}
-		return false, err
-	}
-	for _, r := range refs {
-		ann := r.Annotations
-		if ann == nil {
-			// Some referrers APIs list descriptors without the manifests'
-			// annotations: read the manifest itself.
-			raw, _, err := k.reg.Manifest(ctx, d.Context().Digest(r.Digest.String()))
-			if err != nil {
-				return false, err
-			}
-			m, err := v1.ParseManifest(bytes.NewReader(raw))
-			if err != nil {
-				return false, fmt.Errorf("referrer %s: %w", r.Digest, err)
-			}
-			ann = m.Annotations
-		}
-		if ann["dev.sigstore.bundle.predicateType"] == predicateType {
 			return true, nil
 		}
 	}

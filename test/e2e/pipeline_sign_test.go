@@ -23,7 +23,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 
 	"github.com/attestd/attestd/cmd/attestd/app"
 	"github.com/attestd/attestd/store"
@@ -34,6 +33,13 @@ import (
 // local stack as identity.
 func signingConfig(t *testing.T, identity string) string {
 	t.Helper()
+	return signingConfigWith(t, identity, stk.SigningConfig, "")
+}
+
+// signingConfigWith is signingConfig with another signing config file and
+// extra signing.* lines.
+func signingConfigWith(t *testing.T, identity, signingConfigPath, extra string) string {
+	t.Helper()
 	tok, err := stk.Issuer.Token(identity, 30*time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -42,8 +48,8 @@ func signingConfig(t *testing.T, identity string) string {
 	if err := os.WriteFile(tokenFile, []byte(tok), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return writeConfigExtra(t, 1, fmt.Sprintf("signing:\n  signing_config: %s\n  trusted_root: %s\n  token_file: %s\n",
-		stk.SigningConfig, stk.TrustedRoot, tokenFile))
+	return writeConfigExtra(t, 1, fmt.Sprintf("signing:\n  signing_config: %s\n  trusted_root: %s\n  token_file: %s\n%s",
+		signingConfigPath, stk.TrustedRoot, tokenFile, extra))
 }
 
 // TestPipelineSignsEverything: `attestd process` analyses and signs an image
@@ -127,11 +133,7 @@ func TestPipelineSignsTSAOnly(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	const identity = "attestd@example.test"
-	tok, _ := stk.Issuer.Token(identity, 30*time.Minute)
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	os.WriteFile(tokenFile, []byte(tok), 0o600)
-	cfg := writeConfigExtra(t, 1, fmt.Sprintf("signing:\n  signing_config: %s\n  trusted_root: %s\n  token_file: %s\n",
-		stk.SigningConfigTSAOnly, stk.TrustedRoot, tokenFile))
+	cfg := signingConfigWith(t, identity, stk.SigningConfigTSAOnly, "")
 	ref := pushFixture(t, allFixtures(t)["old-x-text"], "signed-tsa/app:v1")
 	rec, _ := processed(t, cfg, t.TempDir(), ref.String())
 	if rec.State != store.StateAttested {
@@ -234,52 +236,15 @@ func TestTamperedAttestationRejectedByCosign(t *testing.T) {
 }
 
 // replaceAttestation swaps the bundle of predicateType attached to ref for a
-// copy with its DSSE payload edited (signature kept).
+// copy with its DSSE payload edited (signature kept): the forged copy is
+// attached and the genuine one dropped from the referrers fallback index.
 func replaceAttestation(t *testing.T, ctx context.Context, rc *registry.Client, ref name.Digest, predicateType string, edit func([]byte) []byte) {
 	t.Helper()
+	genuine := attachForged(t, ctx, rc, ref, predicateType, edit)
 	fallback := ref.Context().Tag(strings.Replace(ref.DigestStr(), ":", "-", 1))
 	idx, err := remote.Index(fallback, rc.RemoteOptions(ctx)...)
 	if err != nil {
 		t.Fatalf("referrers fallback index %s: %v", fallback, err)
-	}
-	im, _ := idx.IndexManifest()
-	var genuine v1.Hash
-	for _, d := range im.Manifests {
-		if d.Annotations["dev.sigstore.bundle.predicateType"] == predicateType {
-			genuine = d.Digest
-		}
-	}
-	if genuine == (v1.Hash{}) {
-		t.Fatalf("no %s bundle attached", predicateType)
-	}
-	raw, _, err := rc.Manifest(ctx, ref.Context().Digest(genuine.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, _ := v1.ParseManifest(bytes.NewReader(raw))
-	blob, err := rc.Blob(ctx, ref.Context(), m.Layers[0].Digest.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(blob)
-	blob.Close()
-	var bundle map[string]any
-	json.Unmarshal(b, &bundle)
-	env := bundle["dsseEnvelope"].(map[string]any)
-	payload, _ := base64.StdEncoding.DecodeString(env["payload"].(string))
-	edited := edit(payload)
-	if bytes.Equal(edited, payload) {
-		t.Fatal("the edit changed nothing")
-	}
-	env["payload"] = base64.StdEncoding.EncodeToString(edited)
-	forged, _ := json.Marshal(bundle)
-	if err := ociremote.WriteAttestationNewBundleFormat(ref, forged, predicateType, ociremote.WithRemoteOptions(rc.RemoteOptions(ctx)...)); err != nil {
-		t.Fatal(err)
-	}
-	// Drop the genuine one from the fallback index: the forged copy replaces it.
-	idx, err = remote.Index(fallback, rc.RemoteOptions(ctx)...)
-	if err != nil {
-		t.Fatal(err)
 	}
 	idx = mutate.RemoveManifests(idx, func(d v1.Descriptor) bool { return d.Digest == genuine })
 	if err := remote.WriteIndex(fallback, idx, rc.RemoteOptions(ctx)...); err != nil {
@@ -411,11 +376,7 @@ func TestPipelineLargeDocumentsAsArtifacts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	const identity = "attestd@example.test"
-	tok, _ := stk.Issuer.Token(identity, 30*time.Minute)
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	os.WriteFile(tokenFile, []byte(tok), 0o600)
-	cfg := writeConfigExtra(t, 1, fmt.Sprintf("signing:\n  signing_config: %s\n  trusted_root: %s\n  token_file: %s\n  max_payload: 1KiB\n",
-		stk.SigningConfig, stk.TrustedRoot, tokenFile))
+	cfg := signingConfigWith(t, identity, stk.SigningConfig, "  max_payload: 1KiB\n")
 	ref := pushFixture(t, allFixtures(t)["node"], "signed-large/app:v1")
 	rec, load := processed(t, cfg, t.TempDir(), ref.String())
 	if rec.State != store.StateAttested {

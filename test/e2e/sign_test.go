@@ -145,12 +145,22 @@ func TestKeylessSignVerifiedByCosign(t *testing.T) {
 // edited after signing.
 func tamperedWith(t *testing.T, ctx context.Context, rc *registry.Client, ref name.Digest) {
 	t.Helper()
+	attachForged(t, ctx, rc, ref, "https://slsa.dev/provenance/v1", func(p []byte) []byte {
+		return bytes.Replace(p, []byte("https://attestd.dev/builder"), []byte("https://evil.example/builder"), 1)
+	})
+}
+
+// attachForged attaches, beside ref's bundle of predicateType, a copy whose
+// DSSE payload was edited (signature kept), and returns the genuine
+// bundle's manifest digest.
+func attachForged(t *testing.T, ctx context.Context, rc *registry.Client, ref name.Digest, predicateType string, edit func([]byte) []byte) v1.Hash {
+	t.Helper()
 	refs, err := rc.Referrers(ctx, ref, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range refs {
-		if d.Annotations["dev.sigstore.bundle.predicateType"] != "https://slsa.dev/provenance/v1" {
+		if d.Annotations["dev.sigstore.bundle.predicateType"] != predicateType {
 			continue
 		}
 		raw, _, err := rc.Manifest(ctx, ref.Context().Digest(d.Digest.String()))
@@ -168,15 +178,19 @@ func tamperedWith(t *testing.T, ctx context.Context, rc *registry.Client, ref na
 		json.Unmarshal(b, &bundle)
 		env := bundle["dsseEnvelope"].(map[string]any)
 		payload, _ := base64.StdEncoding.DecodeString(env["payload"].(string))
-		payload = bytes.Replace(payload, []byte("https://attestd.dev/builder"), []byte("https://evil.example/builder"), 1)
-		env["payload"] = base64.StdEncoding.EncodeToString(payload)
+		edited := edit(payload)
+		if bytes.Equal(edited, payload) {
+			t.Fatal("the edit changed nothing")
+		}
+		env["payload"] = base64.StdEncoding.EncodeToString(edited)
 		forged, _ := json.Marshal(bundle)
-		if err := ociremote.WriteAttestationNewBundleFormat(ref, forged, "https://slsa.dev/provenance/v1", ociremote.WithRemoteOptions(rc.RemoteOptions(ctx)...)); err != nil {
+		if err := ociremote.WriteAttestationNewBundleFormat(ref, forged, predicateType, ociremote.WithRemoteOptions(rc.RemoteOptions(ctx)...)); err != nil {
 			t.Fatal(err)
 		}
-		return
+		return d.Digest
 	}
-	t.Fatal("no SLSA bundle to tamper with")
+	t.Fatalf("no %s bundle to tamper with", predicateType)
+	return v1.Hash{}
 }
 
 // verifiedPredicate reports whether cosign verify-attestation's output holds

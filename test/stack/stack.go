@@ -120,7 +120,7 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 	s.IssuerURL = s.Issuer.URL
 
 	// TSA first: it exits when :2112 is taken, and Fulcio must not take it.
-	unlock, err := lockFile(ctx, filepath.Join(os.TempDir(), "attestd-tsa-2112.lock"), 5*time.Minute)
+	unlock, err := LockFile(ctx, filepath.Join(os.TempDir(), "attestd-tsa-2112.lock"), 5*time.Minute)
 	if err != nil {
 		return s, fmt.Errorf("timestamp authority: another stack holds port %d (the TSA's hard-coded metrics port): %w", tsaMetricsPort, err)
 	}

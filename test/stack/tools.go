@@ -100,7 +100,7 @@ func Install(ctx context.Context, t Tool, log io.Writer) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	unlock, err := lockFile(ctx, filepath.Join(dir, ".install.lock"), installTimeout)
+	unlock, err := LockFile(ctx, filepath.Join(dir, ".install.lock"), installTimeout)
 	if err != nil {
 		return "", fmt.Errorf("install %s: %w", t.Name, err)
 	}
@@ -133,36 +133,50 @@ func Install(ctx context.Context, t Tool, log io.Writer) (string, error) {
 // DockerRegistry finds the Debian docker-registry binary, installing the
 // package with apt-get when it is missing and we run as root.
 func DockerRegistry(ctx context.Context, log io.Writer) (string, error) {
-	for _, p := range []string{"docker-registry", "/usr/bin/docker-registry"} {
-		if exe, err := exec.LookPath(p); err == nil {
-			return exe, nil
+	return AptBinary(ctx, log, "docker-registry", "docker-registry", "/usr/bin/docker-registry")
+}
+
+// AptBinary finds one of paths (names on $PATH or absolute), else installs
+// the Debian package pkg with apt-get — under a machine-wide lock, so
+// parallel test processes do not run apt at once — when we are root.
+func AptBinary(ctx context.Context, log io.Writer, pkg string, paths ...string) (string, error) {
+	find := func() (string, error) {
+		for _, p := range paths {
+			if exe, err := exec.LookPath(p); err == nil {
+				return exe, nil
+			}
 		}
+		return "", fmt.Errorf("%s not found (looked for %s)", pkg, strings.Join(paths, ", "))
+	}
+	if exe, err := find(); err == nil {
+		return exe, nil
 	}
 	if os.Geteuid() != 0 {
-		return "", errors.New("docker-registry is not installed and we are not root: run `sudo apt-get install -y docker-registry` (Debian's CNCF Distribution 2.8 package) and retry")
+		return "", fmt.Errorf("%s is not installed and we are not root: run `sudo apt-get install -y %s` and retry", pkg, pkg)
 	}
-	fmt.Fprintln(log, "stack: installing Debian package docker-registry")
-	unlock, err := lockFile(ctx, filepath.Join(os.TempDir(), "attestd-apt.lock"), 10*time.Minute)
+	fmt.Fprintf(log, "stack: installing Debian package %s\n", pkg)
+	unlock, err := LockFile(ctx, filepath.Join(os.TempDir(), "attestd-apt.lock"), 10*time.Minute)
 	if err != nil {
 		return "", err
 	}
 	defer unlock()
-	if exe, err := exec.LookPath("docker-registry"); err == nil {
+	if exe, err := find(); err == nil {
 		return exe, nil
 	}
 	env := append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-	for _, args := range [][]string{{"update", "-qq"}, {"install", "-y", "-qq", "docker-registry"}} {
+	for _, args := range [][]string{{"update", "-qq"}, {"install", "-y", "-qq", pkg}} {
 		cmd := exec.CommandContext(ctx, "apt-get", args...)
 		cmd.Env = env
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return "", fmt.Errorf("apt-get %s: %w\n%s", strings.Join(args, " "), err, tail(string(out), 20))
 		}
 	}
-	return exec.LookPath("docker-registry")
+	return find()
 }
 
-// lockFile takes an exclusive flock on path, polling until timeout.
-func lockFile(ctx context.Context, path string, timeout time.Duration) (func(), error) {
+// LockFile takes an exclusive flock on path, polling until timeout; call
+// the returned func to release it.
+func LockFile(ctx context.Context, path string, timeout time.Duration) (func(), error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, err
