@@ -144,6 +144,50 @@ type Analysis struct {
 	// provenance names; first match wins. Without a match provenance says
 	// attestd only observed the image.
 	Builders []Builder `yaml:"builders"`
+	// Vulnerabilities configures the vulnerability scan (docs/vulnerabilities.md).
+	Vulnerabilities Vulnerabilities `yaml:"vulnerabilities"`
+}
+
+// Vulnerabilities configures matching each SBOM against a grype v6
+// database. The scan is on by default and fails closed: without a
+// database, or with one older than MaxDBAge, no image is analysed.
+type Vulnerabilities struct {
+	// Disabled turns the scan off (images then carry no vulnerability
+	// attestation, and a policy requiring one denies them).
+	Disabled bool `yaml:"disabled"`
+	// DBDir holds the installed database; default <data_dir>/vulndb.
+	DBDir string `yaml:"db_dir"`
+	// MaxDBAge fails scans against an older database. Default 120h (grype's).
+	MaxDBAge Duration `yaml:"max_db_age"`
+	// LatestURL is where `attestd vulndb update` looks: Anchore's public
+	// listing by default, or a mirror's latest.json.
+	LatestURL string `yaml:"latest_url"`
+	// CACert is a PEM bundle trusted for a private mirror.
+	CACert string `yaml:"ca_cert"`
+	// UnknownSeverityAs is the severity findings of Unknown severity gate
+	// as: high (default), critical, medium, low, negligible or unknown.
+	UnknownSeverityAs string `yaml:"unknown_severity_as"`
+	// ExceptionWarning: exceptions expiring within it are warned about
+	// (log + metric) on every scan they apply to. Default 336h (14 days).
+	ExceptionWarning Duration `yaml:"exception_warning"`
+	// VEX are OpenVEX documents applied to every scan.
+	VEX []string `yaml:"vex"`
+	// Exceptions suppress findings until they expire.
+	Exceptions []VulnException `yaml:"exceptions"`
+}
+
+// VulnException suppresses a finding until Expires. Vulnerability (an ID
+// or alias), Owner, Reason and Expires are required; Package, Repository
+// (a glob over host/repo) and Digest narrow it.
+type VulnException struct {
+	Vulnerability string    `yaml:"vulnerability"`
+	Package       string    `yaml:"package"`
+	Repository    string    `yaml:"repository"`
+	Digest        string    `yaml:"digest"`
+	Owner         string    `yaml:"owner"`
+	Reason        string    `yaml:"reason"`
+	Ticket        string    `yaml:"ticket"`
+	Expires       time.Time `yaml:"expires"`
 }
 
 // Hardening tunes the hardening checks (docs/hardening.md).
@@ -313,6 +357,9 @@ func Default() *Config {
 		Analysis: Analysis{
 			SPDXVersion: "2.3", CycloneDXVersion: "1.6", LayerCache: 10 << 30, LayerConcurrency: 3,
 			Hardening: Hardening{MaxImageSize: 1 << 30},
+			Vulnerabilities: Vulnerabilities{
+				MaxDBAge: Duration(120 * time.Hour), UnknownSeverityAs: "high", ExceptionWarning: Duration(14 * 24 * time.Hour),
+			},
 		},
 		Signing: Signing{Concurrency: 4, MaxPayload: 4 << 20},
 	}
@@ -484,6 +531,35 @@ func (c *Config) Validate() error {
 	for i, g := range a.Hardening.MinimalBases {
 		if _, err := path.Match(g, ""); err != nil || g == "" {
 			bad(fmt.Sprintf("analysis.hardening.minimal_bases[%d]", i), "%q is not a valid glob", g)
+		}
+	}
+	v := a.Vulnerabilities
+	if v.MaxDBAge <= 0 {
+		bad("analysis.vulnerabilities.max_db_age", "must be a positive duration, got %s", time.Duration(v.MaxDBAge))
+	}
+	if !slices.Contains([]string{"critical", "high", "medium", "low", "negligible", "unknown"}, v.UnknownSeverityAs) {
+		bad("analysis.vulnerabilities.unknown_severity_as", "%q: use critical, high, medium, low, negligible or unknown", v.UnknownSeverityAs)
+	}
+	if v.LatestURL != "" {
+		if u, err := url.Parse(v.LatestURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") {
+			bad("analysis.vulnerabilities.latest_url", "%q must be an http(s) URL of a grype DB listing (…/databases or …/latest.json)", v.LatestURL)
+		}
+	}
+	for i, e := range v.Exceptions {
+		f := fmt.Sprintf("analysis.vulnerabilities.exceptions[%d]", i)
+		for _, kv := range [][2]string{{"vulnerability", e.Vulnerability}, {"owner", e.Owner}, {"reason", e.Reason}} {
+			if kv[1] == "" {
+				bad(f+"."+kv[0], "is required (what is excepted, who owns it, and why)")
+			}
+		}
+		if e.Expires.IsZero() {
+			bad(f+".expires", "is required: every exception ends (e.g. 2026-12-31)")
+		}
+		if _, err := path.Match(e.Repository, ""); err != nil {
+			bad(f+".repository", "%q is not a valid glob", e.Repository)
+		}
+		if e.Digest != "" && !regexp.MustCompile(`^sha256:[0-9a-f]{64}$`).MatchString(e.Digest) {
+			bad(f+".digest", "%q: write sha256:<64 hex>", e.Digest)
 		}
 	}
 	for i, b := range a.Builders {

@@ -24,9 +24,12 @@ import (
 	"github.com/anchore/syft/syft/source/stereoscopesource"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	// The RPM and Nix catalogers read SQLite databases; syft's CLI links
-	// the same pure-Go driver, so counts match the CLI's.
-	_ "modernc.org/sqlite"
+	// The RPM and Nix catalogers read SQLite databases through
+	// database/sql's "sqlite" driver. syft's CLI links modernc.org/sqlite;
+	// grype's database layer (linked too, sbom/vuln) registers the same
+	// name through glebarez/go-sqlite, a wrapper over that same pure-Go
+	// SQLite, so exactly one may be linked: this one, as the grype CLI does.
+	_ "github.com/glebarez/go-sqlite"
 )
 
 // Media types of the documents this package writes.

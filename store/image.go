@@ -105,6 +105,26 @@ type Facts struct {
 	Size      int64    `json:"size"`             // config + compressed layers, bytes
 	Failed    []string `json:"failed,omitempty"` // hardening check IDs that failed
 	BaseImage string   `json:"baseImage,omitempty"`
+	// Vulns are the vulnerability findings; nil when the scan is disabled.
+	Vulns *VulnCounts `json:"vulnerabilities,omitempty"`
+}
+
+// VulnCounts are a platform's vulnerability findings by severity, after
+// exceptions and VEX. Findings of Unknown severity are counted in Unknown;
+// UnknownAs is the severity they gate as.
+type VulnCounts struct {
+	Critical    int       `json:"critical"`
+	High        int       `json:"high"`
+	Medium      int       `json:"medium"`
+	Low         int       `json:"low"`
+	Negligible  int       `json:"negligible"`
+	Unknown     int       `json:"unknown"`
+	UnknownAs   string    `json:"unknownAs"`
+	Suppressed  int       `json:"suppressed"`
+	MaxSeverity string    `json:"maxSeverity,omitempty"`
+	DB          string    `json:"db"` // digest of the database matched against
+	DBBuilt     time.Time `json:"dbBuilt"`
+	ScannedAt   time.Time `json:"scannedAt"`
 }
 
 // Record is the per-digest state. Ref is "host/repo@sha256:…", the key.

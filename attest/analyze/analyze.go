@@ -26,6 +26,7 @@ import (
 	"github.com/attestd/attestd/attest/slsa"
 	"github.com/attestd/attestd/sbom"
 	"github.com/attestd/attestd/sbom/harden"
+	"github.com/attestd/attestd/sbom/vuln"
 	"github.com/attestd/attestd/store"
 	"github.com/attestd/attestd/store/layers"
 	"github.com/attestd/attestd/store/registry"
@@ -41,6 +42,7 @@ const (
 	KindCycloneDX  = "cyclonedx"
 	KindHardening  = "hardening"
 	KindProvenance = "provenance"
+	KindVulns      = "vulnerabilities"
 )
 
 // Predicate types the SBOMs are attested as (cosign's --type spdxjson and
@@ -55,7 +57,15 @@ const (
 const (
 	MediaTypeHardening = "application/vnd.attestd.hardening.v1+json"
 	MediaTypeInToto    = "application/vnd.in-toto+json"
+	MediaTypeVulns     = "application/vnd.attestd.vulnerabilities.v1+json"
 )
+
+// VulnScanner matches an SBOM against the vulnerability database
+// (vuln.Scanner). Any error fails the analysis: a digest is never
+// recorded as analysed without its scan.
+type VulnScanner interface {
+	Scan(ctx context.Context, in vuln.Input) (*vuln.Report, error)
+}
 
 // Blobs stores documents by content digest.
 type Blobs interface {
@@ -71,6 +81,8 @@ type Options struct {
 	// LayerConcurrency bounds parallel layer downloads of one job. Default 3.
 	LayerConcurrency int
 	Version          string // attestd's version, for provenance
+	// Vulns scans each platform's SBOM; nil disables the scan.
+	Vulns  VulnScanner
 	Logger           *slog.Logger
 	Now              func() time.Time
 }
@@ -323,27 +335,70 @@ func (a *Analyzer) image(ctx context.Context, req Request, repo name.Repository,
 	if err != nil {
 		return err
 	}
-	for _, d := range []struct {
+	type doc struct {
 		art  store.Artifact
 		body []byte
-	}{
+	}
+	out := []doc{
 		{store.Artifact{Kind: KindSPDX, MediaType: sbom.MediaTypeSPDX, PredicateType: PredicateSPDX}, docs.SPDX},
 		{store.Artifact{Kind: KindCycloneDX, MediaType: sbom.MediaTypeCycloneDX, PredicateType: PredicateCycloneDX}, docs.CycloneDX},
 		{store.Artifact{Kind: KindHardening, MediaType: MediaTypeHardening, PredicateType: harden.PredicateType}, hjson},
 		{store.Artifact{Kind: KindProvenance, MediaType: MediaTypeInToto, PredicateType: slsa.PredicateType}, prov},
-	} {
+	}
+	facts := store.Facts{
+		Subject: digest, Platform: platform, Packages: docs.Packages, Size: size,
+		Failed: report.Failed, BaseImage: cf.Config.Labels[harden.LabelBaseName],
+	}
+	if a.o.Vulns != nil {
+		body, counts, err := a.scanVulns(ctx, repo.Name(), digest, docs.CycloneDX)
+		if err != nil {
+			return fmt.Errorf("analyze: %s: vulnerability scan: %w", ref, err)
+		}
+		out = append(out, doc{store.Artifact{Kind: KindVulns, MediaType: MediaTypeVulns, PredicateType: vuln.PredicateType}, body})
+		facts.Vulns = counts
+	}
+	for _, d := range out {
 		d.art.Subject, d.art.Platform = digest, platform
 		if err := a.put(ctx, res, d.art, d.body); err != nil {
 			return err
 		}
 	}
-	res.Facts = append(res.Facts, store.Facts{
-		Subject: digest, Platform: platform, Packages: docs.Packages, Size: size,
-		Failed: report.Failed, BaseImage: cf.Config.Labels[harden.LabelBaseName],
-	})
+	res.Facts = append(res.Facts, facts)
 	a.log.InfoContext(ctx, "analysed", "digest", digest, "platform", platform, "packages", docs.Packages,
-		"hardening_failed", len(report.Failed), "layers", len(m.Layers))
+		"hardening_failed", len(report.Failed), "layers", len(m.Layers), "vulnerabilities", vulnTotal(facts.Vulns))
 	return nil
+}
+
+// scanVulns matches the platform's CycloneDX SBOM — the document attestd
+// attests, so a re-scan of the stored SBOM sees exactly the same packages —
+// and returns the cosign vuln predicate and the counts.
+func (a *Analyzer) scanVulns(ctx context.Context, repo, digest string, cdx []byte) ([]byte, *store.VulnCounts, error) {
+	rep, err := a.o.Vulns.Scan(ctx, vuln.Input{SBOM: cdx, Repository: repo, Digest: digest})
+	if err != nil {
+		return nil, nil, err
+	}
+	body, err := rep.Predicate("https://attestd.dev/analyze", repo+"@"+digest, "https://attestd.dev/attestd@"+a.o.Version)
+	if err != nil {
+		return nil, nil, err
+	}
+	return body, VulnCounts(rep), nil
+}
+
+// VulnCounts is what the store records of a scan.
+func VulnCounts(rep *vuln.Report) *store.VulnCounts {
+	c := rep.Counts
+	return &store.VulnCounts{
+		Critical: c.Critical, High: c.High, Medium: c.Medium, Low: c.Low, Negligible: c.Negligible, Unknown: c.Unknown,
+		UnknownAs: c.UnknownAs, Suppressed: c.Suppressed, MaxSeverity: c.MaxSeverity,
+		DB: rep.DB.Digest, DBBuilt: rep.DB.Built, ScannedAt: rep.Finished,
+	}
+}
+
+func vulnTotal(c *store.VulnCounts) int {
+	if c == nil {
+		return 0
+	}
+	return c.Critical + c.High + c.Medium + c.Low + c.Negligible + c.Unknown
 }
 
 func (a *Analyzer) put(ctx context.Context, res *Result, art store.Artifact, body []byte) error {

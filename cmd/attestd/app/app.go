@@ -58,6 +58,7 @@ type runner struct {
 	lookupEnv      func(string) (string, bool)
 	wrapStages     func(pipeline.Stages) pipeline.Stages
 	jobDone        func(ref string, id uint64, err error)
+	vulnMetrics    vulnMetrics
 
 	// flags shared by commands
 	configFile string
@@ -122,7 +123,7 @@ keylessly with Sigstore, and promotes only what verifies against policy.`,
 	pf.StringVar(&r.logLevel, "log-level", "", "debug, info, warn or error (overrides config and ATTESTD_LOG_LEVEL)")
 	root.AddCommand(
 		r.serveCommand(), r.processCommand(), r.submitCommand(), r.statusCommand(), r.docCommand(), r.requeueCommand(), r.auditCommand(),
-		r.storeCommand(), r.healthcheckCommand(), r.versionCommand(),
+		r.vulndbCommand(), r.storeCommand(), r.healthcheckCommand(), r.versionCommand(),
 	)
 	return root
 }

@@ -146,11 +146,12 @@ func TestProcessSkipsUnbuiltStages(t *testing.T) {
 	t.Parallel()
 	host, ref := testRegistry(t)
 	dir := t.TempDir()
+	installVulnDB(t, dir)
 	code, out, stderr := run(t, "process", "--data-dir", dir, host+"/demo/app:v1")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
-	for _, w := range []string{ref.String(), "state:  analysed", "resolve   passed", "analyse   passed", "sign      skipped  not built yet", "evaluate  -        not reached"} {
+	for _, w := range []string{ref.String(), "state:  analysed", "resolve   passed", "analyse   passed", "sign      skipped  not built yet", "evaluate  -        not reached", "vulns:  sha256:"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("output lacks %q:\n%s", w, out)
 		}
@@ -380,6 +381,7 @@ func TestAuditVerifyAndExport(t *testing.T) {
 	t.Parallel()
 	host, _ := testRegistry(t)
 	dir := t.TempDir()
+	installVulnDB(t, dir)
 	if code, _, stderr := run(t, "process", "--data-dir", dir, host+"/demo/app:v1"); code != 0 {
 		t.Fatalf("process: exit %d: %s", code, stderr)
 	}

@@ -156,6 +156,10 @@ func printRecord(w io.Writer, rec *store.Record) {
 	for _, f := range rec.Facts {
 		fmt.Fprintf(w, "facts:  %s %s packages=%d size=%d base=%q hardening_failed=[%s]\n",
 			f.Subject, f.Platform, f.Packages, f.Size, f.BaseImage, strings.Join(f.Failed, " "))
+		if v := f.Vulns; v != nil {
+			fmt.Fprintf(w, "vulns:  %s critical=%d high=%d medium=%d low=%d negligible=%d unknown=%d (gated as %s) suppressed=%d db=%s\n",
+				f.Subject, v.Critical, v.High, v.Medium, v.Low, v.Negligible, v.Unknown, v.UnknownAs, v.Suppressed, v.DB)
+		}
 	}
 	for _, a := range rec.Artifacts {
 		fmt.Fprintf(w, "doc:    %-10s %s %s (%d bytes) %s\n", a.Kind, a.Subject, a.Digest, a.Size, a.PredicateType)

@@ -14,7 +14,7 @@ import (
 // metricsHandler serves Prometheus text exposition: intake counters by
 // source, outcome and reason; jobs by status; images by state; the age of
 // the oldest pending job.
-func metricsHandler(db *store.DB, stats *watch.Stats) http.Handler {
+func metricsHandler(db *store.DB, stats *watch.Stats, vm *vulnMetrics) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		st, err := db.Stats(r.Context())
 		if err != nil {
@@ -43,6 +43,7 @@ func metricsHandler(db *store.DB, stats *watch.Stats) http.Handler {
 			age = time.Since(st.OldestPending).Seconds()
 		}
 		fmt.Fprintf(&b, "# HELP attestd_queue_oldest_pending_seconds Age of the oldest pending job.\n# TYPE attestd_queue_oldest_pending_seconds gauge\nattestd_queue_oldest_pending_seconds %g\n", age)
+		vm.write(&b)
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		_, _ = w.Write([]byte(b.String()))
 	})

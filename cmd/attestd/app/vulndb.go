@@ -1,0 +1,214 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/attestd/attestd/attest/analyze"
+	"github.com/attestd/attestd/configs"
+	"github.com/attestd/attestd/sbom/vuln"
+)
+
+// vulnInstallation is the configured database directory and update source.
+func vulnInstallation(cfg *configs.Config) vuln.Installation {
+	v := cfg.Analysis.Vulnerabilities
+	dir := v.DBDir
+	if dir == "" {
+		dir = filepath.Join(cfg.DataDir, "vulndb")
+	}
+	return vuln.Installation{Root: dir, LatestURL: v.LatestURL, CACert: v.CACert}
+}
+
+// vulnMetrics count scans by result and warnings of exceptions near expiry.
+type vulnMetrics struct {
+	mu       sync.Mutex
+	scans    map[string]int // ok, failed
+	expiring map[string]int // vulnerability → warnings
+}
+
+func (m *vulnMetrics) inc(mp *map[string]int, k string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if *mp == nil {
+		*mp = map[string]int{}
+	}
+	(*mp)[k]++
+}
+
+func (m *vulnMetrics) write(b *strings.Builder) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b.WriteString("# HELP attestd_vuln_scans_total Vulnerability scans by result (ok, failed: no or stale database, bad SBOM).\n# TYPE attestd_vuln_scans_total counter\n")
+	for _, k := range sortedKeys(m.scans) {
+		fmt.Fprintf(b, "attestd_vuln_scans_total{result=%q} %d\n", k, m.scans[k])
+	}
+	b.WriteString("# HELP attestd_vuln_exceptions_expiring_total Scans where an exception within its warning period before expiry applied.\n# TYPE attestd_vuln_exceptions_expiring_total counter\n")
+	for _, k := range sortedKeys(m.expiring) {
+		fmt.Fprintf(b, "attestd_vuln_exceptions_expiring_total{vulnerability=%q} %d\n", k, m.expiring[k])
+	}
+}
+
+// countingScanner records each scan's result in the metrics.
+type countingScanner struct {
+	s *vuln.Scanner
+	m *vulnMetrics
+}
+
+func (c countingScanner) Scan(ctx context.Context, in vuln.Input) (*vuln.Report, error) {
+	rep, err := c.s.Scan(ctx, in)
+	res := "ok"
+	if err != nil {
+		res = "failed"
+	}
+	c.m.inc(&c.m.scans, res)
+	return rep, err
+}
+
+// newVulnScanner is the configured scanner, or nil when the scan is off.
+func newVulnScanner(cfg *configs.Config, m *vulnMetrics, log *slog.Logger) (analyze.VulnScanner, error) {
+	v := cfg.Analysis.Vulnerabilities
+	if v.Disabled {
+		return nil, nil
+	}
+	o := vuln.Options{
+		DB: vulnInstallation(cfg), MaxAge: time.Duration(v.MaxDBAge), UnknownAs: v.UnknownSeverityAs,
+		WarnBefore: time.Duration(v.ExceptionWarning), VEX: v.VEX, Logger: log,
+		OnExpiring: func(e vuln.Exception) { m.inc(&m.expiring, e.Vulnerability) },
+	}
+	for _, e := range v.Exceptions {
+		o.Exceptions = append(o.Exceptions, vuln.Exception{
+			Vulnerability: e.Vulnerability, Package: e.Package, Repository: e.Repository, Digest: e.Digest,
+			Owner: e.Owner, Reason: e.Reason, Ticket: e.Ticket, Expires: e.Expires,
+		})
+	}
+	s, err := vuln.NewScanner(o)
+	if err != nil {
+		return nil, err
+	}
+	return countingScanner{s, m}, nil
+}
+
+func (r *runner) vulndbCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "vulndb",
+		Short: "Build, install, update and inspect the offline vulnerability database",
+		Long: `attestd matches every SBOM against a grype v6 database installed under
+analysis.vulnerabilities.db_dir (default <data_dir>/vulndb). A database older
+than analysis.vulnerabilities.max_db_age fails every scan (fail closed).`,
+	}
+	var osv, vunnel []string
+	var overlay, out string
+	build := &cobra.Command{
+		Use:   "build --osv DIR|ZIP [--vunnel DIR] -o DIR",
+		Short: "Build a grype v6 database offline from OSV records (and vunnel provider workspaces)",
+		Example: `  attestd vulndb build --osv go-vulndb.zip --severity-overlay overlay.json -o dist/
+  attestd vulndb import dist/vulnerability-db_v6*.tar.zst`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return usageError{fmt.Errorf("-o DIR is required")}
+			}
+			start := time.Now()
+			b, err := vuln.Build(cmd.Context(), vuln.BuildOptions{OSV: osv, Vunnel: vunnel, SeverityOverlay: overlay, Out: out})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(r.stdout, "built %s (schema %s, %d records, built %s) in %s\nlisting: %s\n",
+				b.Archive, b.Schema, b.Records, b.Built.Format(time.RFC3339), time.Since(start).Round(time.Millisecond), b.Latest)
+			return nil
+		},
+	}
+	build.Flags().StringSliceVar(&osv, "osv", nil, "directory or zip of OSV records (repeatable)")
+	build.Flags().StringSliceVar(&vunnel, "vunnel", nil, "vunnel provider workspace directory (repeatable)")
+	build.Flags().StringVar(&overlay, "severity-overlay", "", `JSON {"ID": {"cvss_v3": "CVSS:3.1/…"}} adding severities to records without one`)
+	build.Flags().StringVarP(&out, "output", "o", "", "output directory for the archive and latest.json")
+
+	imp := &cobra.Command{
+		Use:   "import ARCHIVE",
+		Short: "Install a database archive from a file (the air-gapped path)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := r.loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			st, err := vulnInstallation(cfg).Import(args[0])
+			if err != nil {
+				return err
+			}
+			return r.printVulnStatus(st, cfg, false)
+		},
+	}
+	update := &cobra.Command{
+		Use:   "update",
+		Short: "Install the newest database from analysis.vulnerabilities.latest_url (grype's update client)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := r.loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			in := vulnInstallation(cfg)
+			updated, err := in.Update()
+			if err != nil {
+				return err
+			}
+			if !updated {
+				fmt.Fprintln(r.stdout, "already up to date")
+			}
+			st, err := in.Status(time.Now())
+			if err != nil {
+				return err
+			}
+			return r.printVulnStatus(st, cfg, false)
+		},
+	}
+	var asJSON bool
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "Print the installed database's schema, build date and age; exit 1 when missing or stale",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := r.loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			st, err := vulnInstallation(cfg).Status(time.Now())
+			if err != nil {
+				return err
+			}
+			return r.printVulnStatus(st, cfg, asJSON)
+		},
+	}
+	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.AddCommand(build, imp, update, status)
+	return cmd
+}
+
+func (r *runner) printVulnStatus(st *vuln.Status, cfg *configs.Config, asJSON bool) error {
+	maxAge := time.Duration(cfg.Analysis.Vulnerabilities.MaxDBAge)
+	stale := st.Age > maxAge
+	if asJSON {
+		b, _ := json.MarshalIndent(struct {
+			*vuln.Status
+			AgeSeconds int64 `json:"ageSeconds"`
+			Stale      bool  `json:"stale"`
+		}{st, int64(st.Age.Seconds()), stale}, "", "  ")
+		fmt.Fprintln(r.stdout, string(b))
+	} else {
+		fmt.Fprintf(r.stdout, "path:    %s\nschema:  %s\nbuilt:   %s\nage:     %s (max %s)\ndigest:  %s\nfrom:    %s\n",
+			st.Path, st.Schema, st.Built.Format(time.RFC3339), st.Age.Round(time.Second), maxAge, st.Digest, st.From)
+	}
+	if stale {
+		return fmt.Errorf("the vulnerability database is stale (built %s ago, max_db_age %s): scans fail until it is updated", st.Age.Round(time.Minute), maxAge)
+	}
+	return nil
+}

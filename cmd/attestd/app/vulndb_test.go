@@ -1,0 +1,83 @@
+package app
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+var (
+	vulnArchiveOnce sync.Once
+	vulnArchive     string
+	vulnArchiveErr  string
+)
+
+// installVulnDB installs a database built (once per test binary, with the
+// vulndb build command) from the real Go vulnerability records into dir's
+// default location.
+func installVulnDB(t *testing.T, dir string) {
+	t.Helper()
+	vulnArchiveOnce.Do(func() {
+		out, err := os.MkdirTemp("", "attestd-app-vulndb-")
+		if err != nil {
+			vulnArchiveErr = err.Error()
+			return
+		}
+		code, stdout, stderr := run(t, "vulndb", "build", "--osv", "../../../sbom/vuln/testdata/osv-go/all.zip", "-o", out)
+		if code != 0 {
+			vulnArchiveErr = stderr
+			return
+		}
+		m, _ := filepath.Glob(filepath.Join(out, "vulnerability-db_v6*.tar.zst"))
+		if len(m) != 1 || !strings.Contains(stdout, "4291 records") {
+			vulnArchiveErr = "build wrote " + strings.Join(m, ", ") + ": " + stdout
+			return
+		}
+		vulnArchive = m[0]
+	})
+	if vulnArchiveErr != "" {
+		t.Fatal(vulnArchiveErr)
+	}
+	if code, _, stderr := run(t, "vulndb", "import", "--data-dir", dir, vulnArchive); code != 0 {
+		t.Fatalf("vulndb import: exit %d: %s", code, stderr)
+	}
+}
+
+func TestVulnDBCommands(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	code, _, stderr := run(t, "vulndb", "status", "--data-dir", dir)
+	if code != ExitError || !strings.Contains(stderr, "no vulnerability database installed") || !strings.Contains(stderr, "attestd vulndb import") {
+		t.Fatalf("no database: exit %d: %s", code, stderr)
+	}
+	installVulnDB(t, dir)
+	code, out, stderr := run(t, "vulndb", "status", "--data-dir", dir)
+	if code != 0 || !strings.Contains(out, "schema:  v6.") || !strings.Contains(out, "digest:  xxh64:") {
+		t.Fatalf("status: exit %d\n%s%s", code, out, stderr)
+	}
+	// Stale by configuration: status says so and fails.
+	cfg := writeFile(t, "analysis:\n  vulnerabilities:\n    max_db_age: 1ns\n")
+	code, _, stderr = run(t, "vulndb", "status", "--data-dir", dir, "--config", cfg)
+	if code != ExitError || !strings.Contains(stderr, "stale") {
+		t.Fatalf("stale: exit %d: %s", code, stderr)
+	}
+	// Bad input names the file and leaves nothing behind.
+	bad := t.TempDir()
+	os.WriteFile(filepath.Join(bad, "GO-X.json"), []byte("{"), 0o644)
+	out2 := t.TempDir()
+	code, _, stderr = run(t, "vulndb", "build", "--osv", bad, "-o", out2)
+	if code != ExitError || !strings.Contains(stderr, "GO-X.json") {
+		t.Fatalf("bad record: exit %d: %s", code, stderr)
+	}
+	if des, _ := os.ReadDir(out2); len(des) != 0 {
+		t.Fatalf("bad build left %v", des)
+	}
+	// An exception without an owner or expiry is a configuration error.
+	cfg = writeFile(t, "analysis:\n  vulnerabilities:\n    exceptions:\n      - vulnerability: CVE-2026-1\n")
+	code, _, stderr = run(t, "vulndb", "status", "--data-dir", dir, "--config", cfg)
+	if code != ExitUsage || !strings.Contains(stderr, "exceptions[0].owner") || !strings.Contains(stderr, "exceptions[0].expires") {
+		t.Fatalf("exception without owner: exit %d: %s", code, stderr)
+	}
+}
