@@ -436,6 +436,7 @@ const EnvPrefix = "ATTESTD_"
 func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
 	str := map[string]*string{
 		"LISTEN": &c.Listen, "DATA_DIR": &c.DataDir, "LOG_LEVEL": &c.Log.Level, "LOG_FORMAT": &c.Log.Format,
+		"VULNDB_DIR": &c.Analysis.Vulnerabilities.DBDir,
 	}
 	for k, p := range str {
 		if v, ok := lookup(EnvPrefix + k); ok {

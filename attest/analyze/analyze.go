@@ -83,8 +83,8 @@ type Options struct {
 	Version          string // attestd's version, for provenance
 	// Vulns scans each platform's SBOM; nil disables the scan.
 	Vulns  VulnScanner
-	Logger           *slog.Logger
-	Now              func() time.Time
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // Analyzer runs the analysis stage.

@@ -61,6 +61,11 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: starting the stack:", err)
 		return 1
 	}
+	if err := installVulnDB(ctx, dir); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: vulnerability database:", err)
+		stk.Stop()
+		return 1
+	}
 	code := m.Run()
 	if code != 0 {
 		fmt.Fprintf(os.Stderr, "e2e: failed; component logs kept in %s/logs\n%s", dir, stk.Logs())

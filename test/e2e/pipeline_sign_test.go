@@ -79,13 +79,13 @@ func TestPipelineSignsEverything(t *testing.T) {
 			}
 		}
 	}
-	all := []string{"spdxjson", "cyclonedx", "slsaprovenance1", "https://attestd.dev/attestation/hardening/v1"}
+	all := []string{"spdxjson", "cyclonedx", "slsaprovenance1", "https://attestd.dev/attestation/hardening/v1", "vuln"}
 
 	t.Run("image", func(t *testing.T) {
 		ref := pushFixture(t, fx["static-go"], "signed/static-go:v1")
 		start := time.Now()
 		rec, _ := processed(t, cfg, dataDir, ref.String())
-		t.Logf("analyse + sign (1 signature + 4 attestations): %s", time.Since(start).Round(time.Millisecond))
+		t.Logf("analyse + sign (1 signature + 5 attestations): %s", time.Since(start).Round(time.Millisecond))
 		if rec.State != store.StateAttested || rec.Stages["sign"].Status != store.StagePassed {
 			t.Fatalf("state %s, sign %+v", rec.State, rec.Stages["sign"])
 		}

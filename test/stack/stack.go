@@ -63,6 +63,7 @@ type Stack struct {
 	CosignBin            string
 	CraneBin             string
 	SyftBin              string
+	GrypeBin             string
 
 	procs   []*proc
 	unlocks []func()
@@ -107,7 +108,7 @@ func Start(ctx context.Context, o Options) (s *Stack, err error) {
 		}
 		bins[t.Name] = p
 	}
-	s.CosignBin, s.CraneBin, s.SyftBin = bins["cosign"], bins["crane"], bins["syft"]
+	s.CosignBin, s.CraneBin, s.SyftBin, s.GrypeBin = bins["cosign"], bins["crane"], bins["syft"], bins["grype"]
 	regBin, err := DockerRegistry(ctx, o.Log)
 	if err != nil {
 		return s, err
@@ -270,6 +271,24 @@ func (s *Stack) Syft(ctx context.Context, args ...string) ([]byte, error) {
 	out, err := cmd.Output()
 	if err != nil {
 		return out, fmt.Errorf("syft %s: %w\n%s", strings.Join(args, " "), err, tail(stderr.String(), 30))
+	}
+	return out, nil
+}
+
+// Grype runs the stock grype CLI hermetically against the database
+// installed under dbRoot (attestd's vulndb directory layout is grype's):
+// no database update, no update check, no age check (the caller built the
+// database), and its matching defaults.
+func (s *Stack) Grype(ctx context.Context, dbRoot string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, s.GrypeBin, args...)
+	cmd.Env = append(os.Environ(), "HOME="+filepath.Join(s.Dir, "home"), "XDG_CACHE_HOME="+filepath.Join(s.Dir, "home", ".cache"),
+		"GRYPE_CHECK_FOR_APP_UPDATE=false", "GRYPE_DB_AUTO_UPDATE=false", "GRYPE_DB_VALIDATE_AGE=false",
+		"GRYPE_DB_CACHE_DIR="+dbRoot)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("grype %s: %w\n%s", strings.Join(args, " "), err, tail(stderr.String(), 30))
 	}
 	return out, nil
 }
