@@ -172,6 +172,10 @@ type Vulnerabilities struct {
 	ExceptionWarning Duration `yaml:"exception_warning"`
 	// VEX are OpenVEX documents applied to every scan.
 	VEX []string `yaml:"vex"`
+	// RescanInterval is how often the daemon checks whether the database
+	// changed; when it did, the stored SBOMs of signed digests are
+	// re-matched and new findings recorded. 0 turns it off. Default 1h.
+	RescanInterval Duration `yaml:"rescan_interval"`
 	// Exceptions suppress findings until they expire.
 	Exceptions []VulnException `yaml:"exceptions"`
 }
@@ -359,6 +363,7 @@ func Default() *Config {
 			Hardening: Hardening{MaxImageSize: 1 << 30},
 			Vulnerabilities: Vulnerabilities{
 				MaxDBAge: Duration(120 * time.Hour), UnknownSeverityAs: "high", ExceptionWarning: Duration(14 * 24 * time.Hour),
+				RescanInterval: Duration(time.Hour),
 			},
 		},
 		Signing: Signing{Concurrency: 4, MaxPayload: 4 << 20},
@@ -537,6 +542,9 @@ func (c *Config) Validate() error {
 	v := a.Vulnerabilities
 	if v.MaxDBAge <= 0 {
 		bad("analysis.vulnerabilities.max_db_age", "must be a positive duration, got %s", time.Duration(v.MaxDBAge))
+	}
+	if v.RescanInterval < 0 || (v.RescanInterval > 0 && v.RescanInterval < Duration(time.Second)) {
+		bad("analysis.vulnerabilities.rescan_interval", "must be 0 (off) or at least 1s, got %s", time.Duration(v.RescanInterval))
 	}
 	if !slices.Contains([]string{"critical", "high", "medium", "low", "negligible", "unknown"}, v.UnknownSeverityAs) {
 		bad("analysis.vulnerabilities.unknown_severity_as", "%q: use critical, high, medium, low, negligible or unknown", v.UnknownSeverityAs)

@@ -33,12 +33,13 @@ type AuditEntry struct {
 
 // Audit actions written by the store.
 const (
-	AuditEventAccepted = "event.accepted" // intake committed an event (queued, duplicate, or recorded only)
-	AuditEventDeleted  = "event.deleted"  // a deletion was recorded
-	AuditState         = "state"          // a digest moved between states
-	AuditStage         = "stage"          // a stage result was recorded
-	AuditDecision      = "decision"       // the promotion gate decided
-	AuditRequeue       = "requeue"        // a digest was re-driven by hand
+	AuditEventAccepted = "event.accepted"            // intake committed an event (queued, duplicate, or recorded only)
+	AuditEventDeleted  = "event.deleted"             // a deletion was recorded
+	AuditState         = "state"                     // a digest moved between states
+	AuditStage         = "stage"                     // a stage result was recorded
+	AuditDecision      = "decision"                  // the promotion gate decided
+	AuditRequeue       = "requeue"                   // a digest was re-driven by hand
+	AuditRescan        = "vulnerabilities.rescanned" // a stored SBOM was re-matched against a new database
 )
 
 // ZeroHash is the Prev of the first entry.

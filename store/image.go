@@ -125,6 +125,9 @@ type VulnCounts struct {
 	DB          string    `json:"db"` // digest of the database matched against
 	DBBuilt     time.Time `json:"dbBuilt"`
 	ScannedAt   time.Time `json:"scannedAt"`
+	// Findings are the unsuppressed findings, "ID package@version", sorted:
+	// what a re-scan compares against to tell new findings.
+	Findings []string `json:"findings,omitempty"`
 }
 
 // Record is the per-digest state. Ref is "host/repo@sha256:…", the key.

@@ -390,7 +390,7 @@ func VulnCounts(rep *vuln.Report) *store.VulnCounts {
 	return &store.VulnCounts{
 		Critical: c.Critical, High: c.High, Medium: c.Medium, Low: c.Low, Negligible: c.Negligible, Unknown: c.Unknown,
 		UnknownAs: c.UnknownAs, Suppressed: c.Suppressed, MaxSeverity: c.MaxSeverity,
-		DB: rep.DB.Digest, DBBuilt: rep.DB.Built, ScannedAt: rep.Finished,
+		DB: rep.DB.Digest, DBBuilt: rep.DB.Built, ScannedAt: rep.Finished, Findings: rep.Findings(),
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -155,7 +156,7 @@ func (s *Scanner) provider(now time.Time) (vulnerability.Provider, *Status, func
 		return nil, nil, nil, err
 	}
 	s.mu.RLock()
-	if s.vp == nil || s.status.Digest != cur.Digest || s.status.Built != cur.Built {
+	if s.vp == nil || s.status.Digest != cur.Digest {
 		s.mu.RUnlock()
 		if err := s.reopen(now); err != nil {
 			return nil, nil, nil, err
@@ -175,22 +176,27 @@ func (s *Scanner) provider(now time.Time) (vulnerability.Provider, *Status, func
 	return s.vp, &st, s.mu.RUnlock, nil
 }
 
+// reopen closes the open database and opens the installed one. The old
+// connection must be closed first: grype opens databases with SQLite's
+// shared cache, so while any connection to the path is open, a new one
+// reads the replaced file's stale pages.
 func (s *Scanner) reopen(now time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.vp != nil {
+		if st, err := s.o.DB.Status(now); err == nil && st.Digest == s.status.Digest {
+			return nil // another scan reopened it meanwhile
+		}
+		_ = s.vp.Close()
+		s.vp, s.status = nil, nil
+	}
 	st, err := s.o.DB.Status(now)
 	if err != nil {
 		return err
 	}
-	if s.vp != nil && s.status.Digest == st.Digest && s.status.Built == st.Built {
-		return nil
-	}
 	r, err := v6.NewReader(v6.Config{DBDirPath: filepath.Dir(st.Path)})
 	if err != nil {
 		return fmt.Errorf("vulnerability database %s: %w", st.Path, err)
-	}
-	if s.vp != nil {
-		_ = s.vp.Close()
 	}
 	s.vp, s.status = v6.NewVulnerabilityProvider(r), st
 	s.log.Info("vulnerability database opened", "path", st.Path, "built", st.Built, "digest", st.Digest)
@@ -329,6 +335,17 @@ func (s *Scanner) Scan(ctx context.Context, in Input) (*Report, error) {
 	rep.Counts.Suppressed = len(rep.Suppressed)
 	rep.Finished = s.o.Now().UTC()
 	return rep, nil
+}
+
+// Findings are the unsuppressed findings as "ID package@version", sorted
+// and unique.
+func (r *Report) Findings() []string {
+	out := make([]string, 0, len(r.Document.Matches))
+	for _, m := range r.Document.Matches {
+		out = append(out, m.Vulnerability.ID+" "+m.Artifact.Name+"@"+m.Artifact.Version)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 func (s *Scanner) count(doc models.Document) Counts {

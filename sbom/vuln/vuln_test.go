@@ -1,9 +1,11 @@
 package vuln
 
 import (
+	"archive/zip"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -213,5 +215,91 @@ func TestBuildRejectsBadInput(t *testing.T) {
 	}
 	if des, _ := os.ReadDir(out); len(des) != 0 {
 		t.Fatalf("left behind: %v", des)
+	}
+}
+
+func TestOpenVEXSuppresses(t *testing.T) {
+	in := installed(t)
+	doc := filepath.Join(t.TempDir(), "app.openvex.json")
+	os.WriteFile(doc, []byte(`{
+  "@context": "https://openvex.dev/ns/v0.2.0",
+  "@id": "https://example.com/vex/attestd-test-1",
+  "author": "security@example.com",
+  "timestamp": "2026-11-01T00:00:00Z",
+  "version": 1,
+  "statements": [{
+    "vulnerability": {"name": "GO-2026-5970"},
+    "products": [{"@id": "pkg:golang/golang.org/x/text@v0.3.8"}],
+    "status": "not_affected",
+    "justification": "vulnerable_code_not_in_execute_path"
+  }]
+}`), 0o644)
+	s, err := NewScanner(Options{DB: in, MaxAge: time.Hour, VEX: []string{doc}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r, err := s.Scan(context.Background(), Input{SBOM: cdx("golang.org/x/text@v0.3.8")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Document.Matches) != 0 || len(r.Suppressed) != 1 || r.Suppressed[0].By != "vex" || r.Counts.Suppressed != 1 {
+		t.Fatalf("matches %v, suppressed %+v", ids(r), r.Suppressed)
+	}
+	// v0.3.5's three findings are not covered by the statement.
+	r, _ = s.Scan(context.Background(), Input{SBOM: cdx("golang.org/x/text@v0.3.5")})
+	if len(r.Document.Matches) != 3 {
+		t.Fatalf("v0.3.5: %v", ids(r))
+	}
+	// A malformed VEX document is refused up front.
+	bad := filepath.Join(t.TempDir(), "bad.json")
+	os.WriteFile(bad, []byte(`{"statements": 1}`), 0o644)
+	if _, err := NewScanner(Options{DB: in, MaxAge: time.Hour, VEX: []string{bad}}); err == nil {
+		t.Fatal("malformed VEX accepted")
+	}
+}
+
+// TestReopensWhenDatabaseReplaced: a running scanner picks up a newly
+// imported database on its next scan, and reads the new file, not the
+// replaced one's pages from SQLite's shared cache.
+func TestReopensWhenDatabaseReplaced(t *testing.T) {
+	full := testArchive(t)
+	zr, err := zip.OpenReader("testdata/osv-go/all.zip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer zr.Close()
+	recs := t.TempDir()
+	for _, f := range zr.File {
+		if f.Name == "GO-2026-5970.json" {
+			continue
+		}
+		rc, _ := f.Open()
+		b, _ := io.ReadAll(rc)
+		rc.Close()
+		os.WriteFile(filepath.Join(recs, f.Name), b, 0o644)
+	}
+	without, err := Build(context.Background(), BuildOptions{OSV: []string{recs}, Out: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := Installation{Root: t.TempDir()}
+	if _, err := in.Import(without.Archive); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := NewScanner(Options{DB: in, MaxAge: time.Hour})
+	defer s.Close()
+	sbom := Input{SBOM: cdx("golang.org/x/text@v0.3.8")}
+	r, err := s.Scan(context.Background(), sbom)
+	if err != nil || len(r.Document.Matches) != 0 {
+		t.Fatalf("without GO-2026-5970: %v %v", ids(r), err)
+	}
+	before := r.DB.Digest
+	if _, err := in.Import(full); err != nil {
+		t.Fatal(err)
+	}
+	r, err = s.Scan(context.Background(), sbom)
+	if err != nil || len(r.Document.Matches) != 1 || r.DB.Digest == before {
+		t.Fatalf("after import: %v %v, db %s (was %s)", ids(r), err, r.DB.Digest, before)
 	}
 }

@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"archive/zip"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -200,4 +202,98 @@ func TestVulnStaleDatabaseFailsAnalysis(t *testing.T) {
 	if rec.State == store.StateAnalysed || rec.State == store.StateAttested || len(rec.Artifacts) != 0 || rec.Stages["analyse"].Status == store.StagePassed {
 		t.Fatalf("stale database: state %s, stages %+v, %d artifacts", rec.State, rec.Stages, len(rec.Artifacts))
 	}
+}
+
+// TestVulnRescanOnDatabaseChange: an image analysed against a database
+// without GO-2026-5970 has no findings; after a database with it is
+// imported, the re-scan of its stored SBOM records the new finding in the
+// store and the audit log, without pulling the image again.
+func TestVulnRescanOnDatabaseChange(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	xt38, err := fixture.XText(ctx, fixture.Options{Logf: t.Logf}, "v0.3.8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := pushFixture(t, fixture.Fixture{Name: "x-text-v0.3.8", Image: xt38}, "vuln/rescan:v1")
+
+	// Database A: every Go record but GO-2026-5970.
+	root, _ := stack.RepoRoot()
+	zr, err := zip.OpenReader(filepath.Join(root, "sbom", "vuln", "testdata", "osv-go", "all.zip"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer zr.Close()
+	recs := t.TempDir()
+	for _, f := range zr.File {
+		if f.Name == "GO-2026-5970.json" {
+			continue
+		}
+		rc, _ := f.Open()
+		b, _ := io.ReadAll(rc)
+		rc.Close()
+		os.WriteFile(filepath.Join(recs, f.Name), b, 0o644)
+	}
+	a, err := vuln.Build(ctx, vuln.BuildOptions{OSV: []string{recs}, Out: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbDir := t.TempDir()
+	if _, err := (vuln.Installation{Root: dbDir}).Import(a.Archive); err != nil {
+		t.Fatal(err)
+	}
+	cfg := writeConfigExtra(t, 1, fmt.Sprintf("analysis:\n  vulnerabilities:\n    db_dir: %s\n", dbDir))
+	noEnvDB := app.WithLookupEnv(func(k string) (string, bool) {
+		if k == "ATTESTD_VULNDB_DIR" {
+			return "", false
+		}
+		return os.LookupEnv(k)
+	})
+	dataDir := t.TempDir()
+	run := func(args ...string) string {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		if code := app.Run(ctx, append(args, "-c", cfg, "--data-dir", dataDir), &out, &errOut, noEnvDB); code != 0 {
+			t.Fatalf("%v: exit %d\n%s%s", args, code, out.String(), errOut.String())
+		}
+		return out.String()
+	}
+	out := run("process", ref.String())
+	if !strings.Contains(out, "vulns:  "+ref.DigestStr()+" critical=0 high=0 medium=0 low=0 negligible=0 unknown=0") {
+		t.Fatalf("database A should find nothing:\n%s", out)
+	}
+	if out := run("vulndb", "rescan"); !strings.Contains(out, "re-scanned 0 (already current 1)") {
+		t.Fatalf("rescan against the same database: %s", out)
+	}
+	// Database B: all records. The re-scan finds GO-2026-5970.
+	if _, err := (vuln.Installation{Root: dbDir}).Import(mustGlob(t, filepath.Join(runDir, "vulndb-dist", "*.tar.zst"))); err != nil {
+		t.Fatal(err)
+	}
+	out = run("vulndb", "rescan")
+	rec, err := openStore(t, dataDir).Image(ctx, ref.String())
+	if !strings.Contains(out, "re-scanned 1 (already current 0)") || !strings.Contains(out, ": 1 new findings, 0 resolved") {
+		t.Fatalf("rescan against database B: %s\n%+v", out, rec.Facts[0].Vulns)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := rec.Facts[0].Vulns; v == nil || !slices.Equal(v.Findings, []string{"GO-2026-5970 golang.org/x/text@v0.3.8"}) || v.Unknown != 1 {
+		t.Fatalf("facts after rescan: %+v", rec.Facts[0].Vulns)
+	}
+	exp := run("audit", "export", "--action", "vulnerabilities.rescanned")
+	if !strings.Contains(exp, `"new.findings":"GO-2026-5970 golang.org/x/text@v0.3.8"`) || !strings.Contains(exp, `"actor":"rescan"`) {
+		t.Fatalf("audit:\n%s", exp)
+	}
+	if out := run("audit", "verify"); !strings.Contains(out, "intact") {
+		t.Fatal(out)
+	}
+}
+
+func mustGlob(t *testing.T, pattern string) string {
+	t.Helper()
+	m, _ := filepath.Glob(pattern)
+	if len(m) != 1 {
+		t.Fatalf("%s: %v", pattern, m)
+	}
+	return m[0]
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/attestd/attestd/attest/analyze"
 	"github.com/attestd/attestd/attest/pipeline"
 	"github.com/attestd/attestd/configs"
 )
@@ -59,6 +60,7 @@ type runner struct {
 	wrapStages     func(pipeline.Stages) pipeline.Stages
 	jobDone        func(ref string, id uint64, err error)
 	vulnMetrics    vulnMetrics
+	vulnScanner    analyze.VulnScanner // set by newPipeline; nil when the scan is off
 
 	// flags shared by commands
 	configFile string
@@ -93,6 +95,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, opts ...O
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
+	if r.vulnScanner != nil {
+		closeScanner(r.vulnScanner)
+	}
 	if err == nil {
 		return ExitOK
 	}

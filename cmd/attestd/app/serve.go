@@ -122,6 +122,9 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 	if poller != nil {
 		g.Go(func() error { return poller.Run(gctx) })
 	}
+	if r.vulnScanner != nil && cfg.Analysis.Vulnerabilities.RescanInterval > 0 {
+		g.Go(func() error { return rescanLoop(gctx, cfg, db, r.vulnScanner, &r.vulnMetrics, log) })
+	}
 	g.Go(func() error {
 		ready.Store(true)
 		defer ready.Store(false)

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"github.com/attestd/attestd/attest/analyze"
 	"github.com/attestd/attestd/configs"
 	"github.com/attestd/attestd/sbom/vuln"
+	"github.com/attestd/attestd/store"
 )
 
 // vulnInstallation is the configured database directory and update source.
@@ -29,19 +31,22 @@ func vulnInstallation(cfg *configs.Config) vuln.Installation {
 
 // vulnMetrics count scans by result and warnings of exceptions near expiry.
 type vulnMetrics struct {
-	mu       sync.Mutex
-	scans    map[string]int // ok, failed
-	expiring map[string]int // vulnerability → warnings
+	mu        sync.Mutex
+	scans     map[string]int // ok, failed
+	expiring  map[string]int // vulnerability → warnings
+	rescanNew map[string]int // "new" → findings new after a re-scan
 }
 
-func (m *vulnMetrics) inc(mp *map[string]int, k string) {
+func (m *vulnMetrics) add(mp *map[string]int, k string, n int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if *mp == nil {
 		*mp = map[string]int{}
 	}
-	(*mp)[k]++
+	(*mp)[k] += n
 }
+
+func (m *vulnMetrics) inc(mp *map[string]int, k string) { m.add(mp, k, 1) }
 
 func (m *vulnMetrics) write(b *strings.Builder) {
 	m.mu.Lock()
@@ -54,6 +59,7 @@ func (m *vulnMetrics) write(b *strings.Builder) {
 	for _, k := range sortedKeys(m.expiring) {
 		fmt.Fprintf(b, "attestd_vuln_exceptions_expiring_total{vulnerability=%q} %d\n", k, m.expiring[k])
 	}
+	fmt.Fprintf(b, "# HELP attestd_vuln_rescan_new_findings_total Findings that appeared in signed images when their SBOMs were re-matched against a new database.\n# TYPE attestd_vuln_rescan_new_findings_total counter\nattestd_vuln_rescan_new_findings_total %d\n", m.rescanNew["new"])
 }
 
 // countingScanner records each scan's result in the metrics.
@@ -61,6 +67,9 @@ type countingScanner struct {
 	s *vuln.Scanner
 	m *vulnMetrics
 }
+
+// Close releases the database.
+func (c countingScanner) Close() error { return c.s.Close() }
 
 func (c countingScanner) Scan(ctx context.Context, in vuln.Input) (*vuln.Report, error) {
 	rep, err := c.s.Scan(ctx, in)
@@ -94,6 +103,13 @@ func newVulnScanner(cfg *configs.Config, m *vulnMetrics, log *slog.Logger) (anal
 		return nil, err
 	}
 	return countingScanner{s, m}, nil
+}
+
+// closeScanner releases a scanner's database connection.
+func closeScanner(sc analyze.VulnScanner) {
+	if c, ok := sc.(interface{ Close() error }); ok {
+		_ = c.Close()
+	}
 }
 
 func (r *runner) vulndbCommand() *cobra.Command {
@@ -189,7 +205,46 @@ than analysis.vulnerabilities.max_db_age fails every scan (fail closed).`,
 		},
 	}
 	status.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.AddCommand(build, imp, update, status)
+	rescanCmd := &cobra.Command{
+		Use:   "rescan",
+		Short: "Re-match the stored SBOMs of signed digests against the installed database; print new findings",
+		Long: `Re-matches the stored CycloneDX SBOM of every attested, evaluated or promoted digest
+whose findings came from another database, and records the new counts and which
+findings are new (store and audit log). A running daemon does this by itself
+when the database changes (analysis.vulnerabilities.rescan_interval).`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := r.loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			log := r.logger(cfg, r.stderr)
+			sc, err := newVulnScanner(cfg, &r.vulnMetrics, log)
+			if err != nil {
+				return err
+			}
+			if sc == nil {
+				return usageError{fmt.Errorf("analysis.vulnerabilities.disabled is set: nothing to re-scan with")}
+			}
+			defer closeScanner(sc)
+			db, err := store.Open(dbPath(cfg), store.WithLockTimeout(500*time.Millisecond))
+			if errors.Is(err, store.ErrLocked) {
+				return fmt.Errorf("%w: the running daemon re-scans by itself when the database changes (every %s)", err, time.Duration(cfg.Analysis.Vulnerabilities.RescanInterval))
+			}
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			sum, err := rescan(cmd.Context(), db, sc, vulnInstallation(cfg), &r.vulnMetrics, log)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(r.stdout, "re-scanned %d (already current %d) against %s: %d new findings, %d resolved\n",
+				sum.Subjects, sum.Current, sum.DB, sum.New, sum.Resolved)
+			return nil
+		},
+	}
+	cmd.AddCommand(build, imp, update, status, rescanCmd)
 	return cmd
 }
 

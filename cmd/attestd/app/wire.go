@@ -116,7 +116,12 @@ func (r resolver) Resolve(ctx context.Context, ref string) (*pipeline.Target, er
 // configured) sign. Evaluation and promotion are not built yet: the pipeline
 // reports them as skipped and never moves a digest past what really ran.
 func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Client, log *slog.Logger) (*pipeline.Pipeline, error) {
-	an, err := newAnalyzer(cfg, db, rc, &r.vulnMetrics, log)
+	vs, err := newVulnScanner(cfg, &r.vulnMetrics, log)
+	if err != nil {
+		return nil, err
+	}
+	r.vulnScanner = vs
+	an, err := newAnalyzer(cfg, db, rc, vs, log)
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +186,7 @@ func notImage(raw []byte) string {
 }
 
 // newAnalyzer builds the analysis stage on the layer cache under data_dir.
-func newAnalyzer(cfg *configs.Config, db *store.DB, rc *registry.Client, vm *vulnMetrics, log *slog.Logger) (*analyze.Analyzer, error) {
+func newAnalyzer(cfg *configs.Config, db *store.DB, rc *registry.Client, vs analyze.VulnScanner, log *slog.Logger) (*analyze.Analyzer, error) {
 	cache, err := layers.Open(filepath.Join(cfg.DataDir, "cache", "layers"), int64(cfg.Analysis.LayerCache))
 	if err != nil {
 		return nil, err
@@ -191,10 +196,6 @@ func newAnalyzer(cfg *configs.Config, db *store.DB, rc *registry.Client, vm *vul
 		builders = append(builders, slsa.Builder{Repository: b.Repository, Pusher: b.Pusher, ID: b.ID})
 	}
 	ver, _, _ := buildInfo()
-	vs, err := newVulnScanner(cfg, vm, log)
-	if err != nil {
-		return nil, err
-	}
 	a, err := analyze.New(rc, cache, db, analyze.Options{
 		SBOM: sbom.Options{
 			SPDXVersion: cfg.Analysis.SPDXVersion, CycloneDXVersion: cfg.Analysis.CycloneDXVersion,
