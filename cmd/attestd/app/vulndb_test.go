@@ -1,6 +1,8 @@
 package app
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,5 +81,31 @@ func TestVulnDBCommands(t *testing.T) {
 	code, _, stderr = run(t, "vulndb", "status", "--data-dir", dir, "--config", cfg)
 	if code != ExitUsage || !strings.Contains(stderr, "exceptions[0].owner") || !strings.Contains(stderr, "exceptions[0].expires") {
 		t.Fatalf("exception without owner: exit %d: %s", code, stderr)
+	}
+}
+
+// TestVulnDBUpdateFromMirror: update uses grype's own client against a
+// mirror (a directory served over HTTP holding latest.json and the
+// archive), installs the database once, and then says it is current.
+func TestVulnDBUpdateFromMirror(t *testing.T) {
+	t.Parallel()
+	installVulnDB(t, t.TempDir()) // builds the archive
+	srv := httptest.NewServer(http.FileServer(http.Dir(filepath.Dir(vulnArchive))))
+	defer srv.Close()
+	dir := t.TempDir()
+	cfg := writeFile(t, "analysis:\n  vulnerabilities:\n    latest_url: "+srv.URL+"/latest.json\n")
+	code, out, stderr := run(t, "vulndb", "update", "--data-dir", dir, "--config", cfg)
+	if code != 0 || !strings.Contains(out, "schema:  v6.") {
+		t.Fatalf("update: exit %d\n%s%s", code, out, stderr)
+	}
+	code, out, stderr = run(t, "vulndb", "update", "--data-dir", dir, "--config", cfg)
+	if code != 0 || !strings.Contains(out, "already up to date") {
+		t.Fatalf("second update: exit %d\n%s%s", code, out, stderr)
+	}
+	// An unreachable mirror is an error, not a silent "up to date".
+	cfg = writeFile(t, "analysis:\n  vulnerabilities:\n    latest_url: http://127.0.0.1:1/latest.json\n")
+	code, _, stderr = run(t, "vulndb", "update", "--data-dir", t.TempDir(), "--config", cfg)
+	if code != ExitError || !strings.Contains(stderr, "127.0.0.1:1") {
+		t.Fatalf("unreachable mirror: exit %d: %s", code, stderr)
 	}
 }

@@ -102,6 +102,27 @@ signing:
 		return err
 	}
 	fmt.Print(cfg)
+	step("Installing the offline vulnerability database: built from the Go vulnerability database records in the repo (CC-BY-4.0)")
+	osv := filepath.Join(root, "sbom", "vuln", "testdata", "osv-go")
+	for _, args := range [][]string{
+		{"vulndb", "build", "--osv", filepath.Join(osv, "all.zip"), "--severity-overlay", filepath.Join(osv, "severity-overlay.json"), "-o", filepath.Join(dir, "vulndb-dist")},
+		{"vulndb", "import", "PLACEHOLDER"},
+		{"vulndb", "status"},
+	} {
+		if args[1] == "import" {
+			m, _ := filepath.Glob(filepath.Join(dir, "vulndb-dist", "*.tar.zst"))
+			if len(m) != 1 {
+				return fmt.Errorf("vulndb build wrote %v", m)
+			}
+			args[2] = m[0]
+		}
+		var out bytes.Buffer
+		if code := app.Run(ctx, append(args, "-c", cfgPath), &out, &out); code != 0 {
+			return fmt.Errorf("attestd %s: %s", strings.Join(args, " "), out.String())
+		}
+		fmt.Printf("$ attestd %s\n%s", strings.Join(args, " "), out.String())
+	}
+
 	logf, err := os.Create(filepath.Join(dir, "attestd.log"))
 	if err != nil {
 		return err
@@ -178,8 +199,30 @@ signing:
 		fmt.Println("(every hardening check, why it matters and how to fix it: docs/hardening.md)")
 	}
 
+	step("An image whose Go binary links golang.org/x/text %s (known vulnerabilities) pushed too", fixture.OldXTextVersion)
+	if vimg, err := fixture.OldXText(ctx, fixture.Options{RepoRoot: root}); err != nil {
+		return err
+	} else {
+		vtag, _ := name.NewTag(s.RegistryHost + "/demo/old-x-text:v1")
+		if err := remote.Write(vtag, vimg, remote.WithContext(ctx)); err != nil {
+			return err
+		}
+		vd, _ := vimg.Digest()
+		vref := vtag.Context().Digest(vd.String()).String()
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			out, _ = attestd("status", vref)
+			if strings.Contains(out, "state:  attested") || strings.Contains(out, "state:  failed") || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+		fmt.Print(out)
+		fmt.Println("(Go vulnerability database records carry no severity: they gate as HIGH — docs/vulnerabilities.md)")
+	}
+
 	step("The stock cosign CLI verifies what attestd signed (%s)", ref)
-	for _, typ := range []string{"", "spdxjson", "cyclonedx", "slsaprovenance1", "https://attestd.dev/attestation/hardening/v1"} {
+	for _, typ := range []string{"", "spdxjson", "cyclonedx", "slsaprovenance1", "https://attestd.dev/attestation/hardening/v1", "vuln"} {
 		args := []string{"verify"}
 		label := "signature"
 		if typ != "" {
@@ -187,7 +230,7 @@ signing:
 		}
 		// The platform image carries the SBOMs; the index its signature and provenance.
 		target := ref
-		if typ == "spdxjson" || typ == "cyclonedx" || typ == "https://attestd.dev/attestation/hardening/v1" {
+		if typ == "spdxjson" || typ == "cyclonedx" || typ == "https://attestd.dev/attestation/hardening/v1" || typ == "vuln" {
 			m, _ := idx.IndexManifest()
 			target = tag.Context().Digest(m.Manifests[0].Digest.String()).String()
 		}
@@ -203,8 +246,7 @@ signing:
 	fmt.Print(out)
 
 	step("What this demo does not show yet (reported as skipped above, never as passed)")
-	fmt.Print(`  vulns     vulnerabilities (grype, offline DB)                      — issue: vulnerability scanning
-  evaluate  verification + policy (YAML rules, Rego), signed VSA     — issue: promotion gate
+	fmt.Print(`  evaluate  verification + policy (YAML rules, Rego), signed VSA     — issue: promotion gate
   promote   copy by digest with referrers, prod tag last             — issue: promotion gate
   report    audit export as HTML, the final per-image report          — issue: compliance audit
 `)
