@@ -185,8 +185,8 @@ func TestPipelineSignsOnReferrersRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 	im, _ := idx.IndexManifest()
-	if len(im.Manifests) != 5 {
-		t.Errorf("referrers API lists %d manifests, want 5 (signature + 4 attestations)", len(im.Manifests))
+	if len(im.Manifests) != 6 {
+		t.Errorf("referrers API lists %d manifests, want 6 (signature + 5 attestations)", len(im.Manifests))
 	}
 	tags, err := remote.List(tag.Context())
 	if err != nil {
