@@ -13,7 +13,7 @@ IMAGE       ?=
 # Unit packages also run under the race detector; e2e drives real processes.
 RACE_PKGS   := ./store/... ./attest/... ./configs/... ./cmd/...
 
-.PHONY: all build test unit e2e bench bench-analysis lint demo stack tools image clean
+.PHONY: all build test unit e2e bench bench-analysis bench-vuln lint demo stack tools image clean
 
 all: build
 
@@ -43,6 +43,10 @@ bench: $(BENCHSTAT)
 ## bench-analysis: attestd's analysis vs the stock syft CLI (wall, peak RSS), incl. a ≥ 1 GiB image
 bench-analysis:
 	$(GO) run ./test/cmd/benchanalysis -runs 3 -big
+
+## bench-vuln: attestd's vulnerability DB build and scan vs the stock grype CLI (wall, peak RSS)
+bench-vuln:
+	$(GO) run ./test/cmd/benchvuln -runs 5
 
 $(BENCHSTAT):
 	GOBIN=$(dir $@) GOFLAGS=-mod=mod $(GO) install golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da

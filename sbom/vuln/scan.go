@@ -16,11 +16,9 @@ package vuln
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -430,16 +428,4 @@ func providerConfig() pkg.ProviderConfig {
 	return pkg.ProviderConfig{SynthesisConfig: pkg.SynthesisConfig{
 		Distro: pkg.DistroConfig{FixChannels: distro.DefaultFixChannels()},
 	}}
-}
-
-// ReadSBOMFile is a helper for commands: it reads an SBOM file.
-func ReadSBOMFile(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("vuln: %w", err)
-	}
-	if !json.Valid(b) {
-		return nil, fmt.Errorf("vuln: %s is not a JSON SBOM (CycloneDX, SPDX or syft JSON)", path)
-	}
-	return b, nil
 }

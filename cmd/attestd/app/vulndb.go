@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -244,7 +245,64 @@ when the database changes (analysis.vulnerabilities.rescan_interval).`,
 			return nil
 		},
 	}
-	cmd.AddCommand(build, imp, update, status, rescanCmd)
+	var format, repo, digest string
+	scan := &cobra.Command{
+		Use:   "scan SBOM-FILE",
+		Short: "Match an SBOM file (CycloneDX, SPDX or syft JSON) against the installed database",
+		Long: `Matches an SBOM the way the analysis stage does — same database, severity rule,
+exceptions and VEX — and prints the counts (or grype's JSON report, or the cosign
+vuln predicate). Exit 1 when the database is missing or stale.`,
+		Example: `  attestd vulndb scan app.cdx.json
+  attestd vulndb scan app.cdx.json --format json | jq '.matches[].vulnerability.id'`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := r.loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			if format != "table" && format != "json" && format != "predicate" {
+				return usageError{fmt.Errorf("--format %q: use table, json or predicate", format)}
+			}
+			b, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			sc, err := newVulnScanner(cfg, &r.vulnMetrics, r.logger(cfg, r.stderr))
+			if err != nil {
+				return err
+			}
+			if sc == nil {
+				return usageError{fmt.Errorf("analysis.vulnerabilities.disabled is set")}
+			}
+			defer closeScanner(sc)
+			rep, err := sc.Scan(cmd.Context(), vuln.Input{SBOM: b, Repository: repo, Digest: digest})
+			if err != nil {
+				return err
+			}
+			switch format {
+			case "json":
+				return json.NewEncoder(r.stdout).Encode(rep.Document)
+			case "predicate":
+				p, err := rep.Predicate("https://attestd.dev/vulndb-scan", args[0], "https://attestd.dev/attestd@"+version)
+				if err != nil {
+					return err
+				}
+				_, err = r.stdout.Write(append(p, '\n'))
+				return err
+			}
+			c := rep.Counts
+			fmt.Fprintf(r.stdout, "%d findings: critical=%d high=%d medium=%d low=%d negligible=%d unknown=%d (gated as %s), suppressed=%d; database %s built %s\n",
+				c.Total(), c.Critical, c.High, c.Medium, c.Low, c.Negligible, c.Unknown, c.UnknownAs, c.Suppressed, rep.DB.Digest, rep.DB.Built.Format(time.RFC3339))
+			for _, f := range rep.Findings() {
+				fmt.Fprintln(r.stdout, "  "+f)
+			}
+			return nil
+		},
+	}
+	scan.Flags().StringVar(&format, "format", "table", "table, json (grype's report) or predicate (cosign vuln/v1)")
+	scan.Flags().StringVar(&repo, "repo", "", "host/repo the SBOM is of (exception scopes)")
+	scan.Flags().StringVar(&digest, "digest", "", "sha256:… the SBOM is of (exception scopes)")
+	cmd.AddCommand(build, imp, update, status, rescanCmd, scan)
 	return cmd
 }
 

@@ -59,6 +59,16 @@ func TestVulnDBCommands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "schema:  v6.") || !strings.Contains(out, "digest:  xxh64:") {
 		t.Fatalf("status: exit %d\n%s%s", code, out, stderr)
 	}
+	// scan: an SBOM file, as the analysis stage matches it.
+	sbomFile := writeFile(t, `{"bomFormat":"CycloneDX","specVersion":"1.6","version":1,"components":[{"type":"library","name":"golang.org/x/text","version":"v0.3.5","purl":"pkg:golang/golang.org/x/text@v0.3.5"}]}`)
+	code, out, stderr = run(t, "vulndb", "scan", "--data-dir", dir, sbomFile)
+	if code != 0 || !strings.Contains(out, "3 findings:") || !strings.Contains(out, "GO-2022-1059 golang.org/x/text@v0.3.5") {
+		t.Fatalf("scan: exit %d\n%s%s", code, out, stderr)
+	}
+	code, out, _ = run(t, "vulndb", "scan", "--data-dir", dir, "--format", "predicate", sbomFile)
+	if code != 0 || !strings.Contains(out, `"scanner":{"uri":"pkg:golang/github.com/anchore/grype@v0.120.1"`) {
+		t.Fatalf("scan predicate: exit %d\n%s", code, out)
+	}
 	// Stale by configuration: status says so and fails.
 	cfg := writeFile(t, "analysis:\n  vulnerabilities:\n    max_db_age: 1ns\n")
 	code, _, stderr = run(t, "vulndb", "status", "--data-dir", dir, "--config", cfg)
