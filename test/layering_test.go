@@ -20,7 +20,7 @@ var allowed = map[string][]string{
 	"cmd/attestd/app": {"*"},
 
 	// L2
-	"attest/analyze":  {"attest", "attest/slsa", "sbom", "sbom/harden", "store", "store/layers", "store/registry"},
+	"attest/analyze":  {"attest", "attest/slsa", "sbom", "sbom/harden", "sbom/vuln", "store", "store/layers", "store/registry"},
 	"attest/pipeline": {"attest", "attest/watch", "sbom", "sbom/harden", "sbom/vuln", "policy", "policy/promote", "store"},
 	// L1
 	"attest/slsa":    {"attest"},

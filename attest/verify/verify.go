@@ -9,6 +9,7 @@ package verify
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 	sgbundle "github.com/sigstore/sigstore-go/pkg/bundle"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/attestd/attestd/store/registry"
 )
@@ -89,6 +91,11 @@ func New(trusted root.TrustedMaterial, ids []Identity, reg *registry.Client, o O
 type Evidence struct {
 	Subject string // certificate SAN of the signer
 	Issuer  string
+	// Bundle is the referrer (manifest digest) or entity label it came from.
+	Bundle string
+	// Predicate is the verified statement's predicate (JSON): the content a
+	// policy may read, and only after it verified.
+	Predicate json.RawMessage
 }
 
 // Rejection is a bundle that did not verify, and why.
@@ -146,10 +153,19 @@ func (v *Verifier) Entities(digest string, ents []sgverify.SignedEntity, labels 
 			res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: "not an in-toto statement (message signature)"})
 			continue
 		}
-		ev := Evidence{}
+		ev := Evidence{Bundle: label}
 		if out.Signature != nil && out.Signature.Certificate != nil {
 			ev.Subject = out.Signature.Certificate.SubjectAlternativeName
 			ev.Issuer = out.Signature.Certificate.Issuer
+		}
+		if p := out.Statement.GetPredicate(); p != nil {
+			if ev.Predicate, err = protojson.Marshal(p); err != nil {
+				res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: "predicate: " + err.Error()})
+				continue
+			}
+		}
+		if prev, ok := res.Verified[out.Statement.PredicateType]; ok && prev.Bundle < ev.Bundle {
+			continue // several verified bundles of one type: keep one, deterministically
 		}
 		res.Verified[out.Statement.PredicateType] = ev
 	}

@@ -1,0 +1,315 @@
+// Package policy is attestd's pure evaluation: facts in (Input), decision
+// out (Decision), from a versioned YAML policy and optional Rego modules. It
+// does no I/O — the caller reads files and verifies attestations — so
+// `attestd policy test` and golden tests run offline, and every fact a rule
+// sees arrived through cryptographic verification (attest/verify).
+//
+// It fails closed: an attestation the policy requires but that did not
+// verify, a fact that is missing, or a Rego error denies.
+package policy
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/rego"
+	"gopkg.in/yaml.v3"
+)
+
+// Version is the policy file format this package reads.
+const Version = 1
+
+// Modes.
+const (
+	ModeEnforce = "enforce" // violations deny
+	ModeWarn    = "warn"    // violations are recorded as warnings; allow
+	ModeDryRun  = "dry-run" // evaluate and record; never promote
+)
+
+// Attestation aliases a policy may use for predicate types (cosign's --type
+// names where they exist).
+var Aliases = map[string]string{
+	"signature":       "https://sigstore.dev/cosign/sign/v1",
+	"spdx":            "https://spdx.dev/Document",
+	"spdxjson":        "https://spdx.dev/Document",
+	"cyclonedx":       "https://cyclonedx.org/bom",
+	"provenance":      "https://slsa.dev/provenance/v1",
+	"slsaprovenance1": "https://slsa.dev/provenance/v1",
+	"hardening":       "https://attestd.dev/attestation/hardening/v1",
+	"vuln":            "https://cosign.sigstore.dev/attestation/vuln/v1",
+	"vsa":             "https://slsa.dev/verification_summary/v1",
+}
+
+// Resolve maps an alias to its predicate type; other values pass through.
+func Resolve(t string) string {
+	if p, ok := Aliases[t]; ok {
+		return p
+	}
+	return t
+}
+
+// Policy is a loaded, validated policy.
+type Policy struct {
+	Version         int             `yaml:"version" json:"version"`
+	Name            string          `yaml:"name" json:"name"`
+	Mode            string          `yaml:"mode" json:"mode"`
+	Signers         []Signer        `yaml:"signers" json:"signers"`
+	Require         []string        `yaml:"require" json:"require"`
+	Provenance      Provenance      `yaml:"provenance" json:"provenance"`
+	Vulnerabilities Vulnerabilities `yaml:"vulnerabilities" json:"vulnerabilities"`
+	Hardening       Hardening       `yaml:"hardening" json:"hardening"`
+	BaseImages      []string        `yaml:"base_images" json:"baseImages"`
+	Tags            Tags            `yaml:"tags" json:"tags"`
+	Rego            []RegoModule    `yaml:"rego" json:"rego"`
+	VSA             VSA             `yaml:"vsa" json:"vsa"`
+
+	digest   string
+	tagRes   []*regexp.Regexp
+	prepared *rego.PreparedEvalQuery
+}
+
+// Signer is an identity allowed to sign: the OIDC issuer and the
+// certificate subject, each exact or a regular expression, optionally
+// limited to some attestation types (aliases or predicate types).
+type Signer struct {
+	Issuer       string   `yaml:"issuer" json:"issuer,omitempty"`
+	IssuerRegex  string   `yaml:"issuer_regex" json:"issuerRegex,omitempty"`
+	Subject      string   `yaml:"subject" json:"subject,omitempty"`
+	SubjectRegex string   `yaml:"subject_regex" json:"subjectRegex,omitempty"`
+	Types        []string `yaml:"types" json:"types,omitempty"`
+
+	issuerRe, subjectRe *regexp.Regexp
+}
+
+// Provenance constrains the verified SLSA provenance.
+type Provenance struct {
+	BuilderIDs         []string `yaml:"builder_ids" json:"builderIds,omitempty"`         // exact
+	SourceRepositories []string `yaml:"source_repositories" json:"sourceRepositories,omitempty"` // globs
+}
+
+// Vulnerabilities are thresholds over the verified vulnerability report.
+// Findings of Unknown severity count as the severity the scan gated them
+// as (unknownAs).
+type Vulnerabilities struct {
+	MaxSeverity string         `yaml:"max_severity" json:"maxSeverity,omitempty"` // highest allowed: none, negligible, low, medium, high, critical
+	MaxCounts   map[string]int `yaml:"max_counts" json:"maxCounts,omitempty"`
+}
+
+// Hardening lists checks that must pass.
+type Hardening struct {
+	Required []string `yaml:"required" json:"required,omitempty"`
+}
+
+// Tags: an image must carry at least one tag matching one of Allow.
+type Tags struct {
+	Allow []string `yaml:"allow" json:"allow,omitempty"` // regular expressions, anchored
+}
+
+// RegoModule is a Rego module: Source inline, or File (read by the caller
+// and passed to Load). It must be `package attestd` and define
+// `deny contains msg if …` (msg a string, or {"rule": …, "msg": …}).
+type RegoModule struct {
+	File   string `yaml:"file" json:"file,omitempty"`
+	Source string `yaml:"source" json:"-"`
+}
+
+// VSA configures the signed verification summary.
+type VSA struct {
+	VerifierID string   `yaml:"verifier_id" json:"verifierId,omitempty"`
+	Validity   Duration `yaml:"validity" json:"validity,omitempty"`
+	PolicyURI  string   `yaml:"policy_uri" json:"policyUri,omitempty"`
+}
+
+// Duration is written "168h".
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (e.g. 168h)", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+var severities = []string{"none", "negligible", "low", "medium", "high", "critical"}
+
+func severityRank(s string) int { return slices.Index(severities, strings.ToLower(s)) }
+
+// Load parses and validates a policy. files holds the content of every
+// Rego module referenced by file (by the name used in the policy). The
+// policy digest covers the YAML and every module.
+func Load(ctx context.Context, data []byte, files map[string][]byte) (*Policy, error) {
+	var p Policy
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&p); err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	if p.Mode == "" {
+		p.Mode = ModeEnforce
+	}
+	if p.VSA.Validity == 0 {
+		p.VSA.Validity = Duration(7 * 24 * time.Hour)
+	}
+	if p.VSA.VerifierID == "" {
+		p.VSA.VerifierID = "https://attestd.dev/verifier"
+	}
+	h := sha256.New()
+	h.Write(data)
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("policy: %s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if p.Version != Version {
+		bad("version", "%d is not supported: write version: %d", p.Version, Version)
+	}
+	if !slices.Contains([]string{ModeEnforce, ModeWarn, ModeDryRun}, p.Mode) {
+		bad("mode", "%q: use enforce, warn or dry-run", p.Mode)
+	}
+	if len(p.Signers) == 0 {
+		bad("signers", "at least one expected signer identity is required (a signature from anyone proves nothing)")
+	}
+	for i := range p.Signers {
+		s := &p.Signers[i]
+		f := fmt.Sprintf("signers[%d]", i)
+		if (s.Issuer == "") == (s.IssuerRegex == "") {
+			bad(f, "set exactly one of issuer and issuer_regex")
+		}
+		if (s.Subject == "") == (s.SubjectRegex == "") {
+			bad(f, "set exactly one of subject and subject_regex")
+		}
+		var err error
+		if s.IssuerRegex != "" {
+			if s.issuerRe, err = regexp.Compile(s.IssuerRegex); err != nil {
+				bad(f+".issuer_regex", "%v", err)
+			}
+		}
+		if s.SubjectRegex != "" {
+			if s.subjectRe, err = regexp.Compile(s.SubjectRegex); err != nil {
+				bad(f+".subject_regex", "%v", err)
+			}
+		}
+		for j, t := range s.Types {
+			s.Types[j] = Resolve(t)
+		}
+	}
+	for i, r := range p.Require {
+		p.Require[i] = Resolve(r)
+		if !strings.Contains(p.Require[i], "://") {
+			bad(fmt.Sprintf("require[%d]", i), "%q is neither an alias (%s) nor a predicate type URI", r, strings.Join(sortedAliases(), ", "))
+		}
+	}
+	for i, g := range p.Provenance.SourceRepositories {
+		if _, err := path.Match(g, ""); err != nil {
+			bad(fmt.Sprintf("provenance.source_repositories[%d]", i), "%q is not a valid glob", g)
+		}
+	}
+	if v := p.Vulnerabilities.MaxSeverity; v != "" && severityRank(v) < 0 {
+		bad("vulnerabilities.max_severity", "%q: use none, negligible, low, medium, high or critical", v)
+	}
+	for k, n := range p.Vulnerabilities.MaxCounts {
+		if severityRank(k) < 1 && k != "unknown" && k != "total" {
+			bad("vulnerabilities.max_counts", "%q: keys are critical, high, medium, low, negligible, unknown, total", k)
+		}
+		if n < 0 {
+			bad("vulnerabilities.max_counts."+k, "must be ≥ 0")
+		}
+	}
+	for i, g := range p.BaseImages {
+		if _, err := path.Match(g, ""); err != nil {
+			bad(fmt.Sprintf("base_images[%d]", i), "%q is not a valid glob", g)
+		}
+	}
+	for i, t := range p.Tags.Allow {
+		re, err := regexp.Compile("^(?:" + t + ")$")
+		if err != nil {
+			bad(fmt.Sprintf("tags.allow[%d]", i), "%v", err)
+			continue
+		}
+		p.tagRes = append(p.tagRes, re)
+	}
+	if p.VSA.Validity <= 0 {
+		bad("vsa.validity", "must be positive")
+	}
+	var mods []func(*rego.Rego)
+	for i, m := range p.Rego {
+		f := fmt.Sprintf("rego[%d]", i)
+		src := m.Source
+		name := fmt.Sprintf("inline-%d.rego", i)
+		if m.File != "" {
+			if src != "" {
+				bad(f, "set file or source, not both")
+			}
+			b, ok := files[m.File]
+			if !ok {
+				bad(f+".file", "%s was not read (the caller passes every referenced module)", m.File)
+				continue
+			}
+			src, name = string(b), m.File
+		}
+		if strings.TrimSpace(src) == "" {
+			bad(f, "empty module")
+			continue
+		}
+		fmt.Fprintf(h, "\x00%s\x00%s", name, src)
+		mods = append(mods, rego.Module(name, src))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if len(mods) > 0 {
+		pq, err := rego.New(append(mods, rego.Query("data.attestd.deny"), rego.StrictBuiltinErrors(true))...).PrepareForEval(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("policy: rego: %w", err)
+		}
+		p.prepared = &pq
+	}
+	p.digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
+	return &p, nil
+}
+
+// Digest identifies the policy: sha256 over the YAML and every Rego module.
+func (p *Policy) Digest() string { return p.digest }
+
+// Identities returns the signer identities for verification.
+func (p *Policy) Identities() []Signer { return p.Signers }
+
+// Accepts reports whether signer (issuer, subject) may sign predicateType.
+func (p *Policy) Accepts(predicateType, issuer, subject string) bool {
+	for _, s := range p.Signers {
+		if len(s.Types) > 0 && !slices.Contains(s.Types, predicateType) {
+			continue
+		}
+		if s.match(issuer, subject) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s Signer) match(issuer, subject string) bool {
+	okI := (s.Issuer != "" && s.Issuer == issuer) || (s.issuerRe != nil && s.issuerRe.MatchString(issuer))
+	okS := (s.Subject != "" && s.Subject == subject) || (s.subjectRe != nil && s.subjectRe.MatchString(subject))
+	return okI && okS
+}
+
+func sortedAliases() []string {
+	out := make([]string, 0, len(Aliases))
+	for k := range Aliases {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,216 @@
+package policy
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+const base = `version: 1
+name: prod
+signers:
+  - issuer: https://issuer.example
+    subject: attestd@example.com
+require: [signature, spdx, cyclonedx, provenance, hardening, vuln]
+provenance:
+  builder_ids: [https://attestd.dev/builder/observer-only]
+vulnerabilities:
+  max_severity: medium
+hardening:
+  required: [nonroot-user, no-secrets-in-config]
+base_images: ["gcr.io/distroless/*", scratch]
+tags:
+  allow: ['v\d+\.\d+\.\d+']
+`
+
+func load(t *testing.T, src string, files map[string][]byte) *Policy {
+	t.Helper()
+	p, err := Load(context.Background(), []byte(src), files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+var signer = Signed{Issuer: "https://issuer.example", Subject: "attestd@example.com"}
+
+// good is a compliant single-platform image.
+func good() Input {
+	atts := map[string]Signed{}
+	for _, a := range []string{"signature", "spdx", "cyclonedx", "provenance", "hardening", "vuln"} {
+		atts[Aliases[a]] = signer
+	}
+	return Input{
+		Version: InputVersion, Time: time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC),
+		Image: Image{Ref: "r.example/app@sha256:aa", Digest: "sha256:aa", Tags: []string{"v1.2.3"}},
+		Subjects: []Subject{{
+			Digest: "sha256:aa", Kind: KindImage, Attestations: atts,
+			Hardening:       &HardeningFacts{Passed: []string{"nonroot-user", "no-secrets-in-config"}},
+			Vulnerabilities: &VulnFacts{Medium: 2, UnknownAs: "high"},
+			Provenance:      &ProvenanceFacts{BuilderID: "https://attestd.dev/builder/observer-only"},
+			BaseImage:       "gcr.io/distroless/static",
+		}},
+	}
+}
+
+func reasons(d Decision) string {
+	var s []string
+	for _, v := range append(d.Violations, d.Warnings...) {
+		s = append(s, v.String())
+	}
+	return strings.Join(s, "\n")
+}
+
+func TestCompliantImageAllowed(t *testing.T) {
+	p := load(t, base, nil)
+	d := p.Evaluate(context.Background(), good())
+	if !d.Allow || len(d.Violations) != 0 || d.PolicyDigest != p.Digest() || !strings.HasPrefix(d.PolicyDigest, "sha256:") {
+		t.Fatalf("decision %+v\n%s", d, reasons(d))
+	}
+}
+
+func TestEachRuleDenies(t *testing.T) {
+	p := load(t, base, nil)
+	for _, tc := range []struct {
+		name   string
+		mutate func(*Input)
+		want   string
+	}{
+		{"missing attestation", func(in *Input) {
+			delete(in.Subjects[0].Attestations, Aliases["vuln"])
+			in.Subjects[0].Rejected = []Rejected{{Bundle: "sha256:bb", Reason: "certificate identity mismatch"}}
+		}, "require: sha256:aa: no verified vuln attestation (rejected: certificate identity mismatch)"},
+		{"wrong signer", func(in *Input) {
+			in.Subjects[0].Attestations[Aliases["hardening"]] = Signed{Issuer: "https://issuer.example", Subject: "mallory@example.com"}
+		}, "signers: sha256:aa: hardening is signed by mallory@example.com"},
+		{"high vulnerability", func(in *Input) {
+			in.Subjects[0].Vulnerabilities = &VulnFacts{High: 1, Unknown: 2, UnknownAs: "high", Findings: []string{"GO-2022-1059 golang.org/x/text@v0.3.5"}}
+		}, "vulnerabilities.max_severity: sha256:aa: findings above medium: high 3 (unknown severity counts as high): GO-2022-1059 golang.org/x/text@v0.3.5"},
+		{"no vulnerability report", func(in *Input) { in.Subjects[0].Vulnerabilities = nil }, "vulnerabilities: sha256:aa: no verified vulnerability report"},
+		{"hardening failed", func(in *Input) {
+			in.Subjects[0].Hardening = &HardeningFacts{Passed: []string{"no-secrets-in-config"}, Failed: []string{"nonroot-user"}}
+		}, "hardening.required: sha256:aa: check nonroot-user failed"},
+		{"builder", func(in *Input) { in.Subjects[0].Provenance.BuilderID = "https://ci.evil" }, `provenance.builder_ids: sha256:aa: built by "https://ci.evil"`},
+		{"base image", func(in *Input) { in.Subjects[0].BaseImage = "" }, "base_images: sha256:aa: base image unknown"},
+		{"tag", func(in *Input) { in.Image.Tags = []string{"latest"} }, "tags.allow: sha256:aa: no tag matches v\\d+\\.\\d+\\.\\d+ (tags: latest)"},
+		{"no subjects", func(in *Input) { in.Subjects = nil }, "input: no subjects"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := good()
+			tc.mutate(&in)
+			d := p.Evaluate(context.Background(), in)
+			if d.Allow || !strings.Contains(reasons(d), tc.want) {
+				t.Fatalf("allow=%t, want a deny with %q, got:\n%s", d.Allow, tc.want, reasons(d))
+			}
+		})
+	}
+}
+
+func TestIndexNeedsSignatureAndProvenanceOnly(t *testing.T) {
+	p := load(t, base, nil)
+	in := good()
+	in.Subjects[0].Kind = KindPlatform
+	in.Subjects = append(in.Subjects, Subject{Digest: "sha256:ii", Kind: KindIndex, Attestations: map[string]Signed{
+		Aliases["signature"]: signer, Aliases["provenance"]: signer}, Provenance: &ProvenanceFacts{BuilderID: "https://attestd.dev/builder/observer-only"}})
+	if d := p.Evaluate(context.Background(), in); !d.Allow {
+		t.Fatal(reasons(d))
+	}
+}
+
+func TestSignerTypesRestrict(t *testing.T) {
+	p := load(t, strings.Replace(base, "    subject: attestd@example.com\n", "    subject: attestd@example.com\n    types: [signature, provenance]\n  - issuer: https://issuer.example\n    subject_regex: '^scanner-.*@example\\.com$'\n    types: [vuln]\n", 1), nil)
+	d := p.Evaluate(context.Background(), good())
+	// attestd@ may not sign spdx/cyclonedx/hardening/vuln under this policy.
+	for _, w := range []string{"spdx is signed by", "vuln is signed by", "hardening is signed by"} {
+		if d.Allow || !strings.Contains(reasons(d), w) {
+			t.Fatalf("want %q:\n%s", w, reasons(d))
+		}
+	}
+	if !p.Accepts(Aliases["vuln"], "https://issuer.example", "scanner-1@example.com") || p.Accepts(Aliases["vuln"], "https://issuer.example", "xscanner-1@example.com") {
+		t.Fatal("subject_regex")
+	}
+}
+
+func TestRego(t *testing.T) {
+	mod := []byte(`package attestd
+
+deny contains msg if {
+	some s in input.subjects
+	s.sbom.packages > 100
+	msg := sprintf("%s has %d packages, more than 100", [s.digest, s.sbom.packages])
+}
+
+deny contains {"rule": "no-root-repo", "msg": "images may not live at the registry root"} if {
+	not contains(input.image.repository, "/")
+}
+`)
+	p := load(t, base+"rego:\n  - file: custom.rego\n", map[string][]byte{"custom.rego": mod})
+	in := good()
+	in.Image.Repository = "team/app"
+	if d := p.Evaluate(context.Background(), in); !d.Allow {
+		t.Fatal(reasons(d))
+	}
+	in.Subjects[0].SBOM = &SBOMFacts{Packages: 150}
+	in.Image.Repository = "app"
+	d := p.Evaluate(context.Background(), in)
+	r := reasons(d)
+	if d.Allow || !strings.Contains(r, "rego: sha256:aa has 150 packages, more than 100") || !strings.Contains(r, "rego.no-root-repo: images may not live at the registry root") {
+		t.Fatal(r)
+	}
+	// The module is part of the policy digest.
+	p2 := load(t, base+"rego:\n  - file: custom.rego\n", map[string][]byte{"custom.rego": append(mod, '\n')})
+	if p2.Digest() == p.Digest() {
+		t.Fatal("digest ignores the Rego module")
+	}
+}
+
+func TestRegoErrorDeniesEvenInWarnMode(t *testing.T) {
+	mod := []byte("package attestd\n\ndeny contains msg if {\n\tmsg := sprintf(\"%d\", [to_number(input.image.ref)])\n}\n")
+	p := load(t, strings.Replace(base, "name: prod\n", "name: prod\nmode: warn\n", 1)+"rego:\n  - file: bad.rego\n", map[string][]byte{"bad.rego": mod})
+	d := p.Evaluate(context.Background(), good())
+	if d.Allow || !strings.Contains(reasons(d), "rego: evaluation failed") {
+		t.Fatalf("allow=%t\n%s", d.Allow, reasons(d))
+	}
+}
+
+func TestModes(t *testing.T) {
+	in := good()
+	in.Image.Tags = []string{"latest"}
+	warn := load(t, strings.Replace(base, "name: prod\n", "name: prod\nmode: warn\n", 1), nil).Evaluate(context.Background(), in)
+	if !warn.Allow || len(warn.Warnings) != 1 || len(warn.Violations) != 0 {
+		t.Fatalf("warn: %+v", warn)
+	}
+	dry := load(t, strings.Replace(base, "name: prod\n", "name: prod\nmode: dry-run\n", 1), nil).Evaluate(context.Background(), good())
+	if dry.Allow || dry.Mode != ModeDryRun {
+		t.Fatalf("dry-run must never allow a promotion: %+v", dry)
+	}
+}
+
+func TestCancelledContextDenies(t *testing.T) {
+	p := load(t, strings.Replace(base, "name: prod\n", "name: prod\nmode: warn\n", 1), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if d := p.Evaluate(ctx, good()); d.Allow {
+		t.Fatal("a cancelled evaluation allowed")
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	for _, tc := range []struct{ src, want string }{
+		{"version: 2\nsigners: [{issuer: a, subject: b}]\n", "version: 2 is not supported"},
+		{"version: 1\n", "signers: at least one expected signer identity"},
+		{"version: 1\nsigners: [{issuer: a, issuer_regex: b, subject: c}]\n", "signers[0]: set exactly one of issuer and issuer_regex"},
+		{"version: 1\nsigners: [{issuer: a, subject_regex: '('}]\n", "signers[0].subject_regex"},
+		{"version: 1\nmode: yolo\nsigners: [{issuer: a, subject: b}]\n", `mode: "yolo"`},
+		{"version: 1\nsigners: [{issuer: a, subject: b}]\nrequire: [sbomz]\n", `require[0]: "sbomz" is neither an alias`},
+		{"version: 1\nsigners: [{issuer: a, subject: b}]\nvulnerabilities: {max_severity: urgent}\n", "vulnerabilities.max_severity"},
+		{"version: 1\nsigners: [{issuer: a, subject: b}]\nrequires: [spdx]\n", "line 3: field requires not found"},
+		{"version: 1\nsigners: [{issuer: a, subject: b}]\nrego: [{file: x.rego}]\n", "rego[0].file: x.rego was not read"},
+		{"version: 1\nsigners: [{issuer: a, subject: b}]\nrego: [{source: 'package attestd\ndeny contains x if { x := }'}]\n", "policy: rego:"},
+	} {
+		if _, err := Load(context.Background(), []byte(tc.src), nil); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: err = %v, want %q", tc.src, err, tc.want)
+		}
+	}
+}
