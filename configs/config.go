@@ -39,10 +39,46 @@ type Config struct {
 	Sources    []Source   `yaml:"sources"`
 	Analysis   Analysis   `yaml:"analysis"`
 	Signing    Signing    `yaml:"signing"`
+	Gate       Gate       `yaml:"gate"`
 
 	// file is where the config came from, for error messages.
 	file string
 }
+
+// Gate configures the promotion gate: verification, policy, promotion.
+// Unset (no policy): evaluation and promotion are skipped and nothing is
+// ever promoted.
+type Gate struct {
+	// Policy is the policy file (docs/policy.md); Rego modules it names are
+	// read relative to it.
+	Policy string `yaml:"policy"`
+	// Timeout bounds one evaluation (verification included); when it
+	// expires the decision is a deny.
+	Timeout Duration `yaml:"timeout"`
+	// TransparencyLog is how many verified log entries each bundle needs;
+	// SignedTimestamps how many RFC 3161 timestamps. Defaults 1 and 0
+	// (then a log's integrated time or a timestamp proves when). A
+	// TSA-only Sigstore: transparency_log: 0, signed_timestamps: 1.
+	TransparencyLog  *int `yaml:"transparency_log"`
+	SignedTimestamps int  `yaml:"signed_timestamps"`
+	// Promotion maps staging repositories to production ones.
+	Promotion []PromotionRule `yaml:"promotion"`
+}
+
+// PromotionRule maps staging repositories (glob over host/repo) to a
+// production repository ({name}: the last path element, {path}: all after
+// the host) and says which tags go along: keep, semver, or rename
+// (match → replace).
+type PromotionRule struct {
+	From    string `yaml:"from"`
+	To      string `yaml:"to"`
+	Tags    string `yaml:"tags"`
+	Match   string `yaml:"match"`
+	Replace string `yaml:"replace"`
+}
+
+// Enabled reports whether a policy is configured.
+func (g Gate) Enabled() bool { return g.Policy != "" }
 
 // Log configures log/slog.
 type Log struct {
@@ -367,6 +403,7 @@ func Default() *Config {
 			},
 		},
 		Signing: Signing{Concurrency: 4, MaxPayload: 4 << 20},
+		Gate:    Gate{Timeout: Duration(2 * time.Minute)},
 	}
 }
 
@@ -537,6 +574,28 @@ func (c *Config) Validate() error {
 	for i, g := range a.Hardening.MinimalBases {
 		if _, err := path.Match(g, ""); err != nil || g == "" {
 			bad(fmt.Sprintf("analysis.hardening.minimal_bases[%d]", i), "%q is not a valid glob", g)
+		}
+	}
+	if g := c.Gate; g.Enabled() || len(g.Promotion) > 0 {
+		if !g.Enabled() {
+			bad("gate.policy", "promotion rules need a policy: nothing is promoted without one")
+		}
+		if !c.Signing.Enabled() {
+			bad("gate.policy", "the gate needs signing.* too: it verifies with the same trust root and signs its verification summary")
+		}
+		if g.Timeout <= 0 {
+			bad("gate.timeout", "must be a positive duration")
+		}
+		if g.TransparencyLog != nil && *g.TransparencyLog < 0 || g.SignedTimestamps < 0 {
+			bad("gate", "transparency_log and signed_timestamps must be ≥ 0")
+		}
+		if g.TransparencyLog != nil && *g.TransparencyLog == 0 && g.SignedTimestamps == 0 {
+			bad("gate.signed_timestamps", "with transparency_log: 0 at least one signed timestamp is required (certificates live 10 minutes)")
+		}
+		for i, r := range g.Promotion {
+			if r.From == "" || r.To == "" {
+				bad(fmt.Sprintf("gate.promotion[%d]", i), "from and to are required")
+			}
 		}
 	}
 	v := a.Vulnerabilities

@@ -306,23 +306,19 @@ func alias(pt string) string {
 }
 
 func rejectedNote(rs []Rejected) string {
-	if len(rs) == 0 {
+	var uniq []string
+	for _, r := range rs {
+		if !slices.Contains(uniq, r.Reason) {
+			uniq = append(uniq, r.Reason)
+		}
+	}
+	switch {
+	case len(uniq) == 0:
 		return ""
+	case len(uniq) > 3:
+		return fmt.Sprintf(" (%d bundles rejected: %s; and %d more reasons)", len(rs), strings.Join(uniq[:3], "; "), len(uniq)-3)
 	}
-	var b strings.Builder
-	b.WriteString(" (rejected: ")
-	for i, r := range rs {
-		if i == 3 {
-			fmt.Fprintf(&b, "; and %d more", len(rs)-3)
-			break
-		}
-		if i > 0 {
-			b.WriteString("; ")
-		}
-		b.WriteString(r.Reason)
-	}
-	b.WriteString(")")
-	return b.String()
+	return fmt.Sprintf(" (%d bundles rejected: %s)", len(rs), strings.Join(uniq, "; "))
 }
 
 func findingsNote(fs []string) string {

@@ -128,6 +128,10 @@ type VSA struct {
 	VerifierID string   `yaml:"verifier_id" json:"verifierId,omitempty"`
 	Validity   Duration `yaml:"validity" json:"validity,omitempty"`
 	PolicyURI  string   `yaml:"policy_uri" json:"policyUri,omitempty"`
+	// Levels are the verifiedLevels a passing decision states (e.g.
+	// SLSA_BUILD_LEVEL_2 when the policy requires a trusted builder's
+	// provenance). Default none: attestd's own provenance only observes.
+	Levels []string `yaml:"verified_levels" json:"verifiedLevels,omitempty"`
 }
 
 // Duration is written "168h".

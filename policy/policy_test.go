@@ -80,7 +80,7 @@ func TestEachRuleDenies(t *testing.T) {
 		{"missing attestation", func(in *Input) {
 			delete(in.Subjects[0].Attestations, Aliases["vuln"])
 			in.Subjects[0].Rejected = []Rejected{{Bundle: "sha256:bb", Reason: "certificate identity mismatch"}}
-		}, "require: sha256:aa: no verified vuln attestation (rejected: certificate identity mismatch)"},
+		}, "require: sha256:aa: no verified vuln attestation (1 bundles rejected: certificate identity mismatch)"},
 		{"wrong signer", func(in *Input) {
 			in.Subjects[0].Attestations[Aliases["hardening"]] = Signed{Issuer: "https://issuer.example", Subject: "mallory@example.com"}
 		}, "signers: sha256:aa: hardening is signed by mallory@example.com"},

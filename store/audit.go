@@ -40,6 +40,8 @@ const (
 	AuditDecision      = "decision"                  // the promotion gate decided
 	AuditRequeue       = "requeue"                   // a digest was re-driven by hand
 	AuditRescan        = "vulnerabilities.rescanned" // a stored SBOM was re-matched against a new database
+	AuditPromotion     = "promotion"                 // a digest was copied to production and tagged
+	AuditOverride      = "override"                  // a promotion ran against the gate's decision, with a reason
 )
 
 // ZeroHash is the Prev of the first entry.
@@ -172,6 +174,15 @@ func auditTransition(tx *bolt.Tx, before, after *Record, actor string, now time.
 		e := base
 		e.Action = AuditDecision
 		e.Details = map[string]string{"allow": fmt.Sprint(after.Decision.Allow)}
+		if d := after.Decision; d.PolicyDigest != "" {
+			e.Details["policy"], e.Details["mode"] = d.PolicyDigest, d.Mode
+			if d.VSA != "" {
+				e.Details["vsa"] = d.VSA
+			}
+			for i, w := range d.Warnings {
+				e.Details[fmt.Sprintf("warning.%d", i)] = w
+			}
+		}
 		for i, r := range after.Decision.Reasons {
 			e.Details[fmt.Sprintf("reason.%d", i)] = r
 		}

@@ -77,6 +77,17 @@ type StageResult struct {
 type Decision struct {
 	Allow   bool     `json:"allow"`
 	Reasons []string `json:"reasons,omitempty"`
+	// Warnings are violations a warn-mode policy let through.
+	Warnings     []string  `json:"warnings,omitempty"`
+	Mode         string    `json:"mode,omitempty"`
+	PolicyDigest string    `json:"policyDigest,omitempty"`
+	Time         time.Time `json:"time,omitzero"`
+	// Tags are the staging tags the digest carried when it was evaluated:
+	// promotion uses these, never a fresh lookup (a moved tag cannot
+	// promote another digest).
+	Tags []string `json:"tags,omitempty"`
+	// VSA is the digest of the signed verification summary statement.
+	VSA string `json:"vsa,omitempty"`
 }
 
 // Child is one platform manifest of an image index.

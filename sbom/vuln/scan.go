@@ -271,6 +271,7 @@ type Suppression struct {
 	Vulnerability string `json:"vulnerability"`
 	Package       string `json:"package"`
 	Version       string `json:"version"`
+	Severity      string `json:"severity,omitempty"`
 	By            string `json:"by"` // "exception" or "vex"
 	Reason        string `json:"reason"`
 	Owner         string `json:"owner,omitempty"`
@@ -329,6 +330,13 @@ func (s *Scanner) Scan(ctx context.Context, in Input) (*Report, error) {
 		return nil, fmt.Errorf("vuln: report: %w", err)
 	}
 	rep.Document = doc
+	sev := map[string]string{}
+	for _, im := range doc.IgnoredMatches {
+		sev[im.Vulnerability.ID+" "+im.Artifact.Name+"@"+im.Artifact.Version] = strings.ToLower(im.Vulnerability.Severity)
+	}
+	for i, sp := range rep.Suppressed {
+		rep.Suppressed[i].Severity = sev[sp.Vulnerability+" "+sp.Package+"@"+sp.Version]
+	}
 	rep.Counts = s.count(doc)
 	rep.Counts.Suppressed = len(rep.Suppressed)
 	rep.Finished = s.o.Now().UTC()

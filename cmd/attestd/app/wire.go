@@ -132,6 +132,13 @@ func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Cli
 			return nil, err
 		}
 		stages.Signer = signerStage{k: k, db: db, rc: rc, concurrency: cfg.Signing.Concurrency, maxPayload: int64(cfg.Signing.MaxPayload), log: log}
+		if cfg.Gate.Enabled() {
+			g, pr, err := newGate(cfg, db, rc, k, log)
+			if err != nil {
+				return nil, err
+			}
+			stages.Evaluator, stages.Promoter = g, pr
+		}
 	}
 	if r.wrapStages != nil {
 		stages = r.wrapStages(stages)
@@ -248,7 +255,9 @@ func (s analyzerStage) Analyze(ctx context.Context, t *pipeline.Target) (*pipeli
 	return &pipeline.Analysis{Artifacts: res.Artifacts, Facts: res.Facts}, nil
 }
 
-func newSigner(cfg *configs.Config, rc *registry.Client, log *slog.Logger) (*sign.Keyless, error) {
+// signingTrust is the signing config and trusted root: files, or the
+// public-good instance through TUF.
+func signingTrust(cfg *configs.Config) (*root.SigningConfig, *root.TrustedRoot, error) {
 	var sc *root.SigningConfig
 	var tr *root.TrustedRoot
 	var err error
@@ -258,7 +267,15 @@ func newSigner(cfg *configs.Config, rc *registry.Client, log *slog.Logger) (*sig
 		sc, tr, err = sign.LoadTrust(cfg.Signing.SigningConfig, cfg.Signing.TrustedRoot)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("signing: %w", err)
+		return nil, nil, fmt.Errorf("signing: %w", err)
+	}
+	return sc, tr, nil
+}
+
+func newSigner(cfg *configs.Config, rc *registry.Client, log *slog.Logger) (*sign.Keyless, error) {
+	sc, tr, err := signingTrust(cfg)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.Signing.Key != "" {
 		pass := func(bool) ([]byte, error) {

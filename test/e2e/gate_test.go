@@ -1,0 +1,144 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/attestd/attestd/cmd/attestd/app"
+	"github.com/attestd/attestd/store"
+)
+
+// gatePolicy writes a policy accepting only signer, with a custom Rego rule.
+func gatePolicy(t *testing.T, signer string) string {
+	t.Helper()
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "custom.rego"), []byte(`package attestd
+
+deny contains {"rule": "sbom-size", "msg": sprintf("%d packages, more than 500", [s.sbom.packages])} if {
+	some s in input.subjects
+	s.sbom.packages > 500
+}
+`), 0o644)
+	p := filepath.Join(dir, "policy.yaml")
+	os.WriteFile(p, []byte(fmt.Sprintf(`version: 1
+name: e2e-prod
+mode: enforce
+signers:
+  - issuer: %s
+    subject: %s
+require: [signature, spdx, cyclonedx, provenance, hardening, vuln]
+provenance:
+  builder_ids: [https://attestd.dev/builder/observer-only]
+vulnerabilities:
+  max_severity: medium
+hardening:
+  required: [nonroot-user, no-secrets-in-config, no-secret-files]
+tags:
+  allow: ['v\d+\.\d+\.\d+']
+rego:
+  - file: custom.rego
+vsa:
+  verifier_id: https://attestd.example/gate
+  validity: 24h
+`, stk.IssuerURL, signer)), 0o644)
+	return p
+}
+
+// TestGatePromotesCompliantDeniesTheRest: on the real stack, a compliant
+// image pushed to staging reaches prod with its tag and the stock cosign
+// CLI verifies its signature, attestations and VSA on the prod reference;
+// images with a blocked vulnerability, failed hardening, or a signer the
+// policy does not accept never get a prod tag, and the reasons are stored.
+func TestGatePromotesCompliantDeniesTheRest(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	const identity = "attestd@example.test"
+	fx := allFixtures(t)
+	gate := func(signer string) string {
+		return fmt.Sprintf("gate:\n  policy: %s\n  signed_timestamps: 1\n  promotion:\n    - from: %s/staging/*\n      to: %s/prod/{name}\n      tags: semver\n",
+			gatePolicy(t, signer), stk.RegistryHost, stk.RegistryHost)
+	}
+	cfg := signingConfigWith(t, identity, stk.SigningConfig, gate(identity))
+	dataDir := t.TempDir()
+	prodTag := func(repoTag string) name.Tag {
+		tg, _ := name.NewTag(stk.RegistryHost + "/prod/" + repoTag)
+		return tg
+	}
+	decisionOf := func(rec *store.Record) string {
+		if rec.Decision == nil {
+			return "<no decision>"
+		}
+		return fmt.Sprintf("allow=%t policy=%s vsa=%s reasons:\n  %s", rec.Decision.Allow, rec.Decision.PolicyDigest, rec.Decision.VSA, strings.Join(rec.Decision.Reasons, "\n  "))
+	}
+
+	t.Run("compliant", func(t *testing.T) {
+		ref := pushFixture(t, fx["static-go"], "staging/app:v1.0.0")
+		start := time.Now()
+		rec, _ := processed(t, cfg, dataDir, ref.Context().Tag("v1.0.0").String())
+		t.Logf("resolve → analyse → sign → evaluate → promote: %s", time.Since(start).Round(time.Millisecond))
+		if rec.State != store.StatePromoted || !rec.Decision.Allow || rec.Decision.VSA == "" || !strings.HasPrefix(rec.Decision.PolicyDigest, "sha256:") {
+			t.Fatalf("state %s, stages %+v\n%s", rec.State, rec.Stages, decisionOf(rec))
+		}
+		desc, err := remote.Head(prodTag("app:v1.0.0"))
+		if err != nil || desc.Digest.String() != ref.DigestStr() {
+			t.Fatalf("prod tag: %v, digest %v (want %s)", err, desc, ref.DigestStr())
+		}
+		prod := prodTag("app:v1.0.0").Context().Digest(ref.DigestStr()).String()
+		if _, err := stk.Cosign(ctx, append(append([]string{"verify"}, stk.VerifyArgs(identity)...), prodTag("app:v1.0.0").String())...); err != nil {
+			t.Errorf("cosign verify (prod tag): %v", err)
+		}
+		for _, typ := range []string{"spdxjson", "cyclonedx", "slsaprovenance1", "vuln", "https://attestd.dev/attestation/hardening/v1", "https://slsa.dev/verification_summary/v1"} {
+			out, err := stk.Cosign(ctx, append(append([]string{"verify-attestation", "--type", typ}, stk.VerifyArgs(identity)...), prod)...)
+			if err != nil {
+				t.Errorf("cosign verify-attestation --type %s (prod): %v", typ, err)
+			}
+			if typ == "https://slsa.dev/verification_summary/v1" && !strings.Contains(string(out), `"payloadType":"application/vnd.in-toto+json"`) {
+				t.Errorf("no VSA envelope: %s", out)
+			}
+		}
+		var out, errOut bytes.Buffer
+		if code := app.Run(ctx, []string{"audit", "export", "-c", cfg, "--data-dir", dataDir, "--digest", ref.DigestStr()}, &out, &errOut); code != 0 {
+			t.Fatal(errOut.String())
+		}
+		for _, w := range []string{`"action":"decision"`, `"policy":"` + rec.Decision.PolicyDigest + `"`, `"action":"promotion"`, `"to":"` + prodTag("app:v1.0.0").String() + `"`, `"to":"promoted"`} {
+			if !strings.Contains(out.String(), w) {
+				t.Errorf("audit lacks %s", w)
+			}
+		}
+	})
+
+	for _, tc := range []struct {
+		name, fixture, repoTag, cfgSigner, want string
+	}{
+		{"blocked vulnerability", "old-x-text", "staging/xtext:v1.0.0", identity, "vulnerabilities.max_severity"},
+		{"failed hardening", "bad", "staging/bad:v1.0.0", identity, "hardening.required"},
+		{"wrong signer", "static-go", "staging/other:v1.0.0", "someone-else@example.test", "require:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := cfg
+			if tc.cfgSigner != identity {
+				c = signingConfigWith(t, identity, stk.SigningConfig, gate(tc.cfgSigner))
+			}
+			ref := pushFixture(t, fx[tc.fixture], tc.repoTag)
+			_, tag, _ := strings.Cut(tc.repoTag, ":")
+			rec, _ := processed(t, c, t.TempDir(), ref.Context().Tag(tag).String())
+			if rec.State != store.StateDenied || rec.Decision == nil || rec.Decision.Allow || !strings.Contains(strings.Join(rec.Decision.Reasons, "\n"), tc.want) {
+				t.Fatalf("state %s, want denied with %q\n%s", rec.State, tc.want, decisionOf(rec))
+			}
+			t.Logf("denied:\n%s", decisionOf(rec))
+			name := strings.TrimPrefix(tc.repoTag, "staging/")
+			if _, err := remote.Head(prodTag(name)); err == nil {
+				t.Fatalf("a denied image got the prod tag %s", prodTag(name))
+			}
+		})
+	}
+}
