@@ -93,7 +93,7 @@ type Signer struct {
 
 // Provenance constrains the verified SLSA provenance.
 type Provenance struct {
-	BuilderIDs         []string `yaml:"builder_ids" json:"builderIds,omitempty"`         // exact
+	BuilderIDs         []string `yaml:"builder_ids" json:"builderIds,omitempty"`                 // exact
 	SourceRepositories []string `yaml:"source_repositories" json:"sourceRepositories,omitempty"` // globs
 }
 
