@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/attestd/attestd/attest/pipeline"
 	"github.com/attestd/attestd/cmd/attestd/app"
 	"github.com/attestd/attestd/store"
 )
@@ -140,5 +141,48 @@ func TestGatePromotesCompliantDeniesTheRest(t *testing.T) {
 				t.Fatalf("a denied image got the prod tag %s", prodTag(name))
 			}
 		})
+	}
+}
+
+// movingTag pushes another image to the staging tag right after the gate
+// decided: the race between evaluation and promotion.
+type movingTag struct {
+	pipeline.Evaluator
+	t   *testing.T
+	tag string
+}
+
+func (m movingTag) Evaluate(ctx context.Context, t *pipeline.Target) (pipeline.Decision, error) {
+	d, err := m.Evaluator.Evaluate(ctx, t)
+	pushRandom(m.t, m.tag)
+	return d, err
+}
+
+// TestGatePromotesOnlyTheEvaluatedDigest: when the staging tag moves
+// between evaluation and promotion, prod gets the evaluated digest, never
+// the new one.
+func TestGatePromotesOnlyTheEvaluatedDigest(t *testing.T) {
+	const identity = "attestd@example.test"
+	cfg := signingConfigWith(t, identity, stk.SigningConfig, fmt.Sprintf(
+		"gate:\n  policy: %s\n  signed_timestamps: 1\n  promotion:\n    - from: %s/race/*\n      to: %s/race-prod/{name}\n",
+		gatePolicy(t, identity), stk.RegistryHost, stk.RegistryHost))
+	ref := pushFixture(t, allFixtures(t)["static-go"], "race/app:v2.0.0")
+	var out, errOut bytes.Buffer
+	code := app.Run(context.Background(), []string{"process", "-c", cfg, "--data-dir", t.TempDir(), ref.Context().Tag("v2.0.0").String()}, &out, &errOut,
+		app.WithStages(func(s pipeline.Stages) pipeline.Stages {
+			s.Evaluator = movingTag{s.Evaluator, t, "race/app:v2.0.0"}
+			return s
+		}))
+	if code != 0 || !strings.Contains(out.String(), "state:  promoted") {
+		t.Fatalf("exit %d\n%s\n%s", code, out.String(), errOut.String())
+	}
+	moved, err := remote.Head(ref.Context().Tag("v2.0.0"))
+	if err != nil || moved.Digest.String() == ref.DigestStr() {
+		t.Fatalf("the staging tag did not move: %v", err)
+	}
+	tg, _ := name.NewTag(stk.RegistryHost + "/race-prod/app:v2.0.0")
+	prod, err := remote.Head(tg)
+	if err != nil || prod.Digest.String() != ref.DigestStr() {
+		t.Fatalf("prod %s is %v (%v), want the evaluated %s, not the moved-to %s", tg, prod, err, ref.DigestStr(), moved.Digest)
 	}
 }
