@@ -142,6 +142,50 @@ func TestGatePromotesCompliantDeniesTheRest(t *testing.T) {
 			}
 		})
 	}
+
+	// The manual path is gated too: refused without an override; with one
+	// it promotes and the audit log names the reason and who.
+	t.Run("manual promote", func(t *testing.T) {
+		ref := pushFixture(t, fx["old-x-text"], "staging/manual:v3.0.0")
+		dir := t.TempDir()
+		t.Run("process", func(t *testing.T) { // closes the store when done
+			if rec, _ := processed(t, cfg, dir, ref.Context().Tag("v3.0.0").String()); rec.State != store.StateDenied {
+				t.Fatalf("state %s", rec.State)
+			}
+		})
+		run := func(args ...string) (int, string) {
+			var out bytes.Buffer
+			code := app.Run(ctx, append(args, "-c", cfg, "--data-dir", dir), &out, &out)
+			return code, out.String()
+		}
+		if code, out := run("promote", ref.String(), "--dry-run"); code == 0 || !strings.Contains(out, "refusing to promote") || !strings.Contains(out, "vulnerabilities.max_severity") {
+			t.Fatalf("promote of a denied digest: exit %d\n%s", code, out)
+		}
+		code, out := run("promote", ref.String(), "--override-reason", "SEC-42: x/text only parses constant input")
+		if code != 0 || !strings.Contains(out, "promoted: ") || !strings.Contains(out, prodTag("manual:v3.0.0").String()) {
+			t.Fatalf("override: exit %d\n%s", code, out)
+		}
+		if desc, err := remote.Head(prodTag("manual:v3.0.0")); err != nil || desc.Digest.String() != ref.DigestStr() {
+			t.Fatalf("prod tag after override: %v %v", desc, err)
+		}
+		if _, exp := run("audit", "export", "--action", "override"); !strings.Contains(exp, `"reason":"SEC-42: x/text only parses constant input"`) || !strings.Contains(exp, `"actor":"cli:`) {
+			t.Fatalf("override audit:\n%s", exp)
+		}
+	})
+
+	// policy test --image verifies like the gate: the promoted image passes.
+	t.Run("policy test", func(t *testing.T) {
+		var out bytes.Buffer
+		code := app.Run(ctx, []string{"policy", "test", "-c", cfg, "--policy", gatePolicy(t, identity), "--image", prodTag("app:v1.0.0").String()}, &out, &out)
+		if code != 0 || !strings.HasPrefix(out.String(), "ALLOW") {
+			t.Fatalf("exit %d\n%s", code, out.String())
+		}
+		out.Reset()
+		code = app.Run(ctx, []string{"policy", "test", "-c", cfg, "--policy", gatePolicy(t, "mallory@example.test"), "--image", prodTag("app:v1.0.0").String()}, &out, &out)
+		if code != 1 || !strings.Contains(out.String(), "DENY") {
+			t.Fatalf("wrong signer: exit %d\n%s", code, out.String())
+		}
+	})
 }
 
 // movingTag pushes another image to the staging tag right after the gate

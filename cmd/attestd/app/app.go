@@ -128,7 +128,7 @@ keylessly with Sigstore, and promotes only what verifies against policy.`,
 	pf.StringVar(&r.logLevel, "log-level", "", "debug, info, warn or error (overrides config and ATTESTD_LOG_LEVEL)")
 	root.AddCommand(
 		r.serveCommand(), r.processCommand(), r.submitCommand(), r.statusCommand(), r.docCommand(), r.requeueCommand(), r.auditCommand(),
-		r.vulndbCommand(), r.storeCommand(), r.healthcheckCommand(), r.versionCommand(),
+		r.vulndbCommand(), r.policyCommand(), r.promoteCommand(), r.storeCommand(), r.healthcheckCommand(), r.versionCommand(),
 	)
 	return root
 }
