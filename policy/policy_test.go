@@ -2,6 +2,8 @@ package policy
 
 import (
 	"context"
+	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -213,4 +215,61 @@ func TestLoadErrors(t *testing.T) {
 			t.Errorf("%q: err = %v, want %q", tc.src, err, tc.want)
 		}
 	}
+}
+
+// TestExamplePolicyLoads keeps configs/policy.yaml (and its Rego) valid.
+func TestExamplePolicyLoads(t *testing.T) {
+	b, err := os.ReadFile("../configs/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rego, err := os.ReadFile("../configs/policies/no-huge-sboms.rego")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Load(context.Background(), b, map[string][]byte{"policies/no-huge-sboms.rego": rego})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := good()
+	in.Subjects[0].SBOM = &SBOMFacts{Packages: 2500}
+	d := p.Evaluate(context.Background(), in)
+	if d.Allow || !strings.Contains(reasons(d), "rego.sbom-size: sha256:aa: 2500 packages") {
+		t.Fatal(reasons(d))
+	}
+}
+
+// TestInputSchemaCoversInput: every field the input document can carry is
+// described in docs/policy-input.schema.json.
+func TestInputSchemaCoversInput(t *testing.T) {
+	schema, err := os.ReadFile("../docs/policy-input.schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := good()
+	in.Image.MediaType = "x"
+	s := &in.Subjects[0]
+	s.Platform, s.Rejected, s.SBOM = "linux/amd64", []Rejected{{Bundle: "b", Reason: "r"}}, &SBOMFacts{Packages: 1}
+	s.Vulnerabilities.Findings, s.Vulnerabilities.DB = []string{"x"}, "db"
+	s.Provenance.SourceRepositories = []string{"x"}
+	b, _ := json.Marshal(in)
+	var doc any
+	_ = json.Unmarshal(b, &doc)
+	var walk func(v any, inAttestations bool)
+	walk = func(v any, inAtt bool) {
+		switch x := v.(type) {
+		case map[string]any:
+			for k, c := range x {
+				if !inAtt && !strings.Contains(string(schema), `"`+k+`"`) {
+					t.Errorf("field %q is not in the schema", k)
+				}
+				walk(c, k == "attestations")
+			}
+		case []any:
+			for _, c := range x {
+				walk(c, false)
+			}
+		}
+	}
+	walk(doc, false)
 }
