@@ -60,7 +60,7 @@ lint: $(STATICCHECK)
 $(STATICCHECK):
 	GOBIN=$(dir $@) GOFLAGS=-mod=mod $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-## tools: install the pinned stack tools (cosign, crane, fulcio, TSA, rekor-tiles) and docker-registry
+## tools: install the pinned stack tools (cosign, crane, fulcio, TSA, rekor-tiles, syft, grype) and the Debian packages docker-registry and chromium
 tools:
 	$(GO) run ./test/cmd/stack -install
 

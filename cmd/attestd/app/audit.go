@@ -71,8 +71,8 @@ Works while the daemon runs (it reads a consistent snapshot through the API).`,
 			if actions != "" {
 				f.Actions = strings.Split(actions, ",")
 			}
-			if format != audit.FormatJSONL && format != audit.FormatCSV {
-				return usageError{fmt.Errorf("--format %q: use jsonl or csv", format)}
+			if format != audit.FormatJSONL && format != audit.FormatCSV && format != audit.FormatHTML {
+				return usageError{fmt.Errorf("--format %q: use jsonl, csv or html", format)}
 			}
 			return r.withAuditDB(cmd.Context(), cfg, file, func(db *store.DB) error {
 				w := r.stdout
@@ -84,7 +84,13 @@ Works while the daemon runs (it reads a consistent snapshot through the API).`,
 					defer fh.Close()
 					w = fh
 				}
-				n, err := audit.Export(cmd.Context(), db, w, f, format)
+				var n int
+				var err error
+				if format == audit.FormatHTML {
+					n, err = audit.HTML(cmd.Context(), db, w, f, time.Now())
+				} else {
+					n, err = audit.Export(cmd.Context(), db, w, f, format)
+				}
 				if err != nil {
 					return err
 				}
@@ -93,7 +99,7 @@ Works while the daemon runs (it reads a consistent snapshot through the API).`,
 			})
 		},
 	}
-	export.Flags().StringVar(&format, "format", audit.FormatJSONL, "jsonl or csv")
+	export.Flags().StringVar(&format, "format", audit.FormatJSONL, "jsonl, csv, or html (a self-contained report: images, decisions, promotions, chart)")
 	export.Flags().StringVar(&since, "since", "", "entries at or after this time (RFC 3339)")
 	export.Flags().StringVar(&until, "until", "", "entries before this time (RFC 3339)")
 	export.Flags().StringVar(&repo, "repo", "", "only this repository (host/repo)")

@@ -164,8 +164,18 @@ func printRecord(w io.Writer, rec *store.Record) {
 	for _, a := range rec.Artifacts {
 		fmt.Fprintf(w, "doc:    %-10s %s %s (%d bytes) %s\n", a.Kind, a.Subject, a.Digest, a.Size, a.PredicateType)
 	}
-	if rec.Decision != nil {
-		fmt.Fprintf(w, "decision: allow=%t %s\n", rec.Decision.Allow, strings.Join(rec.Decision.Reasons, "; "))
+	if d := rec.Decision; d != nil {
+		fmt.Fprintf(w, "decision: allow=%t", d.Allow)
+		if d.PolicyDigest != "" {
+			fmt.Fprintf(w, " mode=%s policy=%s vsa=%s tags=[%s]", d.Mode, d.PolicyDigest, d.VSA, strings.Join(d.Tags, " "))
+		}
+		fmt.Fprintln(w)
+		for _, r := range d.Reasons {
+			fmt.Fprintln(w, "  - "+r)
+		}
+		for _, r := range d.Warnings {
+			fmt.Fprintln(w, "  warning: "+r)
+		}
 	}
 	if rec.LastError != "" {
 		fmt.Fprintf(w, "error:  %s\n", rec.LastError)

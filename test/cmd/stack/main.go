@@ -7,6 +7,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -37,11 +38,13 @@ func run() error {
 			}
 			fmt.Println(p)
 		}
-		p, err := stack.DockerRegistry(ctx, os.Stderr)
-		if err != nil {
-			return err
+		for _, f := range []func(context.Context, io.Writer) (string, error){stack.DockerRegistry, stack.Chromium} {
+			p, err := f(ctx, os.Stderr)
+			if err != nil {
+				return err
+			}
+			fmt.Println(p)
 		}
-		fmt.Println(p)
 		return nil
 	}
 	abs, err := filepath.Abs(*dir)
