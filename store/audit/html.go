@@ -40,8 +40,8 @@ type Summary struct {
 
 // dayCount is decisions per day, for the chart.
 type dayCount struct {
-	Day          string
-	Allow, Deny  int
+	Day               string
+	Allow, Deny       int
 	X, YA, HA, HD, YD float64 // bar geometry
 }
 
@@ -185,7 +185,9 @@ func HTML(ctx context.Context, db *store.DB, w io.Writer, f Filter, now time.Tim
 	for r, c := range reasons {
 		rs = append(rs, reason{r, c})
 	}
-	sort.Slice(rs, func(i, j int) bool { return rs[i].Count > rs[j].Count || rs[i].Count == rs[j].Count && rs[i].Rule < rs[j].Rule })
+	sort.Slice(rs, func(i, j int) bool {
+		return rs[i].Count > rs[j].Count || rs[i].Count == rs[j].Count && rs[i].Rule < rs[j].Rule
+	})
 
 	data := struct {
 		Generated  string
@@ -210,8 +212,10 @@ func ruleOf(reason string) string {
 }
 
 var reportTemplate = template.Must(template.New("report").Funcs(template.FuncMap{
-	"join":  strings.Join,
-	"short": func(d string) string { return strings.TrimPrefix(d, "sha256:")[:min(12, len(strings.TrimPrefix(d, "sha256:")))] },
+	"join": strings.Join,
+	"short": func(d string) string {
+		return strings.TrimPrefix(d, "sha256:")[:min(12, len(strings.TrimPrefix(d, "sha256:")))]
+	},
 }).Parse(`<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">

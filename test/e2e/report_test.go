@@ -54,7 +54,7 @@ func TestAuditHTMLReportInChromium(t *testing.T) {
 		stk.RegistryHost + "/report/good", stk.RegistryHost + "/report/vulnerable",
 		"promoted", "denied",
 		stk.RegistryHost + "/report-prod/good:v1.0.0",
-		"vulnerabilities.max_severity", // the denial's reason, in the table and the reasons list
+		"vulnerabilities.max_severity",         // the denial's reason, in the table and the reasons list
 		"0/1/0/0/0/2", "unknown gates as high", // x/text v0.3.5: 1 high + 2 unknown (C/H/M/L/N/U)
 		"Decisions over time", "Denial reasons",
 	} {
