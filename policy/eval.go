@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path"
 	"regexp"
@@ -353,6 +354,9 @@ func (p *Policy) evalRego(ctx context.Context, in Input) ([]Violation, error) {
 	rs, err := p.prepared.Eval(ctx, rego.EvalInput(doc))
 	if err != nil {
 		return nil, err
+	}
+	if len(rs) == 0 {
+		return nil, errors.New("data.attestd.deny is undefined")
 	}
 	var out []Violation
 	for _, r := range rs {

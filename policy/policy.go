@@ -215,6 +215,11 @@ func Load(ctx context.Context, data []byte, files map[string][]byte) (*Policy, e
 			bad(fmt.Sprintf("require[%d]", i), "%q is neither an alias (%s) nor a predicate type URI", r, strings.Join(sortedAliases(), ", "))
 		}
 	}
+	// The image signature is always required: a policy that requires
+	// nothing would pass an image nobody signed.
+	if !slices.Contains(p.Require, Aliases["signature"]) {
+		p.Require = append(p.Require, Aliases["signature"])
+	}
 	for i, g := range p.Provenance.SourceRepositories {
 		if _, err := path.Match(g, ""); err != nil {
 			bad(fmt.Sprintf("provenance.source_repositories[%d]", i), "%q is not a valid glob", g)
@@ -277,6 +282,15 @@ func Load(ctx context.Context, data []byte, files map[string][]byte) (*Policy, e
 		pq, err := rego.New(append(mods, rego.Query("data.attestd.deny"), rego.StrictBuiltinErrors(true))...).PrepareForEval(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("policy: rego: %w", err)
+		}
+		// A module in another package, or without deny, would make
+		// data.attestd.deny undefined — no violations, an allow. Refuse it.
+		rs, err := pq.Eval(ctx, rego.EvalInput(map[string]any{}))
+		if err != nil {
+			return nil, fmt.Errorf("policy: rego: %w", err)
+		}
+		if len(rs) == 0 {
+			return nil, errors.New("policy: rego: data.attestd.deny is not defined: write `package attestd` and `deny contains msg if { … }`")
 		}
 		p.prepared = &pq
 	}

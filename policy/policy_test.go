@@ -210,6 +210,8 @@ func TestLoadErrors(t *testing.T) {
 		{"version: 1\nsigners: [{issuer: a, subject: b}]\nrequires: [spdx]\n", "line 3: field requires not found"},
 		{"version: 1\nsigners: [{issuer: a, subject: b}]\nrego: [{file: x.rego}]\n", "rego[0].file: x.rego was not read"},
 		{"version: 1\nsigners: [{issuer: a, subject: b}]\nrego: [{source: 'package attestd\ndeny contains x if { x := }'}]\n", "policy: rego:"},
+		{"version: 1\nsigners: [{issuer: a, subject: b}]\nrego: [{source: \"package attest\\ndeny contains 1 if { false }\"}]\n", "data.attestd.deny is not defined"},
+		{"version: 1\nsigners: [{issuer: a, subject: b}]\nrego: [{source: \"package attestd\\nallow := true\"}]\n", "data.attestd.deny is not defined"},
 	} {
 		if _, err := Load(context.Background(), []byte(tc.src), nil); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: err = %v, want %q", tc.src, err, tc.want)
@@ -272,4 +274,18 @@ func TestInputSchemaCoversInput(t *testing.T) {
 		}
 	}
 	walk(doc, false)
+}
+
+// TestSignatureAlwaysRequired: a policy that lists no requirement still
+// denies an image without a verified signature.
+func TestSignatureAlwaysRequired(t *testing.T) {
+	p := load(t, "version: 1\nsigners: [{issuer: https://issuer.example, subject: attestd@example.com}]\n", nil)
+	in := good()
+	if d := p.Evaluate(context.Background(), in); !d.Allow {
+		t.Fatal(reasons(d))
+	}
+	delete(in.Subjects[0].Attestations, Aliases["signature"])
+	if d := p.Evaluate(context.Background(), in); d.Allow || !strings.Contains(reasons(d), "no verified signature attestation") {
+		t.Fatalf("unsigned image allowed: %s", reasons(d))
+	}
 }
