@@ -110,6 +110,9 @@ type Rejection struct {
 // check out against this exact digest.
 type Result struct {
 	Verified map[string]Evidence
+	// All lists every verified bundle per predicate type (a digest analysed
+	// twice carries two reports); Verified holds one of them.
+	All map[string][]Evidence
 	Rejected []Rejection
 }
 
@@ -131,7 +134,7 @@ func (v *Verifier) Entities(digest string, ents []sgverify.SignedEntity, labels 
 	if !ok || alg != "sha256" || err != nil || len(raw) != 32 {
 		return Result{}, fmt.Errorf("verify: digest %q is not sha256:<64 hex>", digest)
 	}
-	res := Result{Verified: map[string]Evidence{}}
+	res := Result{Verified: map[string]Evidence{}, All: map[string][]Evidence{}}
 	for i, e := range ents {
 		label := fmt.Sprint(i)
 		if i < len(labels) {
@@ -164,6 +167,7 @@ func (v *Verifier) Entities(digest string, ents []sgverify.SignedEntity, labels 
 				continue
 			}
 		}
+		res.All[out.Statement.PredicateType] = append(res.All[out.Statement.PredicateType], ev)
 		if prev, ok := res.Verified[out.Statement.PredicateType]; ok && prev.Bundle < ev.Bundle {
 			continue // several verified bundles of one type: keep one, deterministically
 		}

@@ -198,10 +198,14 @@ func buildInput(ctx context.Context, ver *verify.Verifier, t *pipeline.Target, t
 			if strings.HasPrefix(ev.Bundle, "sha256:") {
 				inputs = append(inputs, slsa.VSAAttestation{URI: "oci://" + host + "/" + repo + "@" + ev.Bundle, Digest: ev.Bundle})
 			}
-			if err := addFacts(&ps, pt, ev.Predicate, now); err != nil {
-				// Verified but unreadable: the fact stays absent, so a rule
-				// needing it denies; say why.
-				ps.Rejected = append(ps.Rejected, policy.Rejected{Bundle: ev.Bundle, Reason: fmt.Sprintf("%s predicate: %v", pt, err)})
+			// Several verified reports of one type (a digest analysed again):
+			// every one is read, and the facts combine to the worst case.
+			for _, e := range res.All[pt] {
+				if err := addFacts(&ps, pt, e.Predicate, now); err != nil {
+					// Verified but unreadable: the fact stays absent (or
+					// the others decide), so a rule needing it denies; say why.
+					ps.Rejected = append(ps.Rejected, policy.Rejected{Bundle: e.Bundle, Reason: fmt.Sprintf("%s predicate: %v", pt, err)})
+				}
 			}
 		}
 		in.Subjects = append(in.Subjects, ps)
@@ -226,13 +230,22 @@ func addFacts(s *policy.Subject, predicateType string, pred json.RawMessage, now
 				h.Failed = append(h.Failed, c.ID)
 			}
 		}
+		if prev := s.Hardening; prev != nil { // worst case: failed anywhere, passed everywhere
+			h.Failed = append(h.Failed, prev.Failed...)
+			h.Passed = slices.DeleteFunc(h.Passed, func(id string) bool { return !slices.Contains(prev.Passed, id) })
+		}
+		slices.Sort(h.Failed)
+		h.Failed = slices.Compact(h.Failed)
+		h.Passed = slices.DeleteFunc(h.Passed, func(id string) bool { return slices.Contains(h.Failed, id) })
 		s.Hardening = h
 	case vuln.PredicateType:
 		v, err := vulnFacts(pred, now)
 		if err != nil {
 			return err
 		}
-		s.Vulnerabilities = v
+		if prev := s.Vulnerabilities; prev == nil || v.ScannedAt.After(prev.ScannedAt) {
+			s.Vulnerabilities = v // the newest scan (the newest database) decides
+		}
 	case slsa.PredicateType:
 		var p struct {
 			BuildDefinition struct {
