@@ -112,7 +112,7 @@ type Result struct {
 	Verified map[string]Evidence
 	// All lists every verified bundle per predicate type (a digest analysed
 	// twice carries two reports); Verified holds one of them.
-	All map[string][]Evidence
+	All      map[string][]Evidence
 	Rejected []Rejection
 }
 
