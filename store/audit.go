@@ -41,6 +41,9 @@ const (
 	AuditRequeue       = "requeue"                   // a digest was re-driven by hand
 	AuditRescan        = "vulnerabilities.rescanned" // a stored SBOM was re-matched against a new database
 	AuditPromotion     = "promotion"                 // a digest was copied to production and tagged
+	AuditSignature     = "signature.written"         // a signature or attestation was attached, with its log entries and timestamps
+	AuditExceptionAdd  = "exception.added"           // a vulnerability exception appeared in the configuration
+	AuditExceptionExp  = "exception.expired"         // a vulnerability exception expired: its findings count again
 	AuditOverride      = "override"                  // a promotion ran against the gate's decision, with a reason
 )
 
@@ -149,6 +152,33 @@ func (db *DB) Audit(ctx context.Context, e AuditEntry) error {
 		e.Time = db.now()
 	}
 	return db.bolt.Update(func(tx *bolt.Tx) error { return appendAudit(tx, e) })
+}
+
+// AuditOnce appends e unless an entry was appended under key before (a
+// marker in the meta bucket, written in the same transaction): for events
+// noticed repeatedly, such as an exception that has expired. It reports
+// whether it appended.
+func (db *DB) AuditOnce(ctx context.Context, key string, e AuditEntry) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	if e.Time.IsZero() {
+		e.Time = db.now()
+	}
+	marker := []byte("audit_once/" + key)
+	added := false
+	err := db.bolt.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta.Get(marker) != nil {
+			return nil
+		}
+		if err := appendAudit(tx, e); err != nil {
+			return err
+		}
+		added = true
+		return meta.Put(marker, []byte(e.Time.UTC().Format(time.RFC3339)))
+	})
+	return added, err
 }
 
 // auditTransition records what a Transition changed: the state move, each

@@ -334,6 +334,24 @@ type Session struct {
 	// read-modify-write, and concurrent writers lose each other's entries.
 	mu       sync.Mutex
 	subjects map[string]*sync.Mutex
+	written  []Written
+}
+
+// Written is one signature the session made and attached, with its proofs:
+// the transparency-log entries and RFC 3161 timestamps in its bundle.
+type Written struct {
+	Subject       string // sha256:…
+	PredicateType string
+	Bundle        string   // sha256 of the bundle JSON
+	LogEntries    []string // "<log key id hex>/<log index>"
+	Timestamps    int      // RFC 3161 timestamps
+}
+
+// Written lists what the session signed and attached so far.
+func (s *Session) Written() []Written {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.written)
 }
 
 func (s *Session) subjectLock(digest string) *sync.Mutex {
@@ -499,7 +517,20 @@ func (s *Session) AttestStatement(ctx context.Context, ref, predicateType string
 		ociremote.WithRemoteOptions(s.k.reg.RemoteOptions(ctx)...)); err != nil {
 		return fmt.Errorf("attest %s (%s): attach: %w", ref, predicateType, err)
 	}
-	s.k.log.InfoContext(ctx, "signed and attached", "digest", ref, "predicate_type", predicateType, "bytes", len(payload))
+	w := Written{Subject: d.DigestStr(), PredicateType: predicateType}
+	bsum := sha256.Sum256(bundle)
+	w.Bundle = "sha256:" + hex.EncodeToString(bsum[:])
+	if vm := pb.GetVerificationMaterial(); vm != nil {
+		for _, e := range vm.GetTlogEntries() {
+			w.LogEntries = append(w.LogEntries, fmt.Sprintf("%x/%d", e.GetLogId().GetKeyId(), e.GetLogIndex()))
+		}
+		w.Timestamps = len(vm.GetTimestampVerificationData().GetRfc3161Timestamps())
+	}
+	s.mu.Lock()
+	s.written = append(s.written, w)
+	s.mu.Unlock()
+	s.k.log.InfoContext(ctx, "signed and attached", "digest", ref, "predicate_type", predicateType, "bytes", len(payload),
+		"log_entries", w.LogEntries, "timestamps", w.Timestamps)
 	return nil
 }
 

@@ -110,7 +110,8 @@ func TestGatePromotesCompliantDeniesTheRest(t *testing.T) {
 		if code := app.Run(ctx, []string{"audit", "export", "-c", cfg, "--data-dir", dataDir, "--digest", ref.DigestStr()}, &out, &errOut); code != 0 {
 			t.Fatal(errOut.String())
 		}
-		for _, w := range []string{`"action":"decision"`, `"policy":"` + rec.Decision.PolicyDigest + `"`, `"action":"promotion"`, `"to":"` + prodTag("app:v1.0.0").String() + `"`, `"to":"promoted"`} {
+		for _, w := range []string{`"action":"decision"`, `"policy":"` + rec.Decision.PolicyDigest + `"`, `"action":"promotion"`, `"to":"` + prodTag("app:v1.0.0").String() + `"`, `"to":"promoted"`,
+			`"action":"signature.written"`, `"predicateType":"https://slsa.dev/verification_summary/v1"`, `"log.0":"`, `"timestamps":"1"`} {
 			if !strings.Contains(out.String(), w) {
 				t.Errorf("audit lacks %s", w)
 			}

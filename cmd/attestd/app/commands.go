@@ -65,6 +65,9 @@ func (r *runner) process(ctx context.Context, cfg *configs.Config, image string)
 		return err
 	}
 	defer db.Close()
+	if err := auditExceptions(ctx, db, cfg, time.Now()); err != nil {
+		return fmt.Errorf("audit log: %w", err)
+	}
 	sub, err := enqueueResolved(ctx, db, res, "cli")
 	if err != nil {
 		return err

@@ -152,6 +152,9 @@ func (g gateStage) signVSA(ctx context.Context, t *pipeline.Target, d policy.Dec
 	if err := sess.AttestStatement(ctx, t.Ref, slsa.VSAPredicateType, st); err != nil {
 		return "", err
 	}
+	if err := auditWritten(ctx, g.db, t.Ref, host+"/"+repo, sess.Written()); err != nil {
+		return "", err
+	}
 	sum := sha256.Sum256(st)
 	return "sha256:" + hex.EncodeToString(sum[:]), nil
 }

@@ -1,12 +1,16 @@
 package app
 
 import (
+	"context"
 	"encoding/json"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/attestd/attestd/attest"
+	"github.com/attestd/attestd/configs"
+	"github.com/attestd/attestd/store"
 	"github.com/attestd/attestd/policy"
 	"github.com/attestd/attestd/sbom/vuln"
 )
@@ -46,5 +50,35 @@ func TestFactsWorstCase(t *testing.T) {
 	}
 	if err := addFacts(&s, vuln.PredicateType, json.RawMessage(`{"invocation":{}}`), now); err == nil {
 		t.Fatal("a vuln predicate without counts was accepted")
+	}
+}
+
+// TestAuditExceptionsOnce: every configured exception is audited once as
+// added, and once more when it has expired, however often it is checked.
+func TestAuditExceptionsOnce(t *testing.T) {
+	db, err := store.Open(filepath.Join(t.TempDir(), "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	now := time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC)
+	cfg := configs.Default()
+	cfg.Analysis.Vulnerabilities.Exceptions = []configs.VulnException{
+		{Vulnerability: "CVE-1", Owner: "a@x", Reason: "r", Expires: now.Add(time.Hour)},
+		{Vulnerability: "CVE-2", Owner: "b@x", Reason: "r", Ticket: "T-2", Expires: now.Add(-time.Hour)},
+	}
+	for range 3 {
+		if err := auditExceptions(context.Background(), db, cfg, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	_ = db.AuditEntries(context.Background(), 1, func(e store.AuditEntry, _ []byte) error {
+		got = append(got, e.Action+" "+e.Details["vulnerability"])
+		return nil
+	})
+	want := []string{"exception.added CVE-1", "exception.added CVE-2", "exception.expired CVE-2"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("audit = %v, want %v", got, want)
 	}
 }

@@ -76,6 +76,9 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 	}}); err != nil {
 		return fmt.Errorf("audit log: %w", err)
 	}
+	if err := auditExceptions(ctx, db, cfg, time.Now()); err != nil {
+		return fmt.Errorf("audit log: %w", err)
+	}
 	var ready atomic.Bool
 	stats := watch.NewStats()
 	mux := newAPI(db, rc, p.Wake, &ready, log)

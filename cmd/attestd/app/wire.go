@@ -426,6 +426,9 @@ func (s signerStage) Sign(ctx context.Context, t *pipeline.Target) error {
 			}
 		}
 	}
+	if err := auditWritten(ctx, s.db, t.Ref, repoName, sess.Written()); err != nil {
+		return err
+	}
 	if err := s.db.Audit(ctx, store.AuditEntry{Actor: "pipeline", Action: "attestations.attached", Subject: t.Ref, Repo: repoName,
 		Digest: t.Ref[strings.LastIndex(t.Ref, "@")+1:], Details: map[string]string{
 			"subjects": fmt.Sprint(len(subjects)), "documents": fmt.Sprint(len(t.Artifacts)), "certificates": fmt.Sprint(sess.Certificates()),
@@ -433,5 +436,21 @@ func (s signerStage) Sign(ctx context.Context, t *pipeline.Target) error {
 		return err
 	}
 	s.log.InfoContext(ctx, "signed", "digest", t.Ref, "subjects", len(subjects), "documents", len(t.Artifacts), "certificates", sess.Certificates())
+	return nil
+}
+
+// auditWritten records each signature a session attached, with its
+// transparency-log entries and timestamps.
+func auditWritten(ctx context.Context, db *store.DB, ref, repo string, ws []sign.Written) error {
+	for _, w := range ws {
+		d := map[string]string{"subject": w.Subject, "predicateType": w.PredicateType, "bundle": w.Bundle, "timestamps": fmt.Sprint(w.Timestamps)}
+		for i, e := range w.LogEntries {
+			d[fmt.Sprintf("log.%d", i)] = e
+		}
+		if err := db.Audit(ctx, store.AuditEntry{Actor: "pipeline", Action: store.AuditSignature, Subject: ref, Repo: repo,
+			Digest: ref[strings.LastIndex(ref, "@")+1:], Details: d}); err != nil {
+			return err
+		}
+	}
 	return nil
 }
