@@ -10,9 +10,9 @@ import (
 
 	"github.com/attestd/attestd/attest"
 	"github.com/attestd/attestd/configs"
-	"github.com/attestd/attestd/store"
 	"github.com/attestd/attestd/policy"
 	"github.com/attestd/attestd/sbom/vuln"
+	"github.com/attestd/attestd/store"
 )
 
 // TestFactsWorstCase: two verified hardening reports combine to the worst
