@@ -32,6 +32,7 @@ import (
 	intotov1 "github.com/in-toto/attestation/go/v1"
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 	ctypes "github.com/sigstore/cosign/v2/pkg/types"
+	protobundle "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
 	sgbundle "github.com/sigstore/sigstore-go/pkg/bundle"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	sgsign "github.com/sigstore/sigstore-go/pkg/sign"
@@ -496,13 +497,7 @@ func (s *Session) AttestStatement(ctx context.Context, ref, predicateType string
 		s.k.log.InfoContext(ctx, "already attached", "digest", ref, "predicate_type", predicateType)
 		return nil
 	}
-	opts := s.k.opts
-	opts.Context = ctx
-	if s.certs != nil {
-		opts.CertificateProvider = s.certs
-		opts.CertificateProviderOptions = &sgsign.CertificateProviderOptions{}
-	}
-	pb, err := sgsign.Bundle(&sgsign.DSSEData{Data: payload, PayloadType: ctypes.IntotoPayloadType}, s.keypair, opts)
+	pb, err := s.dsseBundle(ctx, payload)
 	if err != nil {
 		return fmt.Errorf("attest %s (%s): sign: %w", ref, predicateType, err)
 	}
@@ -532,6 +527,35 @@ func (s *Session) AttestStatement(ctx context.Context, ref, predicateType string
 	s.k.log.InfoContext(ctx, "signed and attached", "digest", ref, "predicate_type", predicateType, "bytes", len(payload),
 		"log_entries", w.LogEntries, "timestamps", w.Timestamps)
 	return nil
+}
+
+// SignStatement signs an in-toto statement as a DSSE envelope in a
+// Sigstore bundle and returns the bundle (JSON), attached nowhere: for
+// files such as audit exports, which an auditor checks with
+// `cosign verify-blob-attestation --new-bundle-format --bundle B FILE`.
+func (s *Session) SignStatement(ctx context.Context, payload []byte) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, SignTimeout)
+	defer cancel()
+	if _, _, err := attest.ParseStatement(payload); err != nil {
+		return nil, fmt.Errorf("sign: %w", err)
+	}
+	pb, err := s.dsseBundle(ctx, payload)
+	if err != nil {
+		return nil, fmt.Errorf("sign: %w", err)
+	}
+	return protojson.Marshal(pb)
+}
+
+// dsseBundle signs an in-toto statement into a bundle with the session's
+// key and certificate, logged and timestamped as the signing config says.
+func (s *Session) dsseBundle(ctx context.Context, payload []byte) (*protobundle.Bundle, error) {
+	opts := s.k.opts
+	opts.Context = ctx
+	if s.certs != nil {
+		opts.CertificateProvider = s.certs
+		opts.CertificateProviderOptions = &sgsign.CertificateProviderOptions{}
+	}
+	return sgsign.Bundle(&sgsign.DSSEData{Data: payload, PayloadType: ctypes.IntotoPayloadType}, s.keypair, opts)
 }
 
 // PushDocument stores data as an OCI artifact referring to ref (see

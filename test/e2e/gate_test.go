@@ -116,6 +116,26 @@ func TestGatePromotesCompliantDeniesTheRest(t *testing.T) {
 				t.Errorf("audit lacks %s", w)
 			}
 		}
+		// A signed export: the stock cosign CLI verifies it, and refuses
+		// it once a byte of the file changed.
+		exp := filepath.Join(t.TempDir(), "audit.jsonl")
+		out.Reset()
+		if code := app.Run(ctx, []string{"audit", "export", "-c", cfg, "--data-dir", dataDir, "-o", exp, "--sign"}, &out, &out); code != 0 {
+			t.Fatalf("signed export: %s", out.String())
+		}
+		verifyBlob := func() error {
+			_, err := stk.Cosign(ctx, append(append([]string{"verify-blob-attestation", "--bundle", exp + ".sigstore.json",
+				"--type", "https://attestd.dev/audit-export/v1"}, stk.VerifyArgs(identity)...), exp)...)
+			return err
+		}
+		if err := verifyBlob(); err != nil {
+			t.Errorf("cosign verify-blob-attestation of the signed export: %v", err)
+		}
+		b, _ := os.ReadFile(exp)
+		os.WriteFile(exp, bytes.Replace(b, []byte(`"allow":"true"`), []byte(`"allow":"fals"`), 1), 0o644)
+		if err := verifyBlob(); err == nil {
+			t.Error("cosign verified a modified export")
+		}
 	})
 
 	for _, tc := range []struct {

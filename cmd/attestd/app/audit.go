@@ -2,8 +2,12 @@ package app
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/attestd/attestd/attest"
 	"github.com/attestd/attestd/configs"
 	"github.com/attestd/attestd/store"
 	"github.com/attestd/attestd/store/audit"
@@ -45,6 +50,7 @@ Works while the daemon runs (it reads a consistent snapshot through the API).`,
 		},
 	})
 	var since, until, repo, digest, actions, format, out string
+	var signExport bool
 	export := &cobra.Command{
 		Use:   "export",
 		Short: "Stream audit entries as JSON lines or CSV",
@@ -74,6 +80,12 @@ Works while the daemon runs (it reads a consistent snapshot through the API).`,
 			if format != audit.FormatJSONL && format != audit.FormatCSV && format != audit.FormatHTML {
 				return usageError{fmt.Errorf("--format %q: use jsonl, csv or html", format)}
 			}
+			if signExport && (out == "" || out == "-") {
+				return usageError{errors.New("--sign needs -o FILE: the signature is over the file, written to FILE.sigstore.json")}
+			}
+			if signExport && !cfg.Signing.Enabled() {
+				return usageError{errors.New("--sign needs signing.* configured (attestd signs with its own identity)")}
+			}
 			return r.withAuditDB(cmd.Context(), cfg, file, func(db *store.DB) error {
 				w := r.stdout
 				if out != "" && out != "-" {
@@ -95,10 +107,25 @@ Works while the daemon runs (it reads a consistent snapshot through the API).`,
 					return err
 				}
 				fmt.Fprintf(r.stderr, "exported %d entries\n", n)
+				if !signExport {
+					return nil
+				}
+				if fh, ok := w.(*os.File); ok {
+					if err := fh.Sync(); err != nil {
+						return err
+					}
+				}
+				b, err := r.signExport(cmd.Context(), cfg, db, out, format, f, n)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(r.stderr, "signed: %s\nverify: cosign verify-blob-attestation --new-bundle-format --bundle %s --type %s --certificate-identity … --certificate-oidc-issuer … %s\n",
+					b, b, auditExportType, out)
 				return nil
 			})
 		},
 	}
+	export.Flags().BoolVar(&signExport, "sign", false, "sign the export (a DSSE in-toto statement over its digest) into FILE.sigstore.json with attestd's signer")
 	export.Flags().StringVar(&format, "format", audit.FormatJSONL, "jsonl, csv, or html (a self-contained report: images, decisions, promotions, chart)")
 	export.Flags().StringVar(&since, "since", "", "entries at or after this time (RFC 3339)")
 	export.Flags().StringVar(&until, "until", "", "entries before this time (RFC 3339)")
@@ -139,4 +166,55 @@ func (r *runner) withAuditDB(ctx context.Context, cfg *configs.Config, file stri
 	}
 	defer db.Close()
 	return fn(db)
+}
+
+// auditExportType is the predicate type of a signed audit export.
+const auditExportType = "https://attestd.dev/audit-export/v1"
+
+// signExport signs an export file: an in-toto statement whose subject is
+// the file's sha256 and whose predicate says what was exported (format,
+// filter, entry count, the log's head), as a DSSE envelope in a Sigstore
+// bundle written beside it.
+func (r *runner) signExport(ctx context.Context, cfg *configs.Config, db *store.DB, path, format string, f audit.Filter, n int) (string, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	_, err = io.Copy(h, fh)
+	fh.Close()
+	if err != nil {
+		return "", err
+	}
+	seq, head, err := db.AuditHead(ctx)
+	if err != nil {
+		return "", err
+	}
+	pred, _ := json.Marshal(map[string]any{
+		"format": format, "filter": f, "entries": n, "exportedAt": time.Now().UTC(),
+		"auditHead": map[string]any{"seq": seq, "hash": head}, "exporter": "attestd " + version,
+	})
+	st, err := attest.Statement(filepath.Base(path), "sha256:"+hex.EncodeToString(h.Sum(nil)), auditExportType, pred)
+	if err != nil {
+		return "", err
+	}
+	log := r.logger(cfg, r.stderr)
+	rc, err := registryClient(cfg, log)
+	if err != nil {
+		return "", err
+	}
+	k, err := newSigner(cfg, rc, log)
+	if err != nil {
+		return "", err
+	}
+	sess, err := k.Session()
+	if err != nil {
+		return "", err
+	}
+	b, err := sess.SignStatement(ctx, st)
+	if err != nil {
+		return "", err
+	}
+	bpath := path + ".sigstore.json"
+	return bpath, os.WriteFile(bpath, b, 0o644)
 }
