@@ -417,13 +417,15 @@ func (db *DB) Jobs(ctx context.Context) ([]Job, error) {
 type Stats struct {
 	Jobs   map[JobStatus]int `json:"jobs"`
 	Images map[State]int     `json:"images"`
+	// Decisions counts images by the gate's last decision: allow, deny.
+	Decisions map[string]int `json:"decisions"`
 	// OldestPending is when the oldest pending job was created (zero: none).
 	OldestPending time.Time `json:"oldestPending,omitzero"`
 }
 
 // Stats returns queue and state counts.
 func (db *DB) Stats(ctx context.Context) (Stats, error) {
-	s := Stats{Jobs: map[JobStatus]int{}, Images: map[State]int{}}
+	s := Stats{Jobs: map[JobStatus]int{}, Images: map[State]int{}, Decisions: map[string]int{}}
 	err := db.bolt.View(func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketJobs).ForEach(func(_, v []byte) error {
 			var j struct {
@@ -443,12 +445,22 @@ func (db *DB) Stats(ctx context.Context) (Stats, error) {
 		}
 		return tx.Bucket(bucketImages).ForEach(func(_, v []byte) error {
 			var r struct {
-				State State `json:"state"`
+				State    State `json:"state"`
+				Decision *struct {
+					Allow bool `json:"allow"`
+				} `json:"decision"`
 			}
 			if err := json.Unmarshal(v, &r); err != nil {
 				return err
 			}
 			s.Images[r.State]++
+			if r.Decision != nil {
+				k := "deny"
+				if r.Decision.Allow {
+					k = "allow"
+				}
+				s.Decisions[k]++
+			}
 			return ctx.Err()
 		})
 	})

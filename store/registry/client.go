@@ -170,6 +170,10 @@ func (c *Client) RemoteOptions(ctx context.Context) []remote.Option {
 	}
 }
 
+// Responses counts the registry's responses by status code (see
+// Transport.Responses).
+func (c *Client) Responses() map[string]int64 { return c.transport.Responses() }
+
 // NameOptions are the options to parse references with (plain HTTP for hosts
 // configured insecure).
 func (c *Client) NameOptions(host string) []name.Option {

@@ -57,6 +57,7 @@ type Transport struct {
 
 	mu       sync.Mutex
 	limiters map[string]*rate.Limiter
+	codes    map[string]int64 // responses by status code ("error": no response), retries included
 }
 
 func newTransport(inner http.RoundTripper, rps float64, burst, maxRetries int, logger *slog.Logger) *Transport {
@@ -114,6 +115,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			r.Body = body
 		}
 		resp, err := t.inner.RoundTrip(r)
+		t.count(resp, err)
 		var wait time.Duration
 		switch {
 		case err != nil:
@@ -176,4 +178,29 @@ func permanentNetErr(err error) bool {
 	var ua x509.UnknownAuthorityError
 	var hn x509.HostnameError
 	return errors.As(err, &rh) || errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &hn)
+}
+
+func (t *Transport) count(resp *http.Response, err error) {
+	code := "error"
+	if err == nil {
+		code = strconv.Itoa(resp.StatusCode)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.codes == nil {
+		t.codes = map[string]int64{}
+	}
+	t.codes[code]++
+}
+
+// Responses counts every response by status code ("error" when there was
+// none), each retry included: the registry's 429s and 5xx show here.
+func (t *Transport) Responses() map[string]int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string]int64, len(t.codes))
+	for k, v := range t.codes {
+		out[k] = v
+	}
+	return out
 }

@@ -60,6 +60,7 @@ type runner struct {
 	wrapStages     func(pipeline.Stages) pipeline.Stages
 	jobDone        func(ref string, id uint64, err error)
 	vulnMetrics    vulnMetrics
+	stageMetrics   stageMetrics
 	vulnScanner    analyze.VulnScanner // set by newPipeline; nil when the scan is off
 
 	// flags shared by commands

@@ -287,6 +287,18 @@ func TestServeInProcess(t *testing.T) {
 	if code := Run(ctx, []string{"healthcheck", "--listen", addr}, io.Discard, io.Discard); code != 0 {
 		t.Fatalf("healthcheck exit %d", code)
 	}
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, m := range []string{"# TYPE attestd_jobs gauge", "# TYPE attestd_decisions gauge", "# TYPE attestd_registry_responses_total counter",
+		"# TYPE attestd_stage_duration_seconds histogram", "# TYPE attestd_vuln_scans_total counter", "attestd_queue_oldest_pending_seconds 0"} {
+		if !strings.Contains(string(body), m) {
+			t.Errorf("/metrics lacks %q", m)
+		}
+	}
 	cancel()
 	select {
 	case code := <-done:

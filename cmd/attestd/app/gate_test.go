@@ -3,8 +3,10 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,5 +82,27 @@ func TestAuditExceptionsOnce(t *testing.T) {
 	want := []string{"exception.added CVE-1", "exception.added CVE-2", "exception.expired CVE-2"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("audit = %v, want %v", got, want)
+	}
+}
+
+// TestStageHistogram: observations land in cumulative buckets per stage
+// and result, in Prometheus' text format.
+func TestStageHistogram(t *testing.T) {
+	var m stageMetrics
+	m.observe("sign", nil, 300*time.Millisecond)
+	m.observe("sign", nil, 3*time.Second)
+	m.observe("sign", errors.New("fulcio"), time.Second)
+	var b strings.Builder
+	m.write(&b)
+	for _, want := range []string{
+		`attestd_stage_duration_seconds_bucket{stage="sign",result="ok",le="0.5"} 1`,
+		`attestd_stage_duration_seconds_bucket{stage="sign",result="ok",le="5"} 2`,
+		`attestd_stage_duration_seconds_bucket{stage="sign",result="ok",le="+Inf"} 2`,
+		`attestd_stage_duration_seconds_count{stage="sign",result="error"} 1`,
+		`attestd_stage_duration_seconds_sum{stage="sign",result="ok"} 3.3`,
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("lacks %s\n%s", want, b.String())
+		}
 	}
 }

@@ -9,12 +9,13 @@ import (
 
 	"github.com/attestd/attestd/attest/watch"
 	"github.com/attestd/attestd/store"
+	"github.com/attestd/attestd/store/registry"
 )
 
 // metricsHandler serves Prometheus text exposition: intake counters by
 // source, outcome and reason; jobs by status; images by state; the age of
 // the oldest pending job.
-func metricsHandler(db *store.DB, stats *watch.Stats, vm *vulnMetrics) http.Handler {
+func metricsHandler(db *store.DB, stats *watch.Stats, rc *registry.Client, vm *vulnMetrics, sm *stageMetrics) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		st, err := db.Stats(r.Context())
 		if err != nil {
@@ -43,6 +44,21 @@ func metricsHandler(db *store.DB, stats *watch.Stats, vm *vulnMetrics) http.Hand
 			age = time.Since(st.OldestPending).Seconds()
 		}
 		fmt.Fprintf(&b, "# HELP attestd_queue_oldest_pending_seconds Age of the oldest pending job.\n# TYPE attestd_queue_oldest_pending_seconds gauge\nattestd_queue_oldest_pending_seconds %g\n", age)
+		b.WriteString("# HELP attestd_decisions Images by the gate's last decision.\n# TYPE attestd_decisions gauge\n")
+		for _, k := range sortedKeys(st.Decisions) {
+			fmt.Fprintf(&b, "attestd_decisions{result=%q} %d\n", k, st.Decisions[k])
+		}
+		b.WriteString("# HELP attestd_registry_responses_total Registry responses by status code (error: no response), retries included.\n# TYPE attestd_registry_responses_total counter\n")
+		codes := rc.Responses()
+		keys := make([]string, 0, len(codes))
+		for k := range codes {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Fprintf(&b, "attestd_registry_responses_total{code=%q} %d\n", k, codes[k])
+		}
+		sm.write(&b)
 		vm.write(&b)
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		_, _ = w.Write([]byte(b.String()))

@@ -82,7 +82,7 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 	var ready atomic.Bool
 	stats := watch.NewStats()
 	mux := newAPI(db, rc, p.Wake, &ready, log)
-	mux.Handle("GET /metrics", metricsHandler(db, stats, &r.vulnMetrics))
+	mux.Handle("GET /metrics", metricsHandler(db, stats, rc, &r.vulnMetrics, &r.stageMetrics))
 	sink := &intakeSink{db: db, rc: rc, wake: p.Wake, log: log, recordExisting: cfg.Intake.Existing == "record"}
 	if err := mountSources(mux, cfg, sink, stats, log); err != nil {
 		return err

@@ -140,6 +140,7 @@ func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Cli
 			stages.Evaluator, stages.Promoter = g, pr
 		}
 	}
+	stages = r.stageMetrics.instrument(stages)
 	if r.wrapStages != nil {
 		stages = r.wrapStages(stages)
 	}
