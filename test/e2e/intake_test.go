@@ -127,6 +127,20 @@ log: {level: debug}
 	d.stop()
 
 	db := openStore(t, dataDir)
+	// What intake ignored is in the audit log too (flushed at shutdown),
+	// with the source and reason.
+	ignored := map[string]bool{}
+	_ = db.AuditEntries(ctx, 1, func(e store.AuditEntry, _ []byte) error {
+		if e.Action == "event.ignored" && e.Actor == "webhook:registry" && e.Details["count"] != "" {
+			ignored[e.Details["reason"]] = true
+		}
+		return nil
+	})
+	for _, r := range []string{"artifact", "action", "not_watched"} {
+		if !ignored[r] {
+			t.Errorf("no event.ignored audit entry with reason %s (have %v)", r, ignored)
+		}
+	}
 	jobs, _ := db.Jobs(ctx)
 	perRef := map[string]int{}
 	folded := 0

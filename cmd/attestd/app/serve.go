@@ -125,6 +125,7 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 	if poller != nil {
 		g.Go(func() error { return poller.Run(gctx) })
 	}
+	g.Go(func() error { return newIntakeAuditor(db, stats).run(gctx, time.Minute) })
 	if r.vulnScanner != nil && cfg.Analysis.Vulnerabilities.RescanInterval > 0 {
 		g.Go(func() error { return rescanLoop(gctx, cfg, db, r.vulnScanner, &r.vulnMetrics, log) })
 	}
