@@ -68,7 +68,10 @@ func TestGatePromotesCompliantDeniesTheRest(t *testing.T) {
 		return fmt.Sprintf("gate:\n  policy: %s\n  signed_timestamps: 1\n  promotion:\n    - from: %s/staging/*\n      to: %s/prod/{name}\n      tags: semver\n",
 			gatePolicy(t, signer), stk.RegistryHost, stk.RegistryHost)
 	}
-	cfg := signingConfigWith(t, identity, stk.SigningConfig, gate(identity))
+	// An exception, expired already: audited as added and as expired; it
+	// suppresses nothing.
+	cfg := signingConfigWith(t, identity, stk.SigningConfig, gate(identity)+
+		"analysis:\n  vulnerabilities:\n    exceptions:\n      - {vulnerability: GO-2022-1059, owner: sec@example.test, reason: expired on purpose, ticket: SEC-7, expires: 2026-01-01}\n")
 	dataDir := t.TempDir()
 	prodTag := func(repoTag string) name.Tag {
 		tg, _ := name.NewTag(stk.RegistryHost + "/prod/" + repoTag)
@@ -112,6 +115,15 @@ func TestGatePromotesCompliantDeniesTheRest(t *testing.T) {
 		}
 		for _, w := range []string{`"action":"decision"`, `"policy":"` + rec.Decision.PolicyDigest + `"`, `"action":"promotion"`, `"to":"` + prodTag("app:v1.0.0").String() + `"`, `"to":"promoted"`,
 			`"action":"signature.written"`, `"predicateType":"https://slsa.dev/verification_summary/v1"`, `"log.0":"`, `"timestamps":"1"`} {
+			if !strings.Contains(out.String(), w) {
+				t.Errorf("audit lacks %s", w)
+			}
+		}
+		out.Reset()
+		if code := app.Run(ctx, []string{"audit", "export", "-c", cfg, "--data-dir", dataDir, "--action", "exception."}, &out, &out); code != 0 {
+			t.Fatal(out.String())
+		}
+		for _, w := range []string{`"action":"exception.added"`, `"action":"exception.expired"`, `"ticket":"SEC-7"`} {
 			if !strings.Contains(out.String(), w) {
 				t.Errorf("audit lacks %s", w)
 			}

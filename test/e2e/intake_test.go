@@ -113,6 +113,12 @@ log: {level: debug}
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// A delivery without the shared secret is rejected (401) — and audited.
+	if resp, err := http.Post("http://"+addr+"/hooks/registry", "application/vnd.docker.distribution.events.v1+json", strings.NewReader(`{"events":[]}`)); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("unauthenticated delivery: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -131,15 +137,25 @@ log: {level: debug}
 	// with the source and reason.
 	ignored := map[string]bool{}
 	_ = db.AuditEntries(ctx, 1, func(e store.AuditEntry, _ []byte) error {
-		if e.Action == "event.ignored" && e.Actor == "webhook:registry" && e.Details["count"] != "" {
-			ignored[e.Details["reason"]] = true
+		if (e.Action == "event.ignored" || e.Action == "event.rejected") && e.Actor == "webhook:registry" && e.Details["count"] != "" {
+			ignored[e.Action+" "+e.Details["reason"]] = true
+		}
+		if e.Action == "config.loaded" && strings.HasPrefix(e.Details["digest"], "sha256:") {
+			ignored["config.loaded"] = true
 		}
 		return nil
 	})
-	for _, r := range []string{"artifact", "action", "not_watched"} {
+	for _, r := range []string{"event.ignored artifact", "event.ignored action", "event.ignored not_watched", "config.loaded"} {
 		if !ignored[r] {
-			t.Errorf("no event.ignored audit entry with reason %s (have %v)", r, ignored)
+			t.Errorf("no %s audit entry (have %v)", r, ignored)
 		}
+	}
+	rejected := false
+	for k := range ignored {
+		rejected = rejected || strings.HasPrefix(k, "event.rejected ")
+	}
+	if !rejected {
+		t.Errorf("no event.rejected audit entry (have %v)", ignored)
 	}
 	jobs, _ := db.Jobs(ctx)
 	perRef := map[string]int{}

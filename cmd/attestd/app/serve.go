@@ -176,9 +176,17 @@ func loopbackOnly(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-func (a *api) readyz(w http.ResponseWriter, _ *http.Request) {
+// readyz: the pipeline runs and the store answers (a read of the audit
+// head: cheap, and it goes through bbolt). Registries and Sigstore are not
+// probed here: an outage there is retried per job, and intake must keep
+// accepting events meanwhile.
+func (a *api) readyz(w http.ResponseWriter, req *http.Request) {
 	if !a.ready.Load() {
 		writeError(w, http.StatusServiceUnavailable, "not ready")
+		return
+	}
+	if _, _, err := a.db.AuditHead(req.Context()); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
 		return
 	}
 	fmt.Fprintln(w, "ready")
