@@ -267,7 +267,7 @@ func TestServeInProcess(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	go func() {
-		done <- Run(ctx, []string{"serve", "--data-dir", t.TempDir(), "--listen", addr}, io.Discard, io.Discard,
+		done <- Run(ctx, []string{"serve", "--data-dir", t.TempDir(), "--listen", addr, "-c", writeFile(t, "registries: [{host: \"127.0.0.1:1\"}]\n")}, io.Discard, io.Discard,
 			WithLookupEnv(func(string) (string, bool) { return "", false }))
 	}()
 	deadline := time.Now().Add(10 * time.Second)
@@ -286,6 +286,12 @@ func TestServeInProcess(t *testing.T) {
 	}
 	if code := Run(ctx, []string{"healthcheck", "--listen", addr}, io.Discard, io.Discard); code != 0 {
 		t.Fatalf("healthcheck exit %d", code)
+	}
+	// deep=1 also asks the configured registries (127.0.0.1:1 answers nothing).
+	if resp, err := http.Get("http://" + addr + "/readyz?deep=1"); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("deep readiness with an unreachable registry: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {

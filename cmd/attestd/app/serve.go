@@ -81,7 +81,7 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 	}
 	var ready atomic.Bool
 	stats := watch.NewStats()
-	mux := newAPI(db, rc, p.Wake, &ready, log)
+	mux := newAPIWithDeps(db, rc, p.Wake, &ready, log, dependencyCheck(cfg, rc))
 	mux.Handle("GET /metrics", metricsHandler(db, stats, rc, &r.vulnMetrics, &r.stageMetrics))
 	sink := &intakeSink{db: db, rc: rc, wake: p.Wake, log: log, recordExisting: cfg.Intake.Existing == "record"}
 	if err := mountSources(mux, cfg, sink, stats, log); err != nil {
@@ -141,6 +141,7 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 
 // api is the daemon's HTTP surface.
 type api struct {
+	deps  func(context.Context) error // /readyz?deep=1
 	db    *store.DB
 	rc    *registry.Client
 	wake  func()
@@ -149,7 +150,11 @@ type api struct {
 }
 
 func newAPI(db *store.DB, rc *registry.Client, wake func(), ready *atomic.Bool, log *slog.Logger) *http.ServeMux {
-	a := &api{db: db, rc: rc, wake: wake, ready: ready, log: log}
+	return newAPIWithDeps(db, rc, wake, ready, log, nil)
+}
+
+func newAPIWithDeps(db *store.DB, rc *registry.Client, wake func(), ready *atomic.Bool, log *slog.Logger, deps func(context.Context) error) *http.ServeMux {
+	a := &api{db: db, rc: rc, wake: wake, ready: ready, log: log, deps: deps}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", a.readyz)
@@ -177,9 +182,10 @@ func loopbackOnly(h http.HandlerFunc) http.HandlerFunc {
 }
 
 // readyz: the pipeline runs and the store answers (a read of the audit
-// head: cheap, and it goes through bbolt). Registries and Sigstore are not
-// probed here: an outage there is retried per job, and intake must keep
-// accepting events meanwhile.
+// head: cheap, and it goes through bbolt). With ?deep=1 the configured
+// registries and the signer's CA must answer too; not by default: an
+// outage there is retried per job, and intake must keep accepting events
+// meanwhile.
 func (a *api) readyz(w http.ResponseWriter, req *http.Request) {
 	if !a.ready.Load() {
 		writeError(w, http.StatusServiceUnavailable, "not ready")
@@ -188,6 +194,12 @@ func (a *api) readyz(w http.ResponseWriter, req *http.Request) {
 	if _, _, err := a.db.AuditHead(req.Context()); err != nil {
 		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
 		return
+	}
+	if req.URL.Query().Get("deep") == "1" && a.deps != nil {
+		if err := a.deps(req.Context()); err != nil {
+			writeError(w, http.StatusServiceUnavailable, "dependencies: "+err.Error())
+			return
+		}
 	}
 	fmt.Fprintln(w, "ready")
 }
