@@ -277,9 +277,9 @@ func (r *runner) docCommand() *cobra.Command {
 	var kind, platform string
 	cmd := &cobra.Command{
 		Use:   "doc DIGEST-REF",
-		Short: "Print a document analysis made (SBOM, hardening report, provenance), or list them",
+		Short: "Print a document analysis made (SBOM, hardening report, vulnerabilities, provenance), or list them",
 		Long: `Without --kind, lists the documents recorded for the image. With --kind, prints
-one: spdx, cyclonedx, hardening or provenance. For an index, --platform picks
+one: spdx, cyclonedx, hardening, vulnerabilities or provenance. For an index, --platform picks
 the platform (provenance without --platform is the index's own statement).`,
 		Example: `  attestd doc 127.0.0.1:5000/demo/app@sha256:…
   attestd doc 127.0.0.1:5000/demo/app@sha256:… --kind spdx > app.spdx.json
