@@ -329,7 +329,7 @@ the platform (provenance without --platform is the index's own statement).`,
 			})
 		},
 	}
-	cmd.Flags().StringVar(&kind, "kind", "", "spdx, cyclonedx, hardening or provenance")
+	cmd.Flags().StringVar(&kind, "kind", "", "spdx, cyclonedx, hardening, vulnerabilities or provenance")
 	cmd.Flags().StringVar(&platform, "platform", "", "platform of an index, e.g. linux/arm64")
 	return cmd
 }
