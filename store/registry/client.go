@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -46,6 +47,10 @@ type Client struct {
 	insecure  map[string]bool
 	userAgent string
 	logger    *slog.Logger
+	// referrersAPI caches, per registry host, whether it serves the OCI 1.1
+	// referrers API (probed once): without it, referrers are read from
+	// the fallback tag directly instead of after a 404 every time.
+	referrersAPI sync.Map // host → bool
 }
 
 type options struct {
@@ -382,11 +387,7 @@ func (c *Client) Referrers(ctx context.Context, ref name.Digest, artifactType st
 	// No server-side filter: ggcr would also filter client-side on the
 	// descriptors' artifactType, which some registries report wrongly
 	// (see below). We filter here instead.
-	idx, err := remote.Referrers(ref, c.RemoteOptions(ctx)...)
-	if err != nil {
-		return nil, fmt.Errorf("referrers of %s: %w", ref, err)
-	}
-	im, err := idx.IndexManifest()
+	im, err := c.referrersIndex(ctx, ref)
 	if err != nil {
 		return nil, fmt.Errorf("referrers of %s: %w", ref, err)
 	}
@@ -409,6 +410,71 @@ func (c *Client) Referrers(ctx context.Context, ref name.Digest, artifactType st
 		}
 	}
 	return out, nil
+}
+
+// referrersIndex reads ref's referrers: through the API where the registry
+// has it, else from the "sha256-<hex>" fallback tag (empty when absent).
+func (c *Client) referrersIndex(ctx context.Context, ref name.Digest) (*v1.IndexManifest, error) {
+	api, err := c.hasReferrersAPI(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if api {
+		idx, err := remote.Referrers(ref, c.RemoteOptions(ctx)...)
+		if err != nil {
+			return nil, err
+		}
+		return idx.IndexManifest()
+	}
+	tag := ref.Context().Tag(strings.Replace(ref.DigestStr(), ":", "-", 1))
+	idx, err := remote.Index(tag, c.RemoteOptions(ctx)...)
+	if IsNotFound(err) {
+		return &v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return idx.IndexManifest()
+}
+
+// hasReferrersAPI probes ref's registry once: GET …/referrers/<digest>
+// answers 200 where the API exists and 404 where it does not (OCI
+// distribution spec 1.1).
+func (c *Client) hasReferrersAPI(ctx context.Context, ref name.Digest) (bool, error) {
+	host := ref.Context().RegistryStr()
+	if v, ok := c.referrersAPI.Load(host); ok {
+		return v.(bool), nil
+	}
+	auth, err := c.keychain.Resolve(ref.Context())
+	if err != nil {
+		return false, err
+	}
+	rt, err := transport.NewWithContext(ctx, ref.Context().Registry, auth, c.transport, []string{ref.Context().Scope(transport.PullScope)})
+	if err != nil {
+		return false, err
+	}
+	u := fmt.Sprintf("%s://%s/v2/%s/referrers/%s", ref.Context().Scheme(), host, ref.Context().RepositoryStr(), ref.DigestStr())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return false, err
+	}
+	req.Header.Set("Accept", string(types.OCIImageIndex))
+	resp, err := (&http.Client{Transport: rt}).Do(req)
+	if err != nil {
+		return false, err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+		c.referrersAPI.Store(host, true)
+		return true, nil
+	case http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusBadRequest:
+		c.referrersAPI.Store(host, false)
+		return false, nil
+	default:
+		return false, fmt.Errorf("probing the referrers API of %s: %s", host, resp.Status)
+	}
 }
 
 // artifactType reads a manifest's artifactType (or its config media type),

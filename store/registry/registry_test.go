@@ -332,3 +332,37 @@ func TestListTagsAndCatalog(t *testing.T) {
 		t.Errorf("tags of a missing repo: %v, want not found", err)
 	}
 }
+
+// TestReferrersProbeOnce: the referrers API is probed once per registry;
+// without it, later listings read the fallback tag directly.
+func TestReferrersProbeOnce(t *testing.T) {
+	t.Parallel()
+	for _, api := range []bool{true, false} {
+		t.Run(map[bool]string{true: "api", false: "tag-fallback"}[api], func(t *testing.T) {
+			t.Parallel()
+			h, host := newRegistry(t, api)
+			c := newClient(t)
+			ctx := context.Background()
+			img, _ := random.Image(64, 1)
+			subject := push(t, c, host+"/app:v1", img)
+			for range 3 {
+				if _, err := c.Referrers(ctx, subject, ""); err != nil {
+					t.Fatal(err)
+				}
+			}
+			n := 0
+			for _, r := range h.requests() {
+				if strings.Contains(r, "/referrers/") {
+					n++
+				}
+			}
+			want := 1 // the probe only
+			if api {
+				want = 4 // the probe, then the API for each listing
+			}
+			if n != want {
+				t.Fatalf("%d requests to /referrers/, want %d: %v", n, want, h.requests())
+			}
+		})
+	}
+}
