@@ -287,7 +287,7 @@ func (p *Pipeline) advance(ctx context.Context, ref string, log *slog.Logger) er
 				setStage(r, name, store.StageSkipped, notBuilt)
 				return nil
 			})
-			log.InfoContext(ctx, "stage not built yet; job ends here", "stage", name, "state", rec.State)
+			log.InfoContext(ctx, "stage not configured; job ends here", "stage", name, "state", rec.State)
 			return err
 		}
 		to, fn, err := run(ctx, rec, t)

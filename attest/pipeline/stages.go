@@ -86,7 +86,7 @@ const (
 var Order = []string{StageResolve, StageAnalyse, StageSign, StageEvaluate, StagePromote}
 
 // notBuilt is the Detail of a stage with no implementation.
-const notBuilt = "not built yet"
+const notBuilt = "not configured"
 
 // permanent marks an error that retrying cannot fix.
 type permanent struct{ err error }

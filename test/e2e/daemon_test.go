@@ -160,7 +160,7 @@ func TestProcessCommand(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d\n%s\n%s", code, out.String(), errOut.String())
 	}
-	for _, want := range []string{ref.DigestStr(), "state:  analysed", "resolve   passed", "analyse   passed", "sign      skipped  not built yet"} {
+	for _, want := range []string{ref.DigestStr(), "state:  analysed", "resolve   passed", "analyse   passed", "sign      skipped  not configured"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}

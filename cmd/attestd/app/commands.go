@@ -35,7 +35,7 @@ func (r *runner) processCommand() *cobra.Command {
 		Short: "Run the pipeline once, in the foreground, for one image and print what each stage did",
 		Long: `process resolves IMAGE (tag or digest) and runs every stage for it now,
 recording the result in the store like the daemon would. Stages that are
-not built yet are reported as skipped, never as passed. Stop the daemon
+not configured are reported as skipped, never as passed. Stop the daemon
 first: the store allows one writer.`,
 		Example: "  attestd process -c attestd.yaml 127.0.0.1:5000/demo/app:v1",
 		Args:    exactArgs(1, "IMAGE"),

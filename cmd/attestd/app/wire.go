@@ -112,9 +112,10 @@ func (r resolver) Resolve(ctx context.Context, ref string) (*pipeline.Target, er
 	return t, nil
 }
 
-// newPipeline wires the stages that exist today: resolve, analyse and (when
-// configured) sign. Evaluation and promotion are not built yet: the pipeline
-// reports them as skipped and never moves a digest past what really ran.
+// newPipeline wires the stages: resolve and analyse always; sign when
+// signing.* is set; evaluate when gate.policy is set too; promote when
+// gate.promotion has rules. A stage that is not configured is reported as
+// skipped, and no digest moves past what really ran.
 func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Client, log *slog.Logger) (*pipeline.Pipeline, error) {
 	vs, err := newVulnScanner(cfg, &r.vulnMetrics, log)
 	if err != nil {
@@ -137,7 +138,10 @@ func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Cli
 			if err != nil {
 				return nil, err
 			}
-			stages.Evaluator, stages.Promoter = g, pr
+			stages.Evaluator = g
+			if len(cfg.Gate.Promotion) > 0 {
+				stages.Promoter = pr
+			}
 		}
 	}
 	stages = r.stageMetrics.instrument(stages)

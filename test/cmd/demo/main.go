@@ -1,6 +1,7 @@
-// Command demo is `make demo`: it runs what attestd can do today, end to end
-// on embedded defaults, against the real local stack, and says plainly what
-// is not built yet.
+// Command demo is `make demo`: the whole loop, end to end on embedded
+// defaults against the real local stack — intake by webhook, analysis,
+// vulnerabilities, signing, the gate, promotion to prod, the stock cosign
+// CLI verifying on the prod reference, the audit log and its HTML report.
 package main
 
 import (
