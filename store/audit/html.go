@@ -116,6 +116,9 @@ func HTML(ctx context.Context, db *store.DB, w io.Writer, f Filter, now time.Tim
 			rows = append(rows, im)
 			continue
 		}
+		if rec.Parent != "" {
+			continue // a platform manifest folded into its index: the index's row covers it
+		}
 		im.State = string(rec.State)
 		for _, fc := range rec.Facts {
 			im.Packages += fc.Packages

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/attestd/attestd/cmd/attestd/app"
@@ -197,48 +198,53 @@ gate:
 	out, _ = attestd("status")
 	fmt.Print(out)
 
+	// pushAndWait pushes a sample image and prints its record once final.
+	pushAndWait := func(img v1.Image, repoTag string) error {
+		tg, _ := name.NewTag(s.RegistryHost + "/" + repoTag)
+		if err := remote.Write(tg, img, remote.WithContext(ctx)); err != nil {
+			return err
+		}
+		dg, _ := img.Digest()
+		dref := tg.Context().Digest(dg.String()).String()
+		deadline := time.Now().Add(2 * time.Minute)
+		var out string
+		for {
+			out, _ = attestd("status", dref)
+			if finalState(out) || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+		fmt.Print(out)
+		return nil
+	}
 	step("A deliberately bad image (root, shell, secrets, setuid, dynamic unstripped Go binary) pushed too")
 	if bad, err := fixture.Bad(ctx, fixture.Options{RepoRoot: root}); err != nil {
 		fmt.Printf("skipped: building the bad fixture needs debootstrap (root): %v\n", err)
 	} else {
-		btag, _ := name.NewTag(s.RegistryHost + "/demo/bad:v1.0.0")
-		if err := remote.Write(btag, bad, remote.WithContext(ctx)); err != nil {
+		if err := pushAndWait(bad, "demo/bad:v1.0.0"); err != nil {
 			return err
 		}
-		bd, _ := bad.Digest()
-		bref := btag.Context().Digest(bd.String()).String()
-		deadline := time.Now().Add(2 * time.Minute)
-		for {
-			out, _ = attestd("status", bref)
-			if finalState(out) || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(300 * time.Millisecond)
-		}
-		fmt.Print(out)
 		fmt.Println("(every hardening check, why it matters and how to fix it: docs/hardening.md)")
 	}
 
 	step("An image whose Go binary links golang.org/x/text %s (known vulnerabilities) pushed too", fixture.OldXTextVersion)
-	if vimg, err := fixture.OldXText(ctx, fixture.Options{RepoRoot: root}); err != nil {
+	vimg, err := fixture.OldXText(ctx, fixture.Options{RepoRoot: root})
+	if err != nil {
 		return err
-	} else {
-		vtag, _ := name.NewTag(s.RegistryHost + "/demo/old-x-text:v1.0.0")
-		if err := remote.Write(vtag, vimg, remote.WithContext(ctx)); err != nil {
-			return err
-		}
-		vd, _ := vimg.Digest()
-		vref := vtag.Context().Digest(vd.String()).String()
-		deadline := time.Now().Add(2 * time.Minute)
-		for {
-			out, _ = attestd("status", vref)
-			if finalState(out) || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(300 * time.Millisecond)
-		}
-		fmt.Print(out)
-		fmt.Println("(Go vulnerability database records carry no severity: they gate as HIGH — docs/vulnerabilities.md)")
+	}
+	if err := pushAndWait(vimg, "demo/old-x-text:v1.0.0"); err != nil {
+		return err
+	}
+	fmt.Println("(Go vulnerability database records carry no severity: they gate as HIGH — docs/vulnerabilities.md)")
+
+	step("A small compliant sample (static stripped Go binary, nonroot, HEALTHCHECK) pushed too")
+	himg, err := fixture.StaticGo(ctx, fixture.Options{RepoRoot: root})
+	if err != nil {
+		return err
+	}
+	if err := pushAndWait(himg, "demo/hello:v1.0.0"); err != nil {
+		return err
 	}
 
 	prodRepo := s.RegistryHost + "/prod/attestd"
@@ -268,7 +274,7 @@ gate:
 	fmt.Print(out)
 
 	step("Report")
-	for _, img := range []string{"demo/attestd:v1.0.0", "demo/bad:v1.0.0", "demo/old-x-text:v1.0.0"} {
+	for _, img := range []string{"demo/attestd:v1.0.0", "demo/hello:v1.0.0", "demo/bad:v1.0.0", "demo/old-x-text:v1.0.0"} {
 		ref := s.RegistryHost + "/" + img
 		desc, err := remote.Head(mustTag(ref), remote.WithContext(ctx))
 		if err != nil {
@@ -278,15 +284,22 @@ gate:
 		dref := mustTag(ref).Context().Digest(desc.Digest.String()).String()
 		out, _ := attestd("status", dref)
 		fmt.Printf("  %s\n%s", img, indent(summarise(out), "    "))
+		verifyAt := dref // signed in staging whatever the decision
 		if exp, _ := attestd("audit", "export", "--action", "promotion", "--digest", desc.Digest.String()); strings.Contains(exp, `"to":"`) {
 			for _, l := range strings.Split(strings.TrimSpace(exp), "\n") {
 				if _, after, ok := strings.Cut(l, `"to":"`); ok {
 					to, _, _ := strings.Cut(after, `"`)
 					fmt.Printf("    promoted to %s\n", to)
+					verifyAt = to
 				}
 			}
 		} else {
 			fmt.Println("    not promoted")
+		}
+		if _, err := s.Cosign(ctx, append(append([]string{"verify"}, s.VerifyArgs(identity)...), verifyAt)...); err != nil {
+			fmt.Printf("    cosign verify %s: FAILED: %v\n", verifyAt, err)
+		} else {
+			fmt.Printf("    cosign verify %s: verified\n", verifyAt)
 		}
 	}
 	reportPath := filepath.Join(dir, "audit-report.html")
