@@ -395,11 +395,53 @@ func vunnelState(dir, dst string, now time.Time) (*provider.State, int, error) {
 }
 
 // writeArchive writes names from dir into a zstd-compressed tar at path,
-// atomically (temp file, fsync, rename).
-func writeArchive(path, dir string, names ...string) (err error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".archive-")
+// atomically.
+func writeArchive(path, dir string, names ...string) error {
+	return writeAtomic(path, func(w io.Writer) error {
+		zw, err := zstd.NewWriter(w)
+		if err != nil {
+			return err
+		}
+		tw := tar.NewWriter(zw)
+		for _, n := range names {
+			if err := addToTar(tw, dir, n); err != nil {
+				return fmt.Errorf("vulndb build: archiving %s: %w", n, err)
+			}
+		}
+		if err := tw.Close(); err != nil {
+			return err
+		}
+		return zw.Close()
+	})
+}
+
+func addToTar(tw *tar.Writer, dir, name string) error {
+	f, err := os.Open(filepath.Join(dir, name))
 	if err != nil {
-		return fmt.Errorf("vulndb build: %w", err)
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: fi.Size(), ModTime: fi.ModTime(), Typeflag: tar.TypeReg}); err != nil {
+		return err
+	}
+	_, err = io.Copy(tw, f)
+	return err
+}
+
+func writeFileAtomic(path string, b []byte) error {
+	return writeAtomic(path, func(w io.Writer) error { _, err := w.Write(b); return err })
+}
+
+// writeAtomic fills a temp file beside path, fsyncs it and renames it into
+// place; on any error the temp file is removed and path is untouched.
+func writeAtomic(path string, fill func(io.Writer) error) (err error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-")
+	if err != nil {
+		return fmt.Errorf("vulndb: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -407,32 +449,7 @@ func writeArchive(path, dir string, names ...string) (err error) {
 			os.Remove(tmp.Name())
 		}
 	}()
-	zw, err := zstd.NewWriter(tmp)
-	if err != nil {
-		return err
-	}
-	tw := tar.NewWriter(zw)
-	for _, n := range names {
-		f, err := os.Open(filepath.Join(dir, n))
-		if err != nil {
-			return fmt.Errorf("vulndb build: %w", err)
-		}
-		fi, err := f.Stat()
-		if err == nil {
-			err = tw.WriteHeader(&tar.Header{Name: n, Mode: 0o644, Size: fi.Size(), ModTime: fi.ModTime(), Typeflag: tar.TypeReg})
-		}
-		if err == nil {
-			_, err = io.Copy(tw, f)
-		}
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("vulndb build: archiving %s: %w", n, err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return err
-	}
-	if err := zw.Close(); err != nil {
+	if err := fill(tmp); err != nil {
 		return err
 	}
 	if err := tmp.Sync(); err != nil {
@@ -441,25 +458,6 @@ func writeArchive(path, dir string, names ...string) (err error) {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), path)
-}
-
-func writeFileAtomic(path string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-")
-	if err != nil {
-		return err
-	}
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	tmp.Close()
 	return os.Rename(tmp.Name(), path)
 }
 
@@ -541,6 +539,25 @@ func (in Installation) Update() (bool, error) {
 
 // ErrNoDatabase says no database is installed.
 var ErrNoDatabase = errors.New("no vulnerability database installed")
+
+// Digest is the installed database's digest as recorded at import — a
+// read of a small file, cheap enough for every scan (Status hashes the
+// whole database).
+func (in Installation) Digest() (string, error) {
+	dir := filepath.Join(in.Root, fmt.Sprint(v6.ModelVersion))
+	path := filepath.Join(dir, v6.VulnerabilityDBFileName)
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("%w at %s: install one with `attestd vulndb import ARCHIVE` or `attestd vulndb update`", ErrNoDatabase, path)
+	}
+	im, err := v6.ReadImportMetadata(afero.NewOsFs(), dir)
+	if err != nil {
+		return "", fmt.Errorf("vulnerability database %s: %w", path, err)
+	}
+	if im == nil || im.Digest == "" {
+		return "", fmt.Errorf("vulnerability database %s: no import metadata: import it again", path)
+	}
+	return im.Digest, nil
+}
 
 // Status reads the installed database's description and verifies its
 // checksum; age is computed against now.
