@@ -145,16 +145,16 @@ func (s *Scanner) Close() error {
 	return nil
 }
 
-// provider returns the open database, (re)opening it when the installed
-// one changed, and refuses a stale or missing one. The caller holds
+// provider returns the open database, (re)opening it — checksum verified —
+// when the installed one changed, and refuses a stale or missing one. The caller holds
 // s.mu.RLock until it is done with the provider.
 func (s *Scanner) provider(now time.Time) (vulnerability.Provider, *Status, func(), error) {
-	cur, err := s.o.DB.Status(now)
+	digest, err := s.o.DB.Digest() // cheap; reopen verifies the whole file
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	s.mu.RLock()
-	if s.vp == nil || s.status.Digest != cur.Digest {
+	if s.vp == nil || s.status.Digest != digest {
 		s.mu.RUnlock()
 		if err := s.reopen(now); err != nil {
 			return nil, nil, nil, err
@@ -182,7 +182,7 @@ func (s *Scanner) reopen(now time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.vp != nil {
-		if st, err := s.o.DB.Status(now); err == nil && st.Digest == s.status.Digest {
+		if d, err := s.o.DB.Digest(); err == nil && d == s.status.Digest {
 			return nil // another scan reopened it meanwhile
 		}
 		_ = s.vp.Close()

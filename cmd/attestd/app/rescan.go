@@ -37,11 +37,11 @@ type rescanSummary struct {
 // stops half way resumes where it stopped: a subject already matched
 // against this database is skipped.
 func rescan(ctx context.Context, db *store.DB, sc analyze.VulnScanner, in vuln.Installation, vm *vulnMetrics, log *slog.Logger) (rescanSummary, error) {
-	st, err := in.Status(time.Now())
+	digest, err := in.Digest()
 	if err != nil {
 		return rescanSummary{}, err
 	}
-	sum := rescanSummary{DB: st.Digest}
+	sum := rescanSummary{DB: digest}
 	recs, err := db.Images(ctx, "")
 	if err != nil {
 		return sum, err
@@ -54,7 +54,7 @@ func rescan(ctx context.Context, db *store.DB, sc analyze.VulnScanner, in vuln.I
 			if f.Vulns == nil {
 				continue
 			}
-			if f.Vulns.DB == st.Digest {
+			if f.Vulns.DB == digest {
 				sum.Current++
 				continue
 			}
@@ -133,14 +133,14 @@ func rescanLoop(ctx context.Context, cfg *configs.Config, db *store.DB, sc analy
 		if err := auditExceptions(ctx, db, cfg, time.Now()); err != nil && ctx.Err() == nil {
 			log.Warn("audit of vulnerability exceptions failed", "err", err)
 		}
-		if st, err := in.Status(time.Now()); err != nil {
+		if digest, err := in.Digest(); err != nil {
 			log.Warn("rescan: no usable vulnerability database", "err", err)
-		} else if st.Digest != last {
+		} else if digest != last {
 			sum, err := rescan(ctx, db, sc, in, vm, log)
 			if err != nil && ctx.Err() == nil {
 				log.Warn("rescan failed; retried at the next interval", "err", err)
 			} else if err == nil {
-				last = st.Digest
+				last = digest
 				log.Info("rescan done", "db", sum.DB, "rescanned", sum.Subjects, "current", sum.Current, "new", sum.New, "resolved", sum.Resolved)
 			}
 		}
