@@ -205,9 +205,12 @@ func buildInput(ctx context.Context, ver *verify.Verifier, t *pipeline.Target, t
 			// every one is read, and the facts combine to the worst case.
 			for _, e := range res.All[pt] {
 				if err := addFacts(&ps, pt, e.Predicate, now); err != nil {
-					// Verified but unreadable: the fact stays absent (or
-					// the others decide), so a rule needing it denies; say why.
+					// Verified but unreadable: no fact of this type stands
+					// (not even another report's), so a rule needing it
+					// denies; say why.
 					ps.Rejected = append(ps.Rejected, policy.Rejected{Bundle: e.Bundle, Reason: fmt.Sprintf("%s predicate: %v", pt, err)})
+					dropFacts(&ps, pt)
+					break
 				}
 			}
 		}
@@ -292,6 +295,20 @@ func addFacts(s *policy.Subject, predicateType string, pred json.RawMessage, now
 		s.SBOM = &policy.SBOMFacts{Packages: len(p.Packages)}
 	}
 	return nil
+}
+
+// dropFacts removes what addFacts read for predicateType.
+func dropFacts(s *policy.Subject, predicateType string) {
+	switch predicateType {
+	case attest.PredicateHardening:
+		s.Hardening = nil
+	case vuln.PredicateType:
+		s.Vulnerabilities = nil
+	case slsa.PredicateType:
+		s.Provenance, s.BaseImage = nil, ""
+	case attest.PredicateSPDX:
+		s.SBOM = nil
+	}
 }
 
 // vulnFacts reads the counts and findings of a verified vuln predicate.

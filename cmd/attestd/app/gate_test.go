@@ -53,6 +53,12 @@ func TestFactsWorstCase(t *testing.T) {
 	if err := addFacts(&s, vuln.PredicateType, json.RawMessage(`{"invocation":{}}`), now); err == nil {
 		t.Fatal("a vuln predicate without counts was accepted")
 	}
+	// The gate then drops the type's facts altogether, so a rule needing
+	// them denies rather than trusting the other, readable report.
+	dropFacts(&s, vuln.PredicateType)
+	if s.Vulnerabilities != nil {
+		t.Fatal("vulnerability facts survived an unreadable report")
+	}
 }
 
 // TestAuditExceptionsOnce: every configured exception is audited once as
