@@ -94,16 +94,21 @@ func (m *stageMetrics) instrument(s pipeline.Stages) pipeline.Stages {
 	return s
 }
 
+// timed runs f and observes its duration and result under stage.
+func timed[T any](m *stageMetrics, stage string, f func() (T, error)) (T, error) {
+	start := time.Now()
+	v, err := f()
+	m.observe(stage, err, time.Since(start))
+	return v, err
+}
+
 type timedResolver struct {
 	pipeline.Resolver
 	m *stageMetrics
 }
 
 func (t timedResolver) Resolve(ctx context.Context, ref string) (*pipeline.Target, error) {
-	start := time.Now()
-	r, err := t.Resolver.Resolve(ctx, ref)
-	t.m.observe(pipeline.StageResolve, err, time.Since(start))
-	return r, err
+	return timed(t.m, pipeline.StageResolve, func() (*pipeline.Target, error) { return t.Resolver.Resolve(ctx, ref) })
 }
 
 type timedAnalyzer struct {
@@ -112,10 +117,7 @@ type timedAnalyzer struct {
 }
 
 func (t timedAnalyzer) Analyze(ctx context.Context, tg *pipeline.Target) (*pipeline.Analysis, error) {
-	start := time.Now()
-	a, err := t.Analyzer.Analyze(ctx, tg)
-	t.m.observe(pipeline.StageAnalyse, err, time.Since(start))
-	return a, err
+	return timed(t.m, pipeline.StageAnalyse, func() (*pipeline.Analysis, error) { return t.Analyzer.Analyze(ctx, tg) })
 }
 
 type timedSigner struct {
@@ -124,9 +126,7 @@ type timedSigner struct {
 }
 
 func (t timedSigner) Sign(ctx context.Context, tg *pipeline.Target) error {
-	start := time.Now()
-	err := t.Signer.Sign(ctx, tg)
-	t.m.observe(pipeline.StageSign, err, time.Since(start))
+	_, err := timed(t.m, pipeline.StageSign, func() (struct{}, error) { return struct{}{}, t.Signer.Sign(ctx, tg) })
 	return err
 }
 
@@ -136,10 +136,7 @@ type timedEvaluator struct {
 }
 
 func (t timedEvaluator) Evaluate(ctx context.Context, tg *pipeline.Target) (pipeline.Decision, error) {
-	start := time.Now()
-	d, err := t.Evaluator.Evaluate(ctx, tg)
-	t.m.observe(pipeline.StageEvaluate, err, time.Since(start))
-	return d, err
+	return timed(t.m, pipeline.StageEvaluate, func() (pipeline.Decision, error) { return t.Evaluator.Evaluate(ctx, tg) })
 }
 
 type timedPromoter struct {
@@ -148,8 +145,6 @@ type timedPromoter struct {
 }
 
 func (t timedPromoter) Promote(ctx context.Context, tg *pipeline.Target) error {
-	start := time.Now()
-	err := t.Promoter.Promote(ctx, tg)
-	t.m.observe(pipeline.StagePromote, err, time.Since(start))
+	_, err := timed(t.m, pipeline.StagePromote, func() (struct{}, error) { return struct{}{}, t.Promoter.Promote(ctx, tg) })
 	return err
 }
