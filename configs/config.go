@@ -148,6 +148,12 @@ type Signing struct {
 	// Concurrency is how many signatures of one job are in flight at once
 	// (Rekor v2 answers after its next checkpoint, ~1 s).
 	Concurrency int `yaml:"concurrency"`
+	// Format is how signatures are stored: "bundle" (Sigstore bundles as
+	// OCI referrers; cosign --new-bundle-format) or "classic" (cosign's
+	// sha256-<hex>.sig/.att tags, for verifiers that read only those; needs
+	// a timestamp authority and no Rekor log in the signing config). Never
+	// both on one image.
+	Format string `yaml:"format"`
 }
 
 // Enabled reports whether signing is configured.
@@ -402,7 +408,7 @@ func Default() *Config {
 				RescanInterval: Duration(time.Hour),
 			},
 		},
-		Signing: Signing{Concurrency: 4, MaxPayload: 4 << 20},
+		Signing: Signing{Concurrency: 4, MaxPayload: 4 << 20, Format: "bundle"},
 		Gate:    Gate{Timeout: Duration(2 * time.Minute)},
 	}
 }
@@ -548,6 +554,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Signing.MaxPayload < 1024 {
 		bad("signing.max_payload", "must be at least 1KiB, got %d bytes", c.Signing.MaxPayload)
+	}
+	if f := c.Signing.Format; f != "bundle" && f != "classic" {
+		bad("signing.format", "must be bundle or classic, got %q", f)
+	} else if f == "classic" && c.Signing.PublicGood {
+		bad("signing.format", "classic signatures are proven by an RFC 3161 timestamp only, and the public-good instance logs in Rekor: use format bundle with public_good")
 	}
 	if c.Signing.Concurrency < 1 || c.Signing.Concurrency > 32 {
 		bad("signing.concurrency", "must be 1…32, got %d", c.Signing.Concurrency)

@@ -1,10 +1,11 @@
 // Package sign is attestd's signer and attacher: keyless Sigstore signing
 // (an OIDC token exchanged at Fulcio for a short-lived certificate, the
 // signature logged in Rekor and/or timestamped by a TSA, as the signing
-// config says) through the cosign v2 library, in the new Sigstore bundle
-// format, attached to the registry as OCI referrers (tag fallback where the
-// registry lacks the API) so that the stock cosign CLI verifies them. It is
-// one of the two packages allowed to import cosign.
+// config says) through the cosign v2 library, attached so that the stock
+// cosign CLI verifies them: in the new Sigstore bundle format as OCI
+// referrers (tag fallback where the registry lacks the API), or — by
+// config, never both on one image — in cosign's classic .sig/.att layout
+// (classic.go). It is one of the two packages allowed to import cosign.
 package sign
 
 import (
@@ -168,6 +169,7 @@ type Keyless struct {
 	trusted root.TrustedMaterial
 	tokens  TokenSource
 	key     sgsign.Keypair // set: key-pair signing, no Fulcio
+	classic bool           // cosign's classic .sig/.att layout instead of bundles (WithFormat)
 	reg     *registry.Client
 	log     *slog.Logger
 }
@@ -333,9 +335,10 @@ type Session struct {
 	// Attaching to one subject is serialised: on a registry without the
 	// referrers API, cosign updates the sha256-<hex> fallback index by
 	// read-modify-write, and concurrent writers lose each other's entries.
-	mu       sync.Mutex
-	subjects map[string]*sync.Mutex
-	written  []Written
+	mu            sync.Mutex
+	subjects      map[string]*sync.Mutex
+	formatChecked map[string]bool // subjects checked for signatures in the other format
+	written       []Written
 }
 
 // Written is one signature the session made and attached, with its proofs:
@@ -343,7 +346,7 @@ type Session struct {
 type Written struct {
 	Subject       string // sha256:…
 	PredicateType string
-	Bundle        string   // sha256 of the bundle JSON
+	Bundle        string   // sha256 of the bundle JSON (classic: of the signature layer)
 	LogEntries    []string // "<log key id hex>/<log index>"
 	Timestamps    int      // RFC 3161 timestamps
 }
@@ -464,6 +467,14 @@ func (s *Session) SignImage(ctx context.Context, ref string) error {
 	if err != nil {
 		return err
 	}
+	if s.k.classic {
+		ctx, cancel := context.WithTimeout(ctx, SignTimeout)
+		defer cancel()
+		if err := s.checkFormat(ctx, d); err != nil {
+			return err
+		}
+		return s.signClassic(ctx, d)
+	}
 	payload, err := statement(d, PredicateSignature, nil)
 	if err != nil {
 		return fmt.Errorf("sign %s: %w", ref, err)
@@ -489,6 +500,12 @@ func (s *Session) AttestStatement(ctx context.Context, ref, predicateType string
 	}
 	if pt != predicateType || !slices.Contains(digests, d.DigestStr()) {
 		return fmt.Errorf("attest %s: the statement is a %s about %v, not a %s about %s", ref, pt, digests, predicateType, d.DigestStr())
+	}
+	if err := s.checkFormat(ctx, d); err != nil {
+		return err
+	}
+	if s.k.classic {
+		return s.attestClassic(ctx, d, predicateType, payload)
 	}
 	sum := sha256.Sum256(payload)
 	if done, err := s.k.attachedPayload(ctx, d, predicateType, hex.EncodeToString(sum[:])); err != nil {
@@ -521,12 +538,17 @@ func (s *Session) AttestStatement(ctx context.Context, ref, predicateType string
 		}
 		w.Timestamps = len(vm.GetTimestampVerificationData().GetRfc3161Timestamps())
 	}
+	s.record(ctx, w)
+	return nil
+}
+
+// record notes a signature the session attached, and logs it.
+func (s *Session) record(ctx context.Context, w Written) {
 	s.mu.Lock()
 	s.written = append(s.written, w)
 	s.mu.Unlock()
-	s.k.log.InfoContext(ctx, "signed and attached", "digest", ref, "predicate_type", predicateType, "bytes", len(payload),
-		"log_entries", w.LogEntries, "timestamps", w.Timestamps)
-	return nil
+	s.k.log.InfoContext(ctx, "signed and attached", "digest", w.Subject, "predicate_type", w.PredicateType,
+		"log_entries", w.LogEntries, "timestamps", w.Timestamps, "classic", s.k.classic)
 }
 
 // SignStatement signs an in-toto statement as a DSSE envelope in a
@@ -572,21 +594,27 @@ func (s *Session) PushDocument(ctx context.Context, ref, artifactType, mediaType
 	return s.k.reg.PushArtifact(ctx, d, artifactType, mediaType, data, annotations)
 }
 
-// Missing returns the predicate types of want that no attached bundle of
-// ref carries. The signer stage checks it after attaching: a stage is done
+// Missing returns the predicate types of want that nothing attached to ref
+// (in the session's format) carries. The signer stage checks it after attaching: a stage is done
 // only when every attestation is really there.
 func (s *Session) Missing(ctx context.Context, ref string, want []string) ([]string, error) {
 	d, err := s.k.digest(ref)
 	if err != nil {
 		return nil, err
 	}
-	bs, err := s.k.bundles(ctx, d)
-	if err != nil {
-		return nil, fmt.Errorf("check %s: %w", ref, err)
-	}
 	have := map[string]bool{}
-	for _, b := range bs {
-		have[b.predicateType] = true
+	if s.k.classic {
+		if have, err = s.k.classicTypes(ctx, d); err != nil {
+			return nil, fmt.Errorf("check %s: %w", ref, err)
+		}
+	} else {
+		bs, err := s.k.bundles(ctx, d)
+		if err != nil {
+			return nil, fmt.Errorf("check %s: %w", ref, err)
+		}
+		for _, b := range bs {
+			have[b.predicateType] = true
+		}
 	}
 	var missing []string
 	for _, pt := range want {

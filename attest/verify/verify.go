@@ -8,6 +8,7 @@ package verify
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -129,21 +130,44 @@ func (r Result) PredicateTypes() []string {
 // Entities verifies already-fetched bundles for digest ("sha256:<hex>"):
 // no network.
 func (v *Verifier) Entities(digest string, ents []sgverify.SignedEntity, labels []string) (Result, error) {
+	es := make([]entity, len(ents))
+	for i, e := range ents {
+		es[i] = entity{SignedEntity: e, label: fmt.Sprint(i)}
+		if i < len(labels) {
+			es[i].label = labels[i]
+		}
+	}
+	return v.entities(digest, es)
+}
+
+// entity is a signed entity to verify and where it came from.
+type entity struct {
+	sgverify.SignedEntity
+	label string
+	// simpleSigning is set for a classic image signature: the signed
+	// payload, whose hash the signature covers and which must name the
+	// digest. It verifies as the signature predicate type.
+	simpleSigning []byte
+}
+
+func (v *Verifier) entities(digest string, ents []entity) (Result, error) {
 	alg, hx, ok := strings.Cut(digest, ":")
 	raw, err := hex.DecodeString(hx)
 	if !ok || alg != "sha256" || err != nil || len(raw) != 32 {
 		return Result{}, fmt.Errorf("verify: digest %q is not sha256:<64 hex>", digest)
 	}
 	res := Result{Verified: map[string]Evidence{}, All: map[string][]Evidence{}}
-	for i, e := range ents {
-		label := fmt.Sprint(i)
-		if i < len(labels) {
-			label = labels[i]
+	for _, e := range ents {
+		label := e.label
+		artifact := raw
+		if e.simpleSigning != nil {
+			sum := sha256.Sum256(e.simpleSigning)
+			artifact = sum[:]
 		}
 		var out *sgverify.VerificationResult
 		var lastErr error
 		for _, id := range v.ids {
-			out, lastErr = v.v.Verify(e, sgverify.NewPolicy(sgverify.WithArtifactDigest(alg, raw), sgverify.WithCertificateIdentity(id)))
+			out, lastErr = v.v.Verify(e.SignedEntity, sgverify.NewPolicy(sgverify.WithArtifactDigest(alg, artifact), sgverify.WithCertificateIdentity(id)))
 			if lastErr == nil {
 				break
 			}
@@ -152,32 +176,43 @@ func (v *Verifier) Entities(digest string, ents []sgverify.SignedEntity, labels 
 			res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: lastErr.Error()})
 			continue
 		}
-		if out.Statement == nil {
-			res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: "not an in-toto statement (message signature)"})
-			continue
-		}
 		ev := Evidence{Bundle: label}
 		if out.Signature != nil && out.Signature.Certificate != nil {
 			ev.Subject = out.Signature.Certificate.SubjectAlternativeName
 			ev.Issuer = out.Signature.Certificate.Issuer
 		}
-		if p := out.Statement.GetPredicate(); p != nil {
-			if ev.Predicate, err = protojson.Marshal(p); err != nil {
-				res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: "predicate: " + err.Error()})
+		var predicateType string
+		switch {
+		case e.simpleSigning != nil:
+			if err := namesDigest(e.simpleSigning, digest); err != nil {
+				res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: err.Error()})
 				continue
 			}
+			predicateType = signaturePredicate
+		case out.Statement == nil:
+			res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: "not an in-toto statement (message signature)"})
+			continue
+		default:
+			predicateType = out.Statement.PredicateType
+			if p := out.Statement.GetPredicate(); p != nil {
+				if ev.Predicate, err = protojson.Marshal(p); err != nil {
+					res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: "predicate: " + err.Error()})
+					continue
+				}
+			}
 		}
-		res.All[out.Statement.PredicateType] = append(res.All[out.Statement.PredicateType], ev)
-		if prev, ok := res.Verified[out.Statement.PredicateType]; ok && prev.Bundle < ev.Bundle {
+		res.All[predicateType] = append(res.All[predicateType], ev)
+		if prev, ok := res.Verified[predicateType]; ok && prev.Bundle < ev.Bundle {
 			continue // several verified bundles of one type: keep one, deterministically
 		}
-		res.Verified[out.Statement.PredicateType] = ev
+		res.Verified[predicateType] = ev
 	}
 	return res, nil
 }
 
-// Verify fetches every Sigstore bundle attached to ref (a digest reference)
-// and verifies them. Registry errors are returned; a bundle that cannot be
+// Verify fetches every Sigstore bundle attached to ref (a digest reference),
+// and every signature and attestation in cosign's classic layout, and
+// verifies them. Registry errors are returned; a bundle that cannot be
 // read or parsed is a rejection, never a pass.
 func (v *Verifier) Verify(ctx context.Context, ref string) (Result, error) {
 	if v.reg == nil {
@@ -199,8 +234,7 @@ func (v *Verifier) Verify(ctx context.Context, ref string) (Result, error) {
 	if err != nil && !registry.IsNotFound(err) {
 		return Result{}, fmt.Errorf("verify %s: %w", ref, err)
 	}
-	var ents []sgverify.SignedEntity
-	var labels []string
+	var ents []entity
 	var bad []Rejection
 	for _, desc := range refs {
 		b, err := v.fetchBundle(ctx, d.Context(), desc)
@@ -208,9 +242,15 @@ func (v *Verifier) Verify(ctx context.Context, ref string) (Result, error) {
 			bad = append(bad, Rejection{Bundle: desc.Digest.String(), Reason: err.Error()})
 			continue
 		}
-		ents, labels = append(ents, b), append(labels, desc.Digest.String())
+		ents = append(ents, entity{SignedEntity: b, label: desc.Digest.String()})
 	}
-	res, err := v.Entities(d.DigestStr(), ents, labels)
+	// cosign's classic layout (signing.format classic, or another signer).
+	classic, cbad, err := v.classic(ctx, d)
+	if err != nil {
+		return Result{}, fmt.Errorf("verify %s: %w", ref, err)
+	}
+	ents, bad = append(ents, classic...), append(bad, cbad...)
+	res, err := v.entities(d.DigestStr(), ents)
 	if err != nil {
 		return Result{}, err
 	}

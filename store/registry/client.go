@@ -533,6 +533,24 @@ func (c *Client) Copy(ctx context.Context, src name.Digest, dst name.Repository)
 	return to, nil
 }
 
+// CopyTag copies what tag names in its repository into dst under the same
+// tag name (Copy, then Tag). A tag that does not exist is no error: it
+// reports false.
+func (c *Client) CopyTag(ctx context.Context, tag name.Tag, dst name.Repository) (bool, error) {
+	d, _, err := c.Resolve(ctx, tag)
+	if IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	to, err := c.Copy(ctx, d, dst)
+	if err != nil {
+		return false, err
+	}
+	return true, c.Tag(ctx, to, dst.Tag(tag.TagStr()))
+}
+
 // Tag points tag at the manifest already present as ref in the same repository.
 func (c *Client) Tag(ctx context.Context, ref name.Digest, tag name.Tag) error {
 	if ref.Context() != tag.Context() {

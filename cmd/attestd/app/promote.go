@@ -122,6 +122,14 @@ func (p promoterStage) run(ctx context.Context, rec *store.Record, edges []promo
 					return fmt.Errorf("referrer %s of %s: %w", r.Digest, s, err)
 				}
 			}
+			// cosign's classic layout: signatures, attestations and
+			// attached SBOMs under sha256-<hex>.sig/.att/.sbom.
+			for _, suffix := range []string{".sig", ".att", ".sbom"} {
+				tag := srcRepo.Tag(strings.Replace(s, ":", "-", 1) + suffix)
+				if _, err := p.rc.CopyTag(ctx, tag, dst); err != nil {
+					return fmt.Errorf("%s of %s: %w", tag.TagStr(), s, err)
+				}
+			}
 		}
 		if override == "" {
 			if err := p.verifyCopy(ctx, dst, rec, subjects); err != nil {

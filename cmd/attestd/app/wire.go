@@ -297,7 +297,7 @@ func newSigner(cfg *configs.Config, rc *registry.Client, log *slog.Logger) (*sig
 		if err != nil {
 			return nil, fmt.Errorf("signing: %w", err)
 		}
-		return k, nil
+		return withFormat(k, cfg)
 	}
 	var tokens sign.TokenSource
 	switch sg := cfg.Signing; {
@@ -311,6 +311,14 @@ func newSigner(cfg *configs.Config, rc *registry.Client, log *slog.Logger) (*sig
 		tokens = sign.FileToken{Path: sg.TokenFile}
 	}
 	k, err := sign.NewKeylessFromTrust(sc, tr, tokens, rc, log)
+	if err != nil {
+		return nil, fmt.Errorf("signing: %w", err)
+	}
+	return withFormat(k, cfg)
+}
+
+func withFormat(k *sign.Keyless, cfg *configs.Config) (*sign.Keyless, error) {
+	k, err := k.WithFormat(sign.Format(cfg.Signing.Format))
 	if err != nil {
 		return nil, fmt.Errorf("signing: %w", err)
 	}
@@ -397,6 +405,9 @@ func (s signerStage) Sign(ctx context.Context, t *pipeline.Target) error {
 		})
 	}
 	if err := g.Wait(); err != nil {
+		if errors.Is(err, sign.ErrOtherFormat) {
+			return pipeline.Permanent(err) // a retry cannot help: the config or the image must change
+		}
 		return err
 	}
 	// Done only when every signature and attestation is really attached.
