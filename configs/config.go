@@ -603,6 +603,9 @@ func (c *Config) Validate() error {
 		if g.TransparencyLog != nil && *g.TransparencyLog == 0 && g.SignedTimestamps == 0 {
 			bad("gate.signed_timestamps", "with transparency_log: 0 at least one signed timestamp is required (certificates live 10 minutes)")
 		}
+		if c.Signing.Format == "classic" && (g.TransparencyLog == nil || *g.TransparencyLog > 0 || g.SignedTimestamps == 0) {
+			bad("gate", "signing.format classic writes RFC 3161 timestamps and no log entries, so this gate would deny every image attestd signs: set transparency_log: 0 and signed_timestamps: 1")
+		}
 		for i, r := range g.Promotion {
 			if r.From == "" || r.To == "" {
 				bad(fmt.Sprintf("gate.promotion[%d]", i), "from and to are required")

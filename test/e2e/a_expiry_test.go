@@ -15,8 +15,8 @@ import (
 // certificate has expired — sleeping only for whatever part of the ten
 // minutes the rest of the suite did not take.
 var expiry struct {
-	ref      string
-	signedAt time.Time
+	ref, classicRef string
+	signedAt        time.Time
 }
 
 func TestAASignForExpiryCheck(t *testing.T) {
@@ -26,7 +26,13 @@ func TestAASignForExpiryCheck(t *testing.T) {
 	if rec.State != store.StateAttested {
 		t.Fatalf("state %s, stages %+v", rec.State, rec.Stages)
 	}
-	expiry.ref, expiry.signedAt = ref.String(), time.Now()
+	// The classic format (TSA only) too.
+	classic := pushFixture(t, allFixtures(t)["old-x-text"], "signed-expiry/classic:v1")
+	rec, _ = processed(t, signingConfigWith(t, "attestd@example.test", stk.SigningConfigTSAOnly, "  format: classic\n"), t.TempDir(), classic.String())
+	if rec.State != store.StateAttested {
+		t.Fatalf("classic: state %s, stages %+v", rec.State, rec.Stages)
+	}
+	expiry.ref, expiry.classicRef, expiry.signedAt = ref.String(), classic.String(), time.Now()
 	// Fresh, it verifies.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

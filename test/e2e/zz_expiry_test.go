@@ -34,4 +34,12 @@ func TestZZVerifyAfterCertificateExpiry(t *testing.T) {
 			t.Errorf("after certificate expiry, cosign verify-attestation --type %s: %v", typ, err)
 		}
 	}
+	if _, err := stk.CosignClassic(ctx, append(append([]string{"verify"}, stk.VerifyArgsClassic(id)...), expiry.classicRef)...); err != nil {
+		t.Errorf("after certificate expiry, cosign verify (classic): %v", err)
+	}
+	for _, typ := range classicTypes {
+		if _, err := stk.CosignClassic(ctx, append(append([]string{"verify-attestation", "--type", typ}, stk.VerifyArgsClassic(id)...), expiry.classicRef)...); err != nil {
+			t.Errorf("after certificate expiry, cosign verify-attestation --type %s (classic): %v", typ, err)
+		}
+	}
 }

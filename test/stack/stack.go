@@ -60,6 +60,9 @@ type Stack struct {
 	SigningConfig string
 	// SigningConfigTSAOnly names Fulcio and the TSA but no Rekor log.
 	SigningConfigTSAOnly string
+	// FulcioChain and TSAChain are the CA's and the TSA's certificate
+	// chains (PEM): what classic-format verification reads.
+	FulcioChain, TSAChain string
 	CosignBin            string
 	CraneBin             string
 	SyftBin              string
@@ -217,6 +220,7 @@ func registryConfig(storage, addr, notifyURL string, headers map[string]string) 
 func (s *Stack) writeTrust(ctx context.Context, tsaBase, rekorPub string) error {
 	run := filepath.Join(s.Dir, "run")
 	fulcioChain, tsaChain := filepath.Join(run, "fulcio-chain.pem"), filepath.Join(run, "tsa-chain.pem")
+	s.FulcioChain, s.TSAChain = fulcioChain, tsaChain
 	if err := download(ctx, s.FulcioURL+"/api/v1/rootCert", fulcioChain); err != nil {
 		return err
 	}
@@ -296,8 +300,19 @@ func (s *Stack) Grype(ctx context.Context, dbRoot string, args ...string) ([]byt
 // Cosign runs the stock cosign CLI hermetically (HOME and TUF_ROOT inside
 // Dir: no ~/.sigstore, no public TUF CDN).
 func (s *Stack) Cosign(ctx context.Context, args ...string) ([]byte, error) {
+	return s.cosign(ctx, nil, args...)
+}
+
+// CosignClassic runs the stock cosign CLI for the classic (pre-bundle)
+// format, which takes the Fulcio roots from $SIGSTORE_ROOT_FILE; see
+// VerifyArgsClassic.
+func (s *Stack) CosignClassic(ctx context.Context, args ...string) ([]byte, error) {
+	return s.cosign(ctx, []string{"SIGSTORE_ROOT_FILE=" + s.FulcioChain}, args...)
+}
+
+func (s *Stack) cosign(ctx context.Context, env []string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, s.CosignBin, args...)
-	cmd.Env = append(os.Environ(), "HOME="+filepath.Join(s.Dir, "home"), "TUF_ROOT="+filepath.Join(s.Dir, "tuf"), "COSIGN_YES=true")
+	cmd.Env = append(append(os.Environ(), "HOME="+filepath.Join(s.Dir, "home"), "TUF_ROOT="+filepath.Join(s.Dir, "tuf"), "COSIGN_YES=true"), env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("cosign %s: %w\n%s", strings.Join(redactArgs(args), " "), err, tail(string(out), 30))
@@ -325,6 +340,14 @@ func (s *Stack) SignArgs(token string) []string {
 // transparency log entry; the signed timestamp proves the signing time).
 func (s *Stack) VerifyArgsNoTlog(identity string) []string {
 	return append(s.VerifyArgs(identity), "--insecure-ignore-tlog=true")
+}
+
+// VerifyArgsClassic verifies classic-format signatures and attestations
+// (cosign's .sig/.att tags) made with SigningConfigTSAOnly: the Fulcio root
+// from $SIGSTORE_ROOT_FILE (CosignClassic), the TSA chain by flag, no log.
+func (s *Stack) VerifyArgsClassic(identity string) []string {
+	return []string{"--timestamp-certificate-chain", s.TSAChain, "--use-signed-timestamps", "--insecure-ignore-tlog=true", "--insecure-ignore-sct",
+		"--certificate-identity", identity, "--certificate-oidc-issuer", s.IssuerURL}
 }
 
 // VerifyArgs: see SignArgs.
