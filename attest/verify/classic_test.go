@@ -13,8 +13,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/secure-systems-lab/go-securesystemslib/dsse"
-	sigpayload "github.com/sigstore/sigstore/pkg/signature/payload"
 	"github.com/sigstore/sigstore-go/pkg/testing/ca"
+	sigpayload "github.com/sigstore/sigstore/pkg/signature/payload"
 )
 
 // TestClassicLayers: cosign's classic signatures and attestations (as

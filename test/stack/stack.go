@@ -63,10 +63,10 @@ type Stack struct {
 	// FulcioChain and TSAChain are the CA's and the TSA's certificate
 	// chains (PEM): what classic-format verification reads.
 	FulcioChain, TSAChain string
-	CosignBin            string
-	CraneBin             string
-	SyftBin              string
-	GrypeBin             string
+	CosignBin             string
+	CraneBin              string
+	SyftBin               string
+	GrypeBin              string
 
 	procs   []*proc
 	unlocks []func()
