@@ -23,6 +23,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 
 	"github.com/attestd/attestd/cmd/attestd/app"
 	"github.com/attestd/attestd/store"
@@ -254,26 +255,62 @@ func replaceAttestation(t *testing.T, ctx context.Context, rc *registry.Client, 
 
 // TestKillMidAttachLeavesOneAttestationPerType: the daemon is killed (-9)
 // while a job's attestations are being attached; after a restart the job
-// completes and exactly one bundle per predicate type is attached.
+// completes and exactly one signature and one attestation per predicate type
+// are attached — in the bundle format (referrers) and in the classic one
+// (.sig/.att images, rewritten read-modify-write).
 func TestKillMidAttachLeavesOneAttestationPerType(t *testing.T) {
+	rc, _ := registry.New()
+	t.Run("bundle", func(t *testing.T) {
+		ref := pushFixture(t, allFixtures(t)["node"], "signed-kill/app:v1")
+		killMidAttach(t, signingConfig(t, "attestd@example.test"), ref, func(ctx context.Context) map[string]int {
+			refs, err := rc.Referrers(ctx, ref, "")
+			if err != nil && !registry.IsNotFound(err) {
+				t.Fatal(err)
+			}
+			n := map[string]int{}
+			for _, d := range refs {
+				n[d.Annotations["dev.sigstore.bundle.predicateType"]]++
+			}
+			return n
+		})
+	})
+	t.Run("classic", func(t *testing.T) {
+		ref := pushFixture(t, allFixtures(t)["node"], "signed-kill/classic:v1")
+		// One signature at a time: TSA-only signing is fast, and the kill
+		// must land between two of them.
+		cfg := signingConfigWith(t, "attestd@example.test", stk.SigningConfigTSAOnly, "  format: classic\n  concurrency: 1\n")
+		killMidAttach(t, cfg, ref, func(ctx context.Context) map[string]int {
+			n := map[string]int{}
+			for _, suffix := range []string{".sig", ".att"} {
+				sigs, err := ociremote.Signatures(ref.Context().Tag(strings.Replace(ref.DigestStr(), ":", "-", 1)+suffix),
+					ociremote.WithRemoteOptions(rc.RemoteOptions(ctx)...))
+				if err != nil {
+					t.Fatal(err)
+				}
+				ls, err := sigs.Get()
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, l := range ls {
+					pt := "https://sigstore.dev/cosign/sign/v1"
+					if ann, _ := l.Annotations(); suffix == ".att" {
+						pt = ann["predicateType"]
+					}
+					n[pt]++
+				}
+			}
+			return n
+		})
+	})
+}
+
+// killMidAttach submits ref to a daemon, kills it (-9) once some but not
+// all of the five signatures are attached, restarts it, waits for the job
+// to finish, and checks with attached that each is there exactly once.
+func killMidAttach(t *testing.T, cfg string, ref name.Digest, attached func(context.Context) map[string]int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cfg := signingConfig(t, "attestd@example.test")
 	dataDir := t.TempDir()
-	ref := pushFixture(t, allFixtures(t)["node"], "signed-kill/app:v1")
-	rc, _ := registry.New()
-	attached := func() map[string]int {
-		refs, err := rc.Referrers(ctx, ref, "")
-		if err != nil && !registry.IsNotFound(err) {
-			t.Fatal(err)
-		}
-		n := map[string]int{}
-		for _, d := range refs {
-			n[d.Annotations["dev.sigstore.bundle.predicateType"]]++
-		}
-		return n
-	}
-
 	self, _ := os.Executable()
 	addr := freeAddr(t)
 	args := []string{"serve", "-c", cfg, "--data-dir", dataDir, "--listen", addr}
@@ -285,7 +322,7 @@ func TestKillMidAttachLeavesOneAttestationPerType(t *testing.T) {
 	resp.Body.Close()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		n := attached()
+		n := attached(ctx)
 		total := 0
 		for _, c := range n {
 			total += c
@@ -301,7 +338,7 @@ func TestKillMidAttachLeavesOneAttestationPerType(t *testing.T) {
 	d1.signal(syscall.SIGKILL)
 	<-d1.done
 	d1.done <- nil
-	t.Logf("killed with attached: %v", attached())
+	t.Logf("killed with attached: %v", attached(ctx))
 
 	d2 := startProcess(t, self, []string{daemonEnv + "=1"}, addr, args...)
 	deadline = time.Now().Add(2 * time.Minute)
@@ -317,7 +354,7 @@ func TestKillMidAttachLeavesOneAttestationPerType(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	d2.stop()
-	n := attached()
+	n := attached(ctx)
 	for _, pt := range []string{"https://sigstore.dev/cosign/sign/v1", "https://spdx.dev/Document", "https://cyclonedx.org/bom",
 		"https://slsa.dev/provenance/v1", "https://attestd.dev/attestation/hardening/v1"} {
 		if n[pt] != 1 {
