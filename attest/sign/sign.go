@@ -595,8 +595,8 @@ func (s *Session) PushDocument(ctx context.Context, ref, artifactType, mediaType
 }
 
 // Missing returns the predicate types of want that nothing attached to ref
-// (in the session's format) carries. The signer stage checks it after attaching: a stage is done
-// only when every attestation is really there.
+// (in the session's format) carries. The signer stage checks it after
+// attaching: a stage is done only when every attestation is really there.
 func (s *Session) Missing(ctx context.Context, ref string, want []string) ([]string, error) {
 	d, err := s.k.digest(ref)
 	if err != nil {
