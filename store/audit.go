@@ -70,6 +70,7 @@ func HashEntry(e AuditEntry) (string, error) { return hashEntry(e) }
 // appendAudit chains e after the current head inside tx.
 func appendAudit(tx *bolt.Tx, e AuditEntry) error {
 	b := tx.Bucket(bucketAudit)
+	b.FillPercent = 1 // append-only, sequential keys: full pages, half as many to write
 	prev := ZeroHash
 	if head := tx.Bucket(bucketMeta).Get(keyAuditHead); len(head) == 40 {
 		prev = hex.EncodeToString(head[8:])

@@ -94,6 +94,7 @@ func putJob(tx *bolt.Tx, j *Job) error {
 
 func newJob(tx *bolt.Tx, ref string, p Priority, source string, now time.Time) (*Job, error) {
 	jobs := tx.Bucket(bucketJobs)
+	jobs.FillPercent = 0.9 // keys are a sequence: appends (etcd does the same for its revisions)
 	id, err := jobs.NextSequence()
 	if err != nil {
 		return nil, err
@@ -102,7 +103,9 @@ func newJob(tx *bolt.Tx, ref string, p Priority, source string, now time.Time) (
 	if err := putJob(tx, j); err != nil {
 		return nil, err
 	}
-	if err := tx.Bucket(bucketQueue).Put(queueKey(p, id), nil); err != nil {
+	queue := tx.Bucket(bucketQueue)
+	queue.FillPercent = 0.9 // within a priority, keys are the job sequence: appends
+	if err := queue.Put(queueKey(p, id), nil); err != nil {
 		return nil, err
 	}
 	return j, tx.Bucket(bucketByRef).Put([]byte(ref), u64(id))
