@@ -51,9 +51,10 @@ func benchIntake(b *testing.B, perPost int) {
 // are not attestd's, to show where the time goes (figures in the issue
 // notes): "nop" acknowledges without storing anything — the ceiling of the
 // HTTP path (client and server sharing this machine's cores, auth, parse,
-// filter); "journal" appends each delivery to a file with one fdatasync
-// per group of waiting requests — the floor of a journal-first design that
-// acknowledges before the bbolt transaction.
+// filter); "journal" appends each delivery to a file with one fsync per
+// group of waiting requests — what a journal-first design (acknowledge
+// after an append, apply to bbolt later) could at best acknowledge, before
+// applying anything.
 func BenchmarkIntakeBounds(b *testing.B) {
 	for _, c := range []struct{ senders, per int }{{64, 1}, {16, 1}, {8, 10}, {16, 10}} {
 		b.Run(fmt.Sprintf("nop/senders=%d/events-per-post=%d", c.senders, c.per), func(b *testing.B) { benchSink(b, nopSink{}, c.senders, c.per) })
