@@ -1,7 +1,6 @@
 package sign
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -93,7 +92,11 @@ func (s *Session) checkFormat(ctx context.Context, d name.Digest) error {
 				"keep format bundle for this image or remove its bundles", d, ErrOtherFormat, len(bs))
 		}
 	} else {
-		for _, tag := range []name.Tag{classicTag(d, ".sig"), classicTag(d, ".att")} {
+		sig, att, err := classicTags(d)
+		if err != nil {
+			return err
+		}
+		for _, tag := range []name.Tag{sig, att} {
 			_, _, err := s.k.reg.Resolve(ctx, tag)
 			if err == nil {
 				return fmt.Errorf("%s: %w: classic cosign signatures are attached (%s), and signing.format is bundle; "+
@@ -113,11 +116,14 @@ func (s *Session) checkFormat(ctx context.Context, d name.Digest) error {
 	return nil
 }
 
-// classicTag is cosign's tag for d's signatures (".sig") or attestations
-// (".att"): sha256-<hex><suffix> in d's repository.
-func classicTag(d name.Digest, suffix string) name.Tag {
-	alg, hx, _ := bytes.Cut([]byte(d.DigestStr()), []byte(":"))
-	return d.Context().Tag(string(alg) + "-" + string(hx) + suffix)
+// classicTags are d's signature and attestation tags, named by cosign
+// itself (sha256-<hex>.sig, .att in d's repository; no network for a digest).
+func classicTags(d name.Digest) (sig, att name.Tag, err error) {
+	if sig, err = ociremote.SignatureTag(d); err != nil {
+		return sig, att, err
+	}
+	att, err = ociremote.AttestationTag(d)
+	return sig, att, err
 }
 
 // classicLayers reads the signatures image under tag (empty when the tag
@@ -132,11 +138,6 @@ func (k *Keyless) classicLayers(ctx context.Context, tag name.Tag) (oci.Signatur
 		return nil, nil, fmt.Errorf("read %s: %w", tag, err)
 	}
 	return sigs, list, nil
-}
-
-// simpleSigningPayload is cosign's signature payload for d.
-func simpleSigningPayload(d name.Digest) ([]byte, error) {
-	return sigpayload.Cosign{Image: d}.MarshalJSON()
 }
 
 // signsDigest reports whether a classic signature layer's payload names d.
@@ -178,11 +179,14 @@ func attestsPayload(l oci.Signature, predicateType, payloadSHA256 string) bool {
 // signClassic signs d's simple-signing payload and appends it to the
 // sha256-<hex>.sig image, unless a signature of d is there already.
 func (s *Session) signClassic(ctx context.Context, d name.Digest) error {
-	payload, err := simpleSigningPayload(d)
+	payload, err := sigpayload.Cosign{Image: d}.MarshalJSON()
 	if err != nil {
 		return fmt.Errorf("sign %s: %w", d, err)
 	}
-	tag := classicTag(d, ".sig")
+	tag, _, err := classicTags(d)
+	if err != nil {
+		return err
+	}
 	have := func(l oci.Signature) bool { return signsDigest(l, d) }
 	return s.writeClassic(ctx, d, tag, PredicateSignature, have, func() (oci.Signature, error) {
 		sig, _, err := s.keypair.SignData(ctx, payload)
@@ -203,7 +207,11 @@ func (s *Session) signClassic(ctx context.Context, d name.Digest) error {
 func (s *Session) attestClassic(ctx context.Context, d name.Digest, predicateType string, payload []byte) error {
 	sum := sha256.Sum256(payload)
 	have := func(l oci.Signature) bool { return attestsPayload(l, predicateType, hex.EncodeToString(sum[:])) }
-	return s.writeClassic(ctx, d, classicTag(d, ".att"), predicateType, have, func() (oci.Signature, error) {
+	_, tag, err := classicTags(d)
+	if err != nil {
+		return err
+	}
+	return s.writeClassic(ctx, d, tag, predicateType, have, func() (oci.Signature, error) {
 		sig, _, err := s.keypair.SignData(ctx, dsse.PAE(ctypes.IntotoPayloadType, payload))
 		if err != nil {
 			return nil, err
@@ -299,14 +307,18 @@ func containsLayer(list []oci.Signature, have func(oci.Signature) bool) bool {
 // of every attestation.
 func (k *Keyless) classicTypes(ctx context.Context, d name.Digest) (map[string]bool, error) {
 	have := map[string]bool{}
-	_, sigs, err := k.classicLayers(ctx, classicTag(d, ".sig"))
+	sigTag, attTag, err := classicTags(d)
+	if err != nil {
+		return nil, err
+	}
+	_, sigs, err := k.classicLayers(ctx, sigTag)
 	if err != nil {
 		return nil, err
 	}
 	if containsLayer(sigs, func(l oci.Signature) bool { return signsDigest(l, d) }) {
 		have[PredicateSignature] = true
 	}
-	_, atts, err := k.classicLayers(ctx, classicTag(d, ".att"))
+	_, atts, err := k.classicLayers(ctx, attTag)
 	if err != nil {
 		return nil, err
 	}

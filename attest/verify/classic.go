@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
@@ -143,11 +142,17 @@ func namesDigest(payload []byte, digest string) error {
 // sha256-<hex>.sig and .att images; absent tags are no error). A layer that
 // cannot be read is a rejection.
 func (v *Verifier) classic(ctx context.Context, d name.Digest) ([]entity, []Rejection, error) {
-	alg, hx, _ := strings.Cut(d.DigestStr(), ":")
+	sigTag, err := ociremote.SignatureTag(d)
+	if err != nil {
+		return nil, nil, err
+	}
+	attTag, err := ociremote.AttestationTag(d)
+	if err != nil {
+		return nil, nil, err
+	}
 	var ents []entity
 	var bad []Rejection
-	for _, suffix := range []string{".sig", ".att"} {
-		tag := d.Context().Tag(alg + "-" + hx + suffix)
+	for _, tag := range []name.Tag{sigTag, attTag} {
 		sigs, err := ociremote.Signatures(tag, ociremote.WithRemoteOptions(v.reg.RemoteOptions(ctx)...))
 		if err != nil {
 			return nil, nil, fmt.Errorf("read %s: %w", tag, err)
@@ -157,7 +162,7 @@ func (v *Verifier) classic(ctx context.Context, d name.Digest) ([]entity, []Reje
 			return nil, nil, fmt.Errorf("read %s: %w", tag, err)
 		}
 		for i, s := range list {
-			l := classicLayer{label: fmt.Sprintf("%s[%d]", tag.TagStr(), i), attestation: suffix == ".att"}
+			l := classicLayer{label: fmt.Sprintf("%s[%d]", tag.TagStr(), i), attestation: tag == attTag}
 			e, err := func() (entity, error) {
 				if dg, err := s.Digest(); err == nil {
 					l.label = dg.String()

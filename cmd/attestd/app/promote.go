@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 
 	"github.com/attestd/attestd/attest/pipeline"
 	"github.com/attestd/attestd/attest/sign"
@@ -124,8 +125,12 @@ func (p promoterStage) run(ctx context.Context, rec *store.Record, edges []promo
 			}
 			// cosign's classic layout: signatures, attestations and
 			// attached SBOMs under sha256-<hex>.sig/.att/.sbom.
-			for _, suffix := range []string{".sig", ".att", ".sbom"} {
-				tag := srcRepo.Tag(strings.Replace(s, ":", "-", 1) + suffix)
+			for _, tagOf := range []func(name.Reference, ...ociremote.Option) (name.Tag, error){
+				ociremote.SignatureTag, ociremote.AttestationTag, ociremote.SBOMTag} {
+				tag, err := tagOf(srcRepo.Digest(s))
+				if err != nil {
+					return err
+				}
 				if _, err := p.rc.CopyTag(ctx, tag, dst); err != nil {
 					return fmt.Errorf("%s of %s: %w", tag.TagStr(), s, err)
 				}
