@@ -45,12 +45,20 @@ type IntakeResult struct {
 // Intake records a batch of accepted events in one transaction (shared with
 // every other Intake call waiting at that moment: see groupCommit):
 // tag history, dedupe keys, new records and jobs. It returns only once they
-// are durable, so a webhook may be acknowledged right after. Items are
-// validated before anything is written: one bad ref fails the whole call.
+// are durable, so a webhook may be acknowledged right after. With the intake
+// journal (WithIntakeJournal) durable means appended to the journal, the
+// results are advisory (JobID 0) and bbolt follows (journal.go). Items are
+// validated before anything is written: one bad item fails the whole call.
 func (db *DB) Intake(ctx context.Context, items []IntakeItem) ([]IntakeResult, error) {
 	for i, it := range items {
 		if _, _, _, err := SplitRef(it.Ref); err != nil {
 			return nil, fmt.Errorf("intake item %d: %w", i, err)
+		}
+		// Keys bbolt would refuse only when the journal applies them.
+		for _, k := range []struct{ name, v string }{{"ref", it.Ref}, {"tag", it.Tag}, {"event key", it.EventKey}, {"baseline key", it.BaselineKey}} {
+			if len(k.v) > maxIntakeKey {
+				return nil, fmt.Errorf("intake item %d: %s is %d bytes, more than %d", i, k.name, len(k.v), maxIntakeKey)
+			}
 		}
 	}
 	if err := ctx.Err(); err != nil {
@@ -75,6 +83,10 @@ func (db *DB) Intake(ctx context.Context, items []IntakeItem) ([]IntakeResult, e
 	}
 	return req.out, nil
 }
+
+// maxIntakeKey bounds the strings intake uses as keys (bbolt's limit is
+// 32 KiB; real refs, tags and event IDs are far shorter).
+const maxIntakeKey = 4096
 
 // intakeReq is one Intake call waiting for the group commit.
 type intakeReq struct {
@@ -110,6 +122,10 @@ func (db *DB) groupCommit() {
 			default:
 				break drain
 			}
+		}
+		if db.jrnl != nil {
+			db.journalGroup(group)
+			continue
 		}
 		err := db.bolt.Update(func(tx *bolt.Tx) error {
 			now := db.now().UTC()

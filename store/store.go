@@ -56,6 +56,7 @@ type DB struct {
 	closing    chan struct{}
 	writerDone chan struct{}
 	closeOnce  sync.Once
+	jrnl       *journal // WithIntakeJournal
 }
 
 type options struct {
@@ -65,6 +66,7 @@ type options struct {
 	now         func() time.Time
 	logger      *slog.Logger
 	readOnly    bool
+	journal     bool
 }
 
 // Option configures Open.
@@ -170,6 +172,12 @@ func Open(path string, opts ...Option) (db *DB, err error) {
 		return nil, err
 	}
 	db.intake, db.closing, db.writerDone = make(chan *intakeReq), make(chan struct{}), make(chan struct{})
+	// Events a crash left in the intake journal are applied first, with or
+	// without WithIntakeJournal.
+	if err := db.openJournal(o.journal); err != nil {
+		_ = b.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
 	go db.groupCommit()
 	return db, nil
 }
@@ -184,6 +192,9 @@ func (db *DB) Close() error {
 		if db.closing != nil {
 			close(db.closing)
 			<-db.writerDone
+			if db.jrnl != nil {
+				db.closeJournal()
+			}
 		}
 	})
 	return db.bolt.Close()
