@@ -67,6 +67,11 @@ func (db *DB) Intake(ctx context.Context, items []IntakeItem) ([]IntakeResult, e
 	if db.intake == nil {
 		return nil, errors.New("intake: store opened read-only")
 	}
+	if j := db.jrnl; j != nil { // the materializer yields while calls come in
+		j.calls.Add(1)
+		j.inflight.Add(1)
+		defer j.inflight.Add(-1)
+	}
 	req := &intakeReq{items: items, done: make(chan struct{})}
 	select {
 	case db.intake <- req:

@@ -50,13 +50,13 @@ const journalHeader = 16
 // (when fully applied). A variable for tests.
 var journalRotateSize int64 = 64 << 20
 
-// The materializer applies when the journal writer has been idle for
+// The materializer applies when no Intake call has been in flight for
 // journalIdle, when the oldest waiting record has waited journalMaxLag, or
 // when half of journalBacklog is used; at most journalApplyItems events per
 // transaction (~30 ms of work), so the writer is never starved for long.
 const (
 	journalIdle       = 2 * time.Millisecond
-	journalMaxLag     = time.Second
+	journalMaxLag     = 5 * time.Second
 	journalApplyItems = 1024
 )
 
@@ -90,13 +90,14 @@ type journal struct {
 	pendRefs    map[string]int
 	pendBaseKey map[string]int
 
-	room       *semaphore.Weighted // journalBacklog events
-	stop       context.Context     // done once Close began
-	apply      chan *journalRecord
-	applied    atomic.Int64 // offset applied to bbolt
-	lastAppend atomic.Int64 // unix nanoseconds of the last append
-	onApplied  atomic.Pointer[func()]
-	done       chan struct{}
+	room      *semaphore.Weighted // journalBacklog events
+	stop      context.Context     // done once Close began
+	apply     chan *journalRecord
+	applied   atomic.Int64 // offset applied to bbolt
+	calls     atomic.Int64 // Intake calls made
+	inflight  atomic.Int64 // Intake calls not yet answered
+	onApplied atomic.Pointer[func()]
+	done      chan struct{}
 }
 
 // WithIntakeJournal makes Intake acknowledge after a journal append instead
@@ -357,7 +358,6 @@ func (db *DB) journalGroup(group []*intakeReq) {
 			j.end += int64(len(frame))
 			rec.end = j.end
 			rec.acked = time.Now()
-			j.lastAppend.Store(rec.acked.UnixNano())
 			j.addPending(rec)
 		}
 	}
@@ -475,8 +475,9 @@ func (db *DB) materialize(j *journal) {
 		items  int64
 		closed bool
 	)
-	tick := time.NewTicker(journalIdle / 2)
+	tick := time.NewTimer(0) // reset before each wait (Go ≥ 1.23 timers: no stale fire)
 	defer tick.Stop()
+	busy, calls := time.Now(), int64(0) // when an Intake call was last seen coming in or in flight
 	take := func(r *journalRecord) { queue, items = append(queue, r), items+int64(len(r.Items)) }
 	backoff := 50 * time.Millisecond
 	for {
@@ -501,21 +502,32 @@ func (db *DB) materialize(j *journal) {
 			}
 		}
 		now := time.Now()
-		idle := now.Sub(time.Unix(0, j.lastAppend.Load())) >= journalIdle
-		if !closed && !idle && now.Sub(queue[0].acked) < journalMaxLag && 2*items < journalBacklog {
-			select { // a burst: let the writer have the disk and the CPU
-			case r, ok := <-j.apply:
-				if ok {
-					take(r)
-				} else {
-					closed = true
+		if c := j.calls.Load(); c != calls || j.inflight.Load() > 0 {
+			busy, calls = now, c
+		}
+		// Forced: shutting down, or the backlog is old or large; else only
+		// when intake has been quiet, in small transactions (the first
+		// arrival after one sends the materializer back to waiting: its
+		// work must not make a busy intake look quiet).
+		limit := journalApplyItems
+		if !closed && now.Sub(queue[0].acked) < journalMaxLag && 2*items < journalBacklog {
+			limit = journalApplyItems / 8
+			if now.Sub(busy) < journalIdle {
+				tick.Reset(journalIdle / 4)
+				select { // a burst: let the writer have the disk and the CPU
+				case r, ok := <-j.apply:
+					if ok {
+						take(r)
+					} else {
+						closed = true
+					}
+				case <-tick.C:
 				}
-			case <-tick.C:
+				continue
 			}
-			continue
 		}
 		n, batchItems := 0, 0
-		for n < len(queue) && (n == 0 || batchItems+len(queue[n].Items) <= journalApplyItems) {
+		for n < len(queue) && (n == 0 || batchItems+len(queue[n].Items) <= limit) {
 			batchItems += len(queue[n].Items)
 			n++
 		}

@@ -90,7 +90,11 @@ func (s *intakeSink) Accept(ctx context.Context, evs []watch.Event) (watch.Accep
 			acc.Recorded++
 		default:
 			acc.Queued++
-			s.log.InfoContext(ctx, "image queued", "digest", items[i].Ref, "job", r.JobID, "source", items[i].Source)
+			if r.JobID != 0 { // journaled: the job is created when applied
+				s.log.InfoContext(ctx, "image queued", "digest", items[i].Ref, "job", r.JobID, "source", items[i].Source)
+			} else {
+				s.log.InfoContext(ctx, "image accepted", "digest", items[i].Ref, "source", items[i].Source)
+			}
 		}
 	}
 	if acc.Queued > 0 {

@@ -22,29 +22,69 @@ import (
 )
 
 // BenchmarkIntakeHTTP measures durable webhook intake end to end: a real HTTP
-// client on loopback POSTs one Distribution event per request (as the
-// registry does) from 64 concurrent senders; the receiver authenticates,
-// parses, filters and commits to bbolt before answering 202. Reports
-// events/s and the p99 request latency.
+// client on loopback POSTs Distribution events; the receiver authenticates,
+// parses, filters and makes them durable before answering 202 — committed
+// to bbolt ("commit", intake.journal: false) or appended to the intake
+// journal ("journal", the default; the benchmark also waits until bbolt
+// has applied everything and reports that rate as applied-events/s).
+// Reports events/s acknowledged and the p50/p99 latency of the POSTs.
+//
+// Two kinds of load: open loop ("rate=R": R events/s offered on a fixed
+// schedule whatever the answers, latency counted from the scheduled send,
+// so a stall is not hidden by senders that wait — the target is stated
+// this way: ≥ 20,000 events/s with p99 < 10 ms), and closed loop
+// ("senders=N": N senders, each POSTing again as soon as answered — the
+// most the server acknowledges at that concurrency). b.N events in all
+// (-benchtime 20000x: a burst of 20,000 pushes).
 func BenchmarkIntakeHTTP(b *testing.B) {
 	// Distribution sends one event per POST; an envelope may carry several
 	// (other senders, or a registry that batches).
-	for _, per := range []int{1, 10} {
-		b.Run(fmt.Sprintf("events-per-post=%d", per), func(b *testing.B) { benchIntake(b, per) })
+	loads := []load{{rate: 20000, per: 10}, {rate: 20000, per: 1}, {rate: 10000, per: 1}, {senders: 8, per: 10}, {senders: 64, per: 1}}
+	for _, mode := range []string{"commit", "journal"} {
+		for _, l := range loads {
+			b.Run(mode+"/"+l.String(), func(b *testing.B) { benchIntake(b, mode == "journal", l) })
+		}
 	}
 }
 
-func benchIntake(b *testing.B, perPost int) {
-	db, err := store.Open(filepath.Join(b.TempDir(), "a.db"))
+func benchIntake(b *testing.B, journal bool, l load) {
+	var opts []store.Option
+	if journal {
+		opts = append(opts, store.WithIntakeJournal())
+	}
+	db, err := store.Open(filepath.Join(b.TempDir(), "a.db"), opts...)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer db.Close()
-	benchSink(b, &intakeSink{db: db, wake: func() {}, log: slog.New(slog.DiscardHandler)}, 64, perPost)
+	start := time.Now()
+	benchSink(b, &intakeSink{db: db, wake: func() {}, log: slog.New(slog.DiscardHandler)}, l)
+	want := (b.N + l.per - 1) / l.per * l.per
+	if journal {
+		for db.JournalLag() > 0 {
+			time.Sleep(100 * time.Microsecond)
+		}
+		b.ReportMetric(float64(want)/time.Since(start).Seconds(), "applied-events/s")
+	}
 	st, _ := db.Stats(context.Background())
-	if want := (b.N + perPost - 1) / perPost * perPost; st.Jobs[store.JobPending] != want {
+	if st.Jobs[store.JobPending] != want {
 		b.Fatalf("%d jobs pending, want %d", st.Jobs[store.JobPending], want)
 	}
+}
+
+// load is how benchSink sends: per events per POST, either senders
+// concurrent senders (closed loop) or rate events/s (open loop).
+type load struct {
+	per     int
+	senders int
+	rate    float64
+}
+
+func (l load) String() string {
+	if l.rate > 0 {
+		return fmt.Sprintf("rate=%.0f/events-per-post=%d", l.rate, l.per)
+	}
+	return fmt.Sprintf("senders=%d/events-per-post=%d", l.senders, l.per)
 }
 
 // BenchmarkIntakeBounds brackets BenchmarkIntakeHTTP with two sinks that
@@ -56,12 +96,12 @@ func benchIntake(b *testing.B, perPost int) {
 // after an append, apply to bbolt later) could at best acknowledge, before
 // applying anything.
 func BenchmarkIntakeBounds(b *testing.B) {
-	for _, c := range []struct{ senders, per int }{{64, 1}, {16, 1}, {8, 10}, {16, 10}} {
-		b.Run(fmt.Sprintf("nop/senders=%d/events-per-post=%d", c.senders, c.per), func(b *testing.B) { benchSink(b, nopSink{}, c.senders, c.per) })
-		b.Run(fmt.Sprintf("journal/senders=%d/events-per-post=%d", c.senders, c.per), func(b *testing.B) {
+	for _, l := range []load{{rate: 20000, per: 1}, {senders: 64, per: 1}, {rate: 20000, per: 10}, {senders: 8, per: 10}} {
+		b.Run("nop/"+l.String(), func(b *testing.B) { benchSink(b, nopSink{}, l) })
+		b.Run("file/"+l.String(), func(b *testing.B) {
 			j := newJournalSink(b)
 			defer j.close()
-			benchSink(b, j, c.senders, c.per)
+			benchSink(b, j, l)
 		})
 	}
 }
@@ -138,10 +178,9 @@ func (j *journalSink) Accept(_ context.Context, evs []watch.Event) (watch.Accept
 	return watch.Accepted{Queued: len(evs)}, nil
 }
 
-// benchSink drives sink through a real receiver on loopback: senders
-// concurrent clients POST perPost Distribution events each, b.N events in
-// all; reports events/s and the p99 request latency.
-func benchSink(b *testing.B, sink watch.Sink, senders, perPost int) {
+// benchSink drives sink through a real receiver on loopback with load, b.N
+// events in all; reports events/s and the p50/p99 POST latency.
+func benchSink(b *testing.B, sink watch.Sink, l load) {
 	auth, _ := watch.NewHeader("Authorization", "Bearer bench-secret")
 	filter := watch.Filter{Rules: []watch.Rule{{Registry: "127.0.0.1:5000", Repositories: []string{"**"}}}}
 	recv, err := watch.NewReceiver("bench", watch.Distribution{}, auth, filter, sink, watch.ReceiverOptions{})
@@ -150,16 +189,14 @@ func benchSink(b *testing.B, sink watch.Sink, senders, perPost int) {
 	}
 	srv := httptest.NewServer(recv)
 	defer srv.Close()
-	tr := &http.Transport{MaxIdleConnsPerHost: 128}
-	client := &http.Client{Transport: tr}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1024}}
 
-	var next atomic.Int64
-	posts := (b.N + perPost - 1) / perPost
+	posts := (b.N + l.per - 1) / l.per
 	lat := make([]time.Duration, posts)
-	body := func(i int64) []byte {
+	body := func(i int) []byte {
 		buf := []byte(`{"events":[`)
-		for k := range perPost {
-			n := i*int64(perPost) + int64(k)
+		for k := range l.per {
+			n := i*l.per + k
 			if k > 0 {
 				buf = append(buf, ',')
 			}
@@ -167,41 +204,70 @@ func benchSink(b *testing.B, sink watch.Sink, senders, perPost int) {
 		}
 		return append(buf, "]}"...)
 	}
+	// post sends POST i and records its latency from since.
+	post := func(i int, since time.Time) bool {
+		req, _ := http.NewRequestWithContext(context.Background(), http.MethodPost, srv.URL, bytes.NewReader(body(i)))
+		req.Header.Set("Content-Type", watch.DistributionMediaType)
+		req.Header.Set("Authorization", "Bearer bench-secret")
+		resp, err := client.Do(req)
+		if err != nil {
+			b.Error(err)
+			return false
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		lat[i] = time.Since(since)
+		if resp.StatusCode != http.StatusAccepted {
+			b.Errorf("status %d", resp.StatusCode)
+			return false
+		}
+		return true
+	}
 	b.ResetTimer()
 	start := time.Now()
 	var wg sync.WaitGroup
-	for range senders {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(posts) {
-					return
+	if l.rate > 0 {
+		// Open loop: POST i is due at start + i·per/rate; a pool large
+		// enough never to be the limit sends it then, and its latency
+		// counts from then, not from when a sender got to it.
+		interval := time.Duration(float64(time.Second) * float64(l.per) / l.rate)
+		due := make(chan int, posts)
+		for range 512 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range due {
+					post(i, start.Add(time.Duration(i)*interval))
 				}
-				req, _ := http.NewRequestWithContext(context.Background(), http.MethodPost, srv.URL, bytes.NewReader(body(i)))
-				req.Header.Set("Content-Type", watch.DistributionMediaType)
-				req.Header.Set("Authorization", "Bearer bench-secret")
-				t0 := time.Now()
-				resp, err := client.Do(req)
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				lat[i] = time.Since(t0)
-				if resp.StatusCode != http.StatusAccepted {
-					b.Errorf("status %d", resp.StatusCode)
-					return
-				}
+			}()
+		}
+		for i := range posts {
+			if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
+				time.Sleep(d)
 			}
-		}()
+			due <- i
+		}
+		close(due)
+	} else {
+		var next atomic.Int64
+		for range l.senders {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					i := int(next.Add(1) - 1)
+					if i >= posts || !post(i, time.Now()) {
+						return
+					}
+				}
+			}()
+		}
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
 	b.StopTimer()
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	b.ReportMetric(float64(posts*perPost)/elapsed.Seconds(), "events/s")
+	b.ReportMetric(float64(posts*l.per)/elapsed.Seconds(), "events/s")
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }

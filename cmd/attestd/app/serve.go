@@ -54,7 +54,11 @@ func (r *runner) serveCommand() *cobra.Command {
 // the store.
 func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 	log := r.logger(cfg, r.stderr)
-	db, err := store.Open(dbPath(cfg), store.WithLogger(log))
+	opts := []store.Option{store.WithLogger(log)}
+	if cfg.Intake.Journal {
+		opts = append(opts, store.WithIntakeJournal())
+	}
+	db, err := store.Open(dbPath(cfg), opts...)
 	if err != nil {
 		return err
 	}
@@ -83,6 +87,8 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 	stats := watch.NewStats()
 	mux := newAPIWithDeps(db, rc, p.Wake, &ready, log, dependencyCheck(cfg, rc))
 	mux.Handle("GET /metrics", metricsHandler(db, stats, rc, &r.vulnMetrics, &r.stageMetrics))
+	// Journaled events become jobs when applied, a moment after the 202.
+	db.OnIntakeApplied(p.Wake)
 	sink := &intakeSink{db: db, rc: rc, wake: p.Wake, log: log, recordExisting: cfg.Intake.Existing == "record"}
 	if err := mountSources(mux, cfg, sink, stats, log); err != nil {
 		return err
