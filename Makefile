@@ -13,7 +13,7 @@ IMAGE       ?=
 # Unit packages also run under the race detector; e2e drives real processes.
 RACE_PKGS   := ./store/... ./attest/... ./configs/... ./cmd/...
 
-.PHONY: all build test unit e2e bench bench-analysis bench-vuln lint demo stack tools image clean
+.PHONY: all build test unit e2e bench bench-analysis bench-intake bench-vuln lint demo stack tools image clean
 
 all: build
 
@@ -43,6 +43,10 @@ bench: $(BENCHSTAT)
 ## bench-analysis: attestd's analysis vs the stock syft CLI (wall, peak RSS), incl. a ≥ 1 GiB image
 bench-analysis:
 	$(GO) run ./test/cmd/benchanalysis -runs 3 -big
+
+## bench-intake: durable webhook intake of the real daemon (journal on and off) under open- and closed-loop loads from a separate process
+bench-intake:
+	$(GO) run ./test/cmd/benchintake -runs 3
 
 ## bench-vuln: attestd's vulnerability DB build and scan vs the stock grype CLI (wall, peak RSS)
 bench-vuln:

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -67,12 +68,25 @@ func (db *DB) Intake(ctx context.Context, items []IntakeItem) ([]IntakeResult, e
 	if db.intake == nil {
 		return nil, errors.New("intake: store opened read-only")
 	}
-	if j := db.jrnl; j != nil { // the materializer yields while calls come in
-		j.calls.Add(1)
+	req := &intakeReq{items: items, done: make(chan struct{})}
+	if j := db.jrnl; j != nil {
+		j.calls.Add(1) // the materializer yields while calls come in
 		j.inflight.Add(1)
 		defer j.inflight.Add(-1)
+		// Work that needs no order is done here, in parallel, not by
+		// the single writer: the advisory results and the items' JSON.
+		req.out = db.advise(j, items)
+		for i, it := range items {
+			b, err := json.Marshal(it)
+			if err != nil {
+				return nil, fmt.Errorf("intake item %d: %w", i, err)
+			}
+			if i > 0 {
+				req.enc = append(req.enc, ',')
+			}
+			req.enc = append(req.enc, b...)
+		}
 	}
-	req := &intakeReq{items: items, done: make(chan struct{})}
 	select {
 	case db.intake <- req:
 	case <-db.closing:
@@ -96,6 +110,7 @@ const maxIntakeKey = 4096
 // intakeReq is one Intake call waiting for the group commit.
 type intakeReq struct {
 	items []IntakeItem
+	enc   []byte // journal: the items as JSON, comma-separated
 	out   []IntakeResult
 	err   error
 	done  chan struct{}
@@ -242,6 +257,9 @@ func intakeTx(tx *bolt.Tx, items []IntakeItem, now time.Time) ([]IntakeResult, e
 		if !it.NotBefore.IsZero() {
 			j.NotBefore = it.NotBefore.UTC()
 			if err := putJob(tx, j); err != nil {
+				return nil, err
+			}
+			if err := tx.Bucket(bucketQueue).Put(queueKey(j.Priority, j.ID), queueValue(j.NotBefore)); err != nil {
 				return nil, err
 			}
 		}

@@ -72,6 +72,34 @@ func queueKey(p Priority, id uint64) []byte {
 	return k
 }
 
+// queueValue is a queue entry's value: when its job becomes claimable
+// (unix nanoseconds; 0: now), so that Claim and NextReady read the queue
+// alone instead of decoding every waiting job — after a burst of untagged
+// pushes or failed attempts, most wait.
+func queueValue(notBefore time.Time) []byte {
+	var ns int64
+	if !notBefore.IsZero() {
+		ns = notBefore.UnixNano()
+	}
+	return binary.BigEndian.AppendUint64(nil, uint64(ns))
+}
+
+// queuedNotBefore reads a queue entry's time (entries written before
+// queueValue existed carry none: the job says).
+func queuedNotBefore(tx *bolt.Tx, k, v []byte) (time.Time, error) {
+	if len(v) == 8 {
+		if ns := int64(binary.BigEndian.Uint64(v)); ns != 0 {
+			return time.Unix(0, ns).UTC(), nil
+		}
+		return time.Time{}, nil
+	}
+	j, err := getJob(tx, binary.BigEndian.Uint64(k[1:]))
+	if err != nil {
+		return time.Time{}, err
+	}
+	return j.NotBefore, nil
+}
+
 func getJob(tx *bolt.Tx, id uint64) (*Job, error) {
 	v := tx.Bucket(bucketJobs).Get(u64(id))
 	if v == nil {
@@ -105,7 +133,7 @@ func newJob(tx *bolt.Tx, ref string, p Priority, source string, now time.Time) (
 	}
 	queue := tx.Bucket(bucketQueue)
 	queue.FillPercent = 0.9 // within a priority, keys are the job sequence: appends
-	if err := queue.Put(queueKey(p, id), nil); err != nil {
+	if err := queue.Put(queueKey(p, id), queueValue(time.Time{})); err != nil {
 		return nil, err
 	}
 	return j, tx.Bucket(bucketByRef).Put([]byte(ref), u64(id))
@@ -179,13 +207,15 @@ func (db *DB) Claim(ctx context.Context, owner string, lease time.Duration) (*Jo
 	err := db.bolt.Update(func(tx *bolt.Tx) error {
 		now := db.now().UTC()
 		c := tx.Bucket(bucketQueue).Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if nb, err := queuedNotBefore(tx, k, v); err != nil {
+				return err
+			} else if nb.After(now) {
+				continue
+			}
 			j, err := getJob(tx, binary.BigEndian.Uint64(k[1:]))
 			if err != nil {
 				return err
-			}
-			if j.NotBefore.After(now) {
-				continue
 			}
 			if err := c.Delete(); err != nil {
 				return err
@@ -213,13 +243,13 @@ func (db *DB) NextReady(ctx context.Context) (time.Time, error) {
 	var t time.Time
 	err := db.bolt.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketQueue).Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
-			j, err := getJob(tx, binary.BigEndian.Uint64(k[1:]))
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			nb, err := queuedNotBefore(tx, k, v)
 			if err != nil {
 				return err
 			}
-			if t.IsZero() || j.NotBefore.Before(t) {
-				t = j.NotBefore
+			if t.IsZero() || nb.Before(t) {
+				t = nb
 			}
 		}
 		return nil
@@ -267,7 +297,7 @@ func (db *DB) Retry(ctx context.Context, id uint64, owner string, cause error, b
 		j.Status, j.Owner, j.LeaseUntil = JobPending, "", time.Time{}
 		j.LastError = cause.Error()
 		j.NotBefore = now.Add(backoff)
-		return tx.Bucket(bucketQueue).Put(queueKey(j.Priority, j.ID), nil)
+		return tx.Bucket(bucketQueue).Put(queueKey(j.Priority, j.ID), queueValue(j.NotBefore))
 	})
 	if err != nil {
 		return fmt.Errorf("retry: %w", err)
@@ -327,7 +357,7 @@ func (db *DB) ReleaseClaims(ctx context.Context, expiredOnly bool) (int, error) 
 			if err := putJob(tx, &j); err != nil {
 				return err
 			}
-			if err := tx.Bucket(bucketQueue).Put(queueKey(j.Priority, j.ID), nil); err != nil {
+			if err := tx.Bucket(bucketQueue).Put(queueKey(j.Priority, j.ID), queueValue(j.NotBefore)); err != nil {
 				return err
 			}
 			n++

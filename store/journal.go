@@ -94,6 +94,8 @@ type journal struct {
 	stop      context.Context     // done once Close began
 	apply     chan *journalRecord
 	applied   atomic.Int64 // offset applied to bbolt
+	pending   atomic.Int64 // events acknowledged, not yet applied
+	syncs     syncHistogram
 	calls     atomic.Int64 // Intake calls made
 	inflight  atomic.Int64 // Intake calls not yet answered
 	onApplied atomic.Pointer[func()]
@@ -115,6 +117,54 @@ func (db *DB) OnIntakeApplied(fn func()) {
 	if db.jrnl != nil {
 		db.jrnl.onApplied.Store(&fn)
 	}
+}
+
+// JournalStats is what the intake journal has done since Open.
+type JournalStats struct {
+	Enabled bool
+	// Pending counts events acknowledged and not yet applied to bbolt.
+	Pending int64
+	// SyncBuckets counts appends (write + fsync) by duration, cumulative
+	// as in Prometheus: the i-th those ≤ SyncBounds[i], the last all.
+	// SyncSeconds is their total time.
+	SyncBuckets []uint64
+	SyncSeconds float64
+}
+
+// SyncBounds are the JournalStats.SyncBuckets bounds.
+var SyncBounds = []time.Duration{500 * time.Microsecond, time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond}
+
+// syncHistogram counts append durations into SyncBounds (+Inf last).
+type syncHistogram struct {
+	counts [9]atomic.Uint64
+	nanos  atomic.Int64
+}
+
+func (h *syncHistogram) observe(d time.Duration) {
+	i := len(SyncBounds)
+	for k, b := range SyncBounds {
+		if d <= b {
+			i = k
+			break
+		}
+	}
+	h.counts[i].Add(1)
+	h.nanos.Add(int64(d))
+}
+
+// JournalStats reports the journal's backlog and append latencies.
+func (db *DB) JournalStats() JournalStats {
+	j := db.jrnl
+	if j == nil {
+		return JournalStats{}
+	}
+	st := JournalStats{Enabled: true, Pending: j.pending.Load(), SyncSeconds: time.Duration(j.syncs.nanos.Load()).Seconds()}
+	var cum uint64
+	for i := range j.syncs.counts {
+		cum += j.syncs.counts[i].Load()
+		st.SyncBuckets = append(st.SyncBuckets, cum)
+	}
+	return st
 }
 
 // JournalLag reports the bytes acknowledged but not yet applied to bbolt.
@@ -311,43 +361,63 @@ func encodeRecord(rec *journalRecord) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	frame := binary.BigEndian.AppendUint32(nil, uint32(len(payload)))
-	frame = binary.BigEndian.AppendUint32(frame, crc32.Checksum(payload, crcTable))
-	return append(frame, payload...), nil
+	return frame(payload), nil
+}
+
+// frame prefixes payload with its length and checksum.
+func frame(payload []byte) []byte {
+	f := binary.BigEndian.AppendUint32(make([]byte, 0, 8+len(payload)), uint32(len(payload)))
+	f = binary.BigEndian.AppendUint32(f, crc32.Checksum(payload, crcTable))
+	return append(f, payload...)
+}
+
+// groupRecord is the journal record of a group and its frame: the JSON of
+// a journalRecord, assembled from the items each call encoded already.
+func groupRecord(now time.Time, group []*intakeReq) (*journalRecord, []byte, error) {
+	rec := &journalRecord{Time: now}
+	t, err := now.MarshalJSON()
+	if err != nil {
+		return nil, nil, err
+	}
+	payload := append(append([]byte(`{"t":`), t...), `,"items":[`...)
+	first := true
+	for _, r := range group {
+		rec.Items = append(rec.Items, r.items...)
+		if len(r.items) == 0 {
+			continue
+		}
+		if !first {
+			payload = append(payload, ',')
+		}
+		payload, first = append(payload, r.enc...), false
+	}
+	return rec, frame(append(payload, "]}"...)), nil
 }
 
 // journalGroup acknowledges a group of Intake calls through the journal:
-// room in the backlog, advisory results, one append, one fsync, then the
-// record goes to the materializer. Nothing is acknowledged unless the fsync
-// succeeded.
+// room in the backlog, one append, one fsync, then the record goes to the
+// materializer. Nothing is acknowledged unless the fsync succeeded.
 func (db *DB) journalGroup(group []*intakeReq) {
 	j := db.jrnl
-	rec := &journalRecord{Time: db.now().UTC()}
-	for _, r := range group {
-		rec.Items = append(rec.Items, r.items...)
-	}
+	rec, frame, err := groupRecord(db.now().UTC(), group)
 	// Waits while the backlog is full: acknowledging slows to bbolt's pace.
-	if err := j.room.Acquire(j.stop, j.weight(rec)); err != nil {
+	if err == nil && j.room.Acquire(j.stop, j.weight(rec)) != nil {
+		err = errClosed
+	}
+	if err != nil {
 		for _, r := range group {
-			r.err = fmt.Errorf("intake: %w", errClosed)
+			r.err = err
 			close(r.done)
 		}
 		return
 	}
-	frame, err := encodeRecord(rec)
-	if err == nil {
-		for _, r := range group {
-			r.out = db.advise(j, r.items)
-		}
-	}
 	j.fileMu.Lock()
-	if err == nil && j.broken != nil {
-		err = j.broken
-	}
-	if err == nil {
+	if err = j.broken; err == nil {
+		t0 := time.Now()
 		if _, err = j.f.WriteAt(frame, j.end); err == nil {
 			err = j.f.Sync()
 		}
+		j.syncs.observe(time.Since(t0))
 		if err != nil {
 			// What was written may or may not be on disk: cut it off and
 			// stop acknowledging until a restart replays the journal.
@@ -359,6 +429,7 @@ func (db *DB) journalGroup(group []*intakeReq) {
 			rec.end = j.end
 			rec.acked = time.Now()
 			j.addPending(rec)
+			j.pending.Add(int64(len(rec.Items)))
 		}
 	}
 	j.fileMu.Unlock()
@@ -547,6 +618,7 @@ func (db *DB) materialize(j *journal) {
 			backoff = min(2*backoff, 5*time.Second)
 		}
 		j.dropPending(batch)
+		j.pending.Add(-int64(batchItems))
 		var w int64
 		for _, r := range batch {
 			w += j.weight(r)

@@ -1,8 +1,10 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -273,5 +275,32 @@ func TestJournalBacklogBoundsAcknowledging(t *testing.T) {
 	}
 	if jobs, audit := counts(t, path); jobs != 40 || audit != 40 {
 		t.Fatalf("jobs %d audit %d, want 40 and 40", jobs, audit)
+	}
+}
+
+// TestGroupRecordIsARecord: the record the writer assembles from the items
+// each call encoded is byte for byte what replay decodes.
+func TestGroupRecordIsARecord(t *testing.T) {
+	now := time.Date(2026, 11, 24, 5, 0, 0, 123, time.UTC)
+	calls := [][]IntakeItem{{journalItem(1, "e1"), journalItem(2, "e2")}, nil, {{Ref: ref(3), Deleted: true, Children: []string{"sha256:" + strings.Repeat("a", 64)}, NotBefore: now}}}
+	var group []*intakeReq
+	for _, items := range calls {
+		r := &intakeReq{items: items}
+		for i, it := range items {
+			b, _ := json.Marshal(it)
+			if i > 0 {
+				r.enc = append(r.enc, ',')
+			}
+			r.enc = append(r.enc, b...)
+		}
+		group = append(group, r)
+	}
+	rec, frame, err := groupRecord(now, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := encodeRecord(rec)
+	if !bytes.Equal(frame, want) {
+		t.Fatalf("group record\n%s\nwant\n%s", frame[8:], want[8:])
 	}
 }

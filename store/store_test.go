@@ -624,3 +624,42 @@ func BenchmarkIntakeGroupCommit(b *testing.B) {
 	b.ReportMetric(float64(d.GetWrite())/float64(b.N), "page-writes/event")
 	b.ReportMetric(float64(d.GetWriteTime().Microseconds())/float64(b.N), "write-µs/event")
 }
+
+// TestClaimReadsLegacyQueueEntries: queue entries written before they
+// carried the job's not-before time (an empty value) are still honoured.
+func TestClaimReadsLegacyQueueEntries(t *testing.T) {
+	db, _ := open(t)
+	ctx := context.Background()
+	res, err := db.Enqueue(ctx, EnqueueRequest{Ref: ref(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(time.Hour).UTC()
+	set := func(notBefore time.Time) {
+		t.Helper()
+		if err := db.bolt.Update(func(tx *bolt.Tx) error {
+			j, err := getJob(tx, res.JobID)
+			if err != nil {
+				return err
+			}
+			j.NotBefore = notBefore
+			if err := putJob(tx, j); err != nil {
+				return err
+			}
+			return tx.Bucket(bucketQueue).Put(queueKey(j.Priority, j.ID), nil)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set(later)
+	if next, err := db.NextReady(ctx); err != nil || !next.Equal(later) {
+		t.Fatalf("next ready %v %v, want %v", next, err, later)
+	}
+	if _, err := db.Claim(ctx, "w", time.Minute); !errors.Is(err, ErrNoJob) {
+		t.Fatalf("claimed a job not due for an hour: %v", err)
+	}
+	set(time.Time{})
+	if j, err := db.Claim(ctx, "w", time.Minute); err != nil || j.ID != res.JobID {
+		t.Fatalf("claim = %+v, %v", j, err)
+	}
+}

@@ -79,7 +79,10 @@ func (s *intakeSink) Accept(ctx context.Context, evs []watch.Event) (watch.Accep
 	if err != nil {
 		return watch.Accepted{}, err
 	}
-	var acc watch.Accepted
+	var (
+		acc watch.Accepted
+		job bool // a job exists now (not journaled: OnIntakeApplied wakes for those)
+	)
 	for i, r := range res {
 		switch {
 		case items[i].Deleted:
@@ -91,13 +94,14 @@ func (s *intakeSink) Accept(ctx context.Context, evs []watch.Event) (watch.Accep
 		default:
 			acc.Queued++
 			if r.JobID != 0 { // journaled: the job is created when applied
+				job = true
 				s.log.InfoContext(ctx, "image queued", "digest", items[i].Ref, "job", r.JobID, "source", items[i].Source)
 			} else {
 				s.log.InfoContext(ctx, "image accepted", "digest", items[i].Ref, "source", items[i].Source)
 			}
 		}
 	}
-	if acc.Queued > 0 {
+	if job {
 		s.wake()
 	}
 	return acc, nil

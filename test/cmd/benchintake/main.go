@@ -1,0 +1,401 @@
+// Command benchintake measures durable webhook intake of the real attestd
+// daemon from a separate load-generator process, as a registry sends it: it
+// builds and starts `attestd serve` (a Distribution source with a bearer
+// header, intake.journal on, then off), POSTs Distribution events to it over
+// loopback, and reports events/s acknowledged and the p50/p99/max latency
+// of the POSTs, then the time until every event is a job in the database
+// (applied-events/s) and a check that every acknowledged event is there.
+//
+// Loads: open loop (-rate R: R events/s offered on a fixed schedule
+// whatever the answers; latency counts from the scheduled send, so a stall
+// is not hidden by senders that wait), and closed loop (-senders N: each
+// POSTs again as soon as answered). Events are untagged pushes, whose jobs
+// wait 3 s (the index-folding delay), so that no job runs during the burst.
+//
+//	go run ./test/cmd/benchintake [-events 20000] [-runs 3]
+//
+// (`make bench-intake`.)
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/attestd/attestd/store"
+	"github.com/attestd/attestd/test/stack"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "benchintake:", err)
+		os.Exit(1)
+	}
+}
+
+// load is how events are sent: per events per POST, either senders
+// concurrent senders (closed loop) or rate events/s (open loop).
+type load struct {
+	per     int
+	senders int
+	rate    float64
+}
+
+func (l load) String() string {
+	if l.rate > 0 {
+		return fmt.Sprintf("open loop %.0f events/s, %d/POST", l.rate, l.per)
+	}
+	return fmt.Sprintf("closed loop %d senders, %d/POST", l.senders, l.per)
+}
+
+type result struct {
+	events, applied float64 // per second
+	p50, p99, max   time.Duration
+	sync99          string // bucket bound of the 99th percentile journal append (write + fsync)
+}
+
+const registryHost = "127.0.0.1:5000" // named in the events; never contacted during the burst
+
+func run() error {
+	events := flag.Int("events", 20000, "events per run (a burst of pushes)")
+	runs := flag.Int("runs", 3, "runs per mode and load (each is reported)")
+	flag.Parse()
+	root, err := stack.RepoRoot()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "attestd-benchintake-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "attestd")
+	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/attestd")
+	build.Dir, build.Stdout, build.Stderr = root, os.Stderr, os.Stderr
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("build attestd: %w", err)
+	}
+	secret := filepath.Join(dir, "hook-secret")
+	if err := os.WriteFile(secret, []byte("Bearer bench-secret\n"), 0o600); err != nil {
+		return err
+	}
+	loads := []load{{rate: 20000, per: 10}, {rate: 20000, per: 1}, {rate: 10000, per: 1}, {senders: 8, per: 10}, {senders: 64, per: 1}}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "intake.journal\tload\tevents/s\tp50\tp99\tmax\tapplied events/s\tjournal append p99\t")
+	for _, journal := range []bool{true, false} {
+		for _, l := range loads {
+			for r := range *runs {
+				res, err := runOnce(bin, filepath.Join(dir, fmt.Sprintf("run-%v-%d-%d-%d", journal, l.per, int(l.rate)+l.senders, r)), secret, journal, l, *events)
+				if err != nil {
+					return fmt.Errorf("journal %v, %s: %w", journal, l, err)
+				}
+				fmt.Fprintf(tw, "%v\t%s\t%.0f\t%s\t%s\t%s\t%.0f\t%s\t\n", journal, l, res.events, ms(res.p50), ms(res.p99), ms(res.max), res.applied, res.sync99)
+				tw.Flush()
+			}
+		}
+	}
+	return tw.Flush()
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+// runOnce starts a daemon on a fresh data directory, sends n events with l,
+// waits until all are jobs, stops it and checks the database.
+func runOnce(bin, dataDir, secret string, journal bool, l load, n int) (result, error) {
+	var res result
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return res, err
+	}
+	cfg := filepath.Join(dataDir, "attestd.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`registries:
+  - host: %[1]s
+watch:
+  - registry: %[1]s
+    repositories: ["**"]
+sources:
+  - name: registry
+    type: distribution
+    auth: {type: header, header: Authorization, secret_file: %[2]s}
+intake: {poll_interval: 0s, journal: %[3]v}
+workers: 1
+jobs: {backoff: 1h}
+log: {level: warn}
+`, registryHost, secret, journal)), 0o600); err != nil {
+		return res, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return res, err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	logf, err := os.Create(filepath.Join(dataDir, "daemon.log"))
+	if err != nil {
+		return res, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, "serve", "-c", cfg, "--data-dir", dataDir, "--listen", addr)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return res, err
+	}
+	defer cmd.Process.Kill()
+	base := "http://" + addr
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1024}, Timeout: time.Minute}
+	if err := waitHealthy(client, base); err != nil {
+		return res, err
+	}
+	s := &sender{client: client, url: base + "/hooks/registry"}
+	s.warmUp()
+	start := time.Now()
+	lat, err := s.send(l, n)
+	if err != nil {
+		return res, err
+	}
+	elapsed := time.Since(start)
+	want := n + warmEvents
+	for {
+		var st store.Stats
+		if err := getJSON(client, base+"/api/v1/stats", &st); err != nil {
+			return res, err
+		}
+		jobs := 0 // in any state: jobs start to run 3 s after their event
+		for _, c := range st.Jobs {
+			jobs += c
+		}
+		if jobs >= want {
+			break
+		}
+		if time.Since(start) > time.Minute {
+			return res, fmt.Errorf("%d of %d events are jobs after a minute", jobs, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	applied := time.Since(start)
+	if journal {
+		if res.sync99, err = syncP99(client, base+"/metrics"); err != nil {
+			return res, err
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return res, err
+	}
+	if err := cmd.Wait(); err != nil {
+		return res, fmt.Errorf("daemon exit: %w (log: %s)", err, logf.Name())
+	}
+	if err := check(filepath.Join(dataDir, "attestd.db"), want); err != nil {
+		return res, err
+	}
+	slices.Sort(lat)
+	res.events = float64(n) / elapsed.Seconds()
+	res.applied = float64(want) / applied.Seconds()
+	res.p50, res.p99, res.max = lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1]
+	return res, nil
+}
+
+// check opens the stopped daemon's database: every event is a record.
+func check(path string, want int) error {
+	db, err := store.Open(path, store.ReadOnly())
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	recs, err := db.Images(context.Background(), registryHost+"/bench/")
+	if err != nil {
+		return err
+	}
+	if len(recs) != want {
+		return fmt.Errorf("%d images recorded, want %d", len(recs), want)
+	}
+	return nil
+}
+
+// syncP99 reads the journal's append histogram from the daemon's metrics:
+// the bound of the bucket that holds the 99th percentile.
+func syncP99(c *http.Client, url string) (string, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	var les []string
+	var counts []float64
+	for _, line := range strings.Split(string(b), "\n") {
+		rest, ok := strings.CutPrefix(line, `attestd_intake_journal_sync_seconds_bucket{le="`)
+		if !ok {
+			continue
+		}
+		le, n, _ := strings.Cut(rest, `"} `)
+		v, err := strconv.ParseFloat(n, 64)
+		if err != nil {
+			return "", fmt.Errorf("metrics line %q: %w", line, err)
+		}
+		les, counts = append(les, le), append(counts, v)
+	}
+	if len(counts) == 0 {
+		return "", fmt.Errorf("%s has no attestd_intake_journal_sync_seconds", url)
+	}
+	for i, n := range counts {
+		if n >= 0.99*counts[len(counts)-1] {
+			return "≤ " + les[i] + " s", nil
+		}
+	}
+	return "", nil
+}
+
+func waitHealthy(c *http.Client, base string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := c.Get(base + "/healthz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("attestd not healthy at %s after 30s", base)
+}
+
+func getJSON(c *http.Client, url string, v any) error {
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// sender POSTs Distribution envelopes.
+type sender struct {
+	client *http.Client
+	url    string
+}
+
+// body is an envelope of per untagged pushes, events first to first+per-1.
+func body(first, per int) []byte {
+	buf := []byte(`{"events":[`)
+	for k := range per {
+		n := first + k
+		if k > 0 {
+			buf = append(buf, ',')
+		}
+		buf = fmt.Appendf(buf, `{"id":"ev-%d","action":"push","target":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%064x","repository":"bench/app"},"request":{"host":%q,"useragent":"docker/27"}}`, n, n, registryHost)
+	}
+	return append(buf, "]}"...)
+}
+
+func (s *sender) post(b []byte) error {
+	req, _ := http.NewRequest(http.MethodPost, s.url, bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/vnd.docker.distribution.events.v1+json")
+	req.Header.Set("Authorization", "Bearer bench-secret")
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("status %s", resp.Status)
+	}
+	return nil
+}
+
+// warmEvents are sent before the measured load (64 concurrent POSTs of 4),
+// so that it finds open connections and a warm daemon.
+const warmEvents = 64 * 4
+
+func (s *sender) warmUp() {
+	var wg sync.WaitGroup
+	for i := range 64 {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = s.post(body(1<<30+i*4, 4)) }()
+	}
+	wg.Wait()
+}
+
+// send sends n events with l and returns each POST's latency.
+func (s *sender) send(l load, n int) ([]time.Duration, error) {
+	posts := (n + l.per - 1) / l.per
+	lat := make([]time.Duration, posts)
+	bodies := make([][]byte, posts) // built ahead: the sender's own work stays out of the figures
+	for i := range posts {
+		bodies[i] = body(i*l.per, min(l.per, n-i*l.per))
+	}
+	var (
+		wg       sync.WaitGroup
+		firstErr atomic.Pointer[error]
+	)
+	do := func(i int, since time.Time) bool {
+		if err := s.post(bodies[i]); err != nil {
+			firstErr.CompareAndSwap(nil, &err)
+			return false
+		}
+		lat[i] = time.Since(since)
+		return true
+	}
+	start := time.Now()
+	if l.rate > 0 {
+		interval := time.Duration(float64(time.Second) * float64(l.per) / l.rate)
+		due := make(chan int, posts)
+		for range 512 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range due {
+					do(i, start.Add(time.Duration(i)*interval))
+				}
+			}()
+		}
+		for i := range posts {
+			if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
+				time.Sleep(d)
+			}
+			due <- i
+		}
+		close(due)
+	} else {
+		var next atomic.Int64
+		for range l.senders {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					i := int(next.Add(1) - 1)
+					if i >= posts || !do(i, time.Now()) {
+						return
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if err := firstErr.Load(); err != nil {
+		return nil, *err
+	}
+	return lat, nil
+}
