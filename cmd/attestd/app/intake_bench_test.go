@@ -301,18 +301,6 @@ func benchSink(b *testing.B, sink watch.Sink, l load) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	b.StopTimer()
-	if os.Getenv("ZZ_DBG") != "" {
-		idx := make([]int, len(lat))
-		for i := range idx {
-			idx[i] = i
-		}
-		sort.Slice(idx, func(a, c int) bool { return lat[idx[a]] > lat[idx[c]] })
-		var sb []string
-		for _, i := range idx[:len(idx)/50] {
-			sb = append(sb, fmt.Sprintf("%d:%.1f", i, float64(lat[i].Microseconds())/1000))
-		}
-		b.Logf("worst: %v", sb)
-	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	b.ReportMetric(float64(posts*l.per)/elapsed.Seconds(), "events/s")
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
