@@ -307,8 +307,8 @@ func (db *DB) rotate(j *journal, next uint64) (recorded bool, err error) {
 
 // readJournal decodes records from off to the end; end is the offset after
 // the last good one. A bad record is a torn tail (cut off by the caller)
-// only when nothing but zeros follows its frame: the last write, never
-// acknowledged. Anything else is corruption of acknowledged events.
+// when no good record follows it: the last write, never acknowledged.
+// Otherwise it is damage to acknowledged events.
 func readJournal(f *os.File, off int64) ([]*journalRecord, int64, error) {
 	st, err := f.Stat()
 	if err != nil {
@@ -336,13 +336,7 @@ func readJournal(f *os.File, off int64) ([]*journalRecord, int64, error) {
 			}
 		}
 		if r == nil {
-			rest := data
-			if n >= 0 && n <= len(data)-8 {
-				rest = data[8+n:]
-			} else if len(data) >= 8 {
-				rest = nil // the frame runs past the end: torn
-			}
-			if len(bytes.Trim(rest, "\x00")) > 0 {
+			if validFrameAfter(data) {
 				return nil, 0, fmt.Errorf("%w: record at byte %d fails its checksum and acknowledged events follow it; restore the database and journal from a backup, or move the journal away (its unapplied events are lost; the poller re-finds images still in the registry)", ErrCorrupt, end)
 			}
 			break
@@ -353,6 +347,22 @@ func readJournal(f *os.File, off int64) ([]*journalRecord, int64, error) {
 		data = data[8+n:]
 	}
 	return recs, end, nil
+}
+
+// validFrameAfter reports whether a record follows the bad frame at the
+// start of data, at any offset: then the bad one was written (and fsync'd,
+// and acknowledged) before it, and is damage, not a torn tail.
+func validFrameAfter(data []byte) bool {
+	for q := 1; q+8 <= len(data); q++ {
+		n := int(binary.BigEndian.Uint32(data[q:]))
+		if n == 0 || n > len(data)-q-8 || crc32.Checksum(data[q+8:q+8+n], crcTable) != binary.BigEndian.Uint32(data[q+4:]) {
+			continue
+		}
+		if json.Unmarshal(data[q+8:q+8+n], &journalRecord{}) == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // encodeRecord frames rec for the journal.
