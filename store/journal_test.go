@@ -21,6 +21,19 @@ func journalItem(n int, event string) IntakeItem {
 	return IntakeItem{Ref: ref(n), Source: "webhook:test", EventKey: event, Tag: "registry.local/app/n" + string(rune('0'+n%10)) + ":v1"}
 }
 
+// reopen opens the database at path with opts (replaying its journal) and
+// closes it again.
+func reopen(t *testing.T, path string, opts ...Option) {
+	t.Helper()
+	db, err := Open(path, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // counts reopens the database (no journal) and returns pending jobs and
 // audit entries.
 func counts(t *testing.T, path string) (jobs int, audit uint64) {
@@ -100,11 +113,7 @@ func writeJournal(t *testing.T, path string, gen uint64, tail []byte, recs ...*j
 // acknowledged) is cut off.
 func TestJournalReplay(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "a.db")
-	db, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	reopen(t, path)
 	now := time.Date(2026, 11, 24, 5, 0, 0, 0, time.UTC)
 	torn, _ := encodeRecord(&journalRecord{Time: now, Items: []IntakeItem{journalItem(9, "e9")}})
 	writeJournal(t, path, 1, torn[:len(torn)-3],
@@ -113,13 +122,7 @@ func TestJournalReplay(t *testing.T) {
 	// A plain read-write open (a CLI command) replays too; the second open
 	// must apply nothing again.
 	for _, opts := range [][]Option{nil, {WithIntakeJournal()}} {
-		db, err := Open(path, opts...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := db.Close(); err != nil {
-			t.Fatal(err)
-		}
+		reopen(t, path, opts...)
 		if jobs, audit := counts(t, path); jobs != 3 || audit != 3 {
 			t.Fatalf("jobs %d audit %d, want 3 and 3", jobs, audit)
 		}
@@ -133,7 +136,7 @@ func TestJournalReplay(t *testing.T) {
 	}
 	rdb.Close()
 	// New intake after the cut goes on from there and survives a reopen.
-	db, err = Open(path, WithIntakeJournal())
+	db, err := Open(path, WithIntakeJournal())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,11 +144,7 @@ func TestJournalReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
-	db, err = Open(path, WithIntakeJournal())
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	reopen(t, path, WithIntakeJournal())
 	if jobs, audit := counts(t, path); jobs != 4 || audit != 4 {
 		t.Fatalf("after more intake: jobs %d audit %d, want 4 and 4", jobs, audit)
 	}
@@ -184,11 +183,7 @@ func TestJournalRotation(t *testing.T) {
 	})
 	b.Close()
 	writeJournal(t, path, gen, nil, &journalRecord{Time: now, Items: []IntakeItem{journalItem(1, "ea")}})
-	db, err = Open(path, WithIntakeJournal())
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	reopen(t, path, WithIntakeJournal())
 	if jobs, audit := counts(t, path); jobs != 5 || audit != 5 {
 		t.Fatalf("jobs %d audit %d, want 5 and 5", jobs, audit)
 	}
@@ -222,11 +217,7 @@ func TestJournalWriteFailureFailsClosed(t *testing.T) {
 // file extended by the filesystem, never written) are a torn tail.
 func TestJournalCorruptionFailsOpen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "a.db")
-	db, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	reopen(t, path)
 	now := time.Date(2026, 11, 24, 5, 0, 0, 0, time.UTC)
 	bad, _ := encodeRecord(&journalRecord{Time: now, Items: []IntakeItem{journalItem(1, "e1")}})
 	bad[len(bad)-2] ^= 0xff
@@ -237,11 +228,7 @@ func TestJournalCorruptionFailsOpen(t *testing.T) {
 		t.Fatalf("open = %v, want ErrCorrupt with what to do", err)
 	}
 	writeJournal(t, path, 1, append(bad, make([]byte, 4096)...), good)
-	db, err = Open(path, WithIntakeJournal())
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	reopen(t, path, WithIntakeJournal())
 	if jobs, audit := counts(t, path); jobs != 1 || audit != 1 {
 		t.Fatalf("jobs %d audit %d, want 1 and 1", jobs, audit)
 	}
@@ -249,11 +236,7 @@ func TestJournalCorruptionFailsOpen(t *testing.T) {
 	// payload did (filesystems that expose unwritten blocks as zeros):
 	// nothing valid follows, so it is a torn tail too.
 	writeJournal(t, path, 1, append(make([]byte, 8), goodFrame[8:40]...), good)
-	db, err = Open(path, WithIntakeJournal())
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	reopen(t, path, WithIntakeJournal())
 }
 
 // TestJournalBacklogBoundsAcknowledging: with the backlog full, intake

@@ -1,11 +1,8 @@
 package app
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -13,12 +10,12 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/attestd/attestd/attest/watch"
 	"github.com/attestd/attestd/store"
+	"github.com/attestd/attestd/test/loadgen"
 )
 
 // BenchmarkIntakeHTTP measures durable webhook intake end to end: a real HTTP
@@ -39,7 +36,7 @@ import (
 func BenchmarkIntakeHTTP(b *testing.B) {
 	// Distribution sends one event per POST; an envelope may carry several
 	// (other senders, or a registry that batches).
-	loads := []load{{rate: 20000, per: 10}, {rate: 20000, per: 1}, {rate: 10000, per: 1}, {senders: 8, per: 10}, {senders: 64, per: 1}}
+	loads := []loadgen.Load{{Rate: 20000, Per: 10}, {Rate: 20000, Per: 1}, {Rate: 10000, Per: 1}, {Senders: 8, Per: 10}, {Senders: 64, Per: 1}}
 	for _, mode := range []string{"commit", "journal"} {
 		for _, l := range loads {
 			b.Run(mode+"/"+l.String(), func(b *testing.B) { benchIntake(b, mode == "journal", l) })
@@ -47,7 +44,7 @@ func BenchmarkIntakeHTTP(b *testing.B) {
 	}
 }
 
-func benchIntake(b *testing.B, journal bool, l load) {
+func benchIntake(b *testing.B, journal bool, l loadgen.Load) {
 	var opts []store.Option
 	if journal {
 		opts = append(opts, store.WithIntakeJournal())
@@ -59,7 +56,7 @@ func benchIntake(b *testing.B, journal bool, l load) {
 	defer db.Close()
 	start := time.Now()
 	benchSink(b, &intakeSink{db: db, wake: func() {}, log: slog.New(slog.DiscardHandler)}, l)
-	want := (b.N+l.per-1)/l.per*l.per + warmEvents
+	want := (b.N+l.Per-1)/l.Per*l.Per + warmEvents
 	if journal {
 		for db.JournalLag() > 0 {
 			time.Sleep(100 * time.Microsecond)
@@ -72,21 +69,6 @@ func benchIntake(b *testing.B, journal bool, l load) {
 	}
 }
 
-// load is how benchSink sends: per events per POST, either senders
-// concurrent senders (closed loop) or rate events/s (open loop).
-type load struct {
-	per     int
-	senders int
-	rate    float64
-}
-
-func (l load) String() string {
-	if l.rate > 0 {
-		return fmt.Sprintf("rate=%.0f/events-per-post=%d", l.rate, l.per)
-	}
-	return fmt.Sprintf("senders=%d/events-per-post=%d", l.senders, l.per)
-}
-
 // BenchmarkIntakeBounds brackets BenchmarkIntakeHTTP with two sinks that
 // are not attestd's, to show where the time goes (figures in the issue
 // notes): "nop" acknowledges without storing anything — the ceiling of the
@@ -96,7 +78,7 @@ func (l load) String() string {
 // after an append, apply to bbolt later) could at best acknowledge, before
 // applying anything.
 func BenchmarkIntakeBounds(b *testing.B) {
-	for _, l := range []load{{rate: 20000, per: 1}, {senders: 64, per: 1}, {rate: 20000, per: 10}, {senders: 8, per: 10}} {
+	for _, l := range []loadgen.Load{{Rate: 20000, Per: 1}, {Senders: 64, Per: 1}, {Rate: 20000, Per: 10}, {Senders: 8, Per: 10}} {
 		b.Run("nop/"+l.String(), func(b *testing.B) { benchSink(b, nopSink{}, l) })
 		b.Run("file/"+l.String(), func(b *testing.B) {
 			j := newJournalSink(b)
@@ -189,34 +171,22 @@ func warmUp(b *testing.B, url string, client *http.Client) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := []byte(`{"events":[`)
-			for k := range 4 {
-				n := s*4 + k
-				if k > 0 {
-					buf = append(buf, ',')
-				}
-				buf = fmt.Appendf(buf, `{"id":"ev-%d","action":"push","target":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%064x","repository":"bench/app","tag":"v%d"},"request":{"host":"127.0.0.1:5000","useragent":"docker/27"}}`, n, n, n)
-			}
-			req, _ := http.NewRequestWithContext(context.Background(), http.MethodPost, url, bytes.NewReader(append(buf, "]}"...)))
-			req.Header.Set("Content-Type", watch.DistributionMediaType)
-			req.Header.Set("Authorization", "Bearer bench-secret")
-			resp, err := client.Do(req)
-			if err != nil {
+			if err := loadgen.Post(client, url, "Bearer bench-secret", loadgen.DistributionBody(s*4, 4, benchRegistry, true)); err != nil {
 				b.Error(err)
-				return
 			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
 		}()
 	}
 	wg.Wait()
 }
 
-// benchSink drives sink through a real receiver on loopback with load, b.N
+// benchRegistry is the registry the benchmark's events name.
+const benchRegistry = "127.0.0.1:5000"
+
+// benchSink drives sink through a real receiver on loopback with l, b.N
 // events in all; reports events/s and the p50/p99 POST latency.
-func benchSink(b *testing.B, sink watch.Sink, l load) {
+func benchSink(b *testing.B, sink watch.Sink, l loadgen.Load) {
 	auth, _ := watch.NewHeader("Authorization", "Bearer bench-secret")
-	filter := watch.Filter{Rules: []watch.Rule{{Registry: "127.0.0.1:5000", Repositories: []string{"**"}}}}
+	filter := watch.Filter{Rules: []watch.Rule{{Registry: benchRegistry, Repositories: []string{"**"}}}}
 	recv, err := watch.NewReceiver("bench", watch.Distribution{}, auth, filter, sink, watch.ReceiverOptions{})
 	if err != nil {
 		b.Fatal(err)
@@ -224,85 +194,20 @@ func benchSink(b *testing.B, sink watch.Sink, l load) {
 	srv := httptest.NewServer(recv)
 	defer srv.Close()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1024}}
-
-	posts := (b.N + l.per - 1) / l.per
-	lat := make([]time.Duration, posts)
-	body := func(i int) []byte {
-		buf := []byte(`{"events":[`)
-		for k := range l.per {
-			n := i*l.per + k + warmEvents
-			if k > 0 {
-				buf = append(buf, ',')
-			}
-			buf = fmt.Appendf(buf, `{"id":"ev-%d","action":"push","target":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%064x","repository":"bench/app","tag":"v%d"},"request":{"host":"127.0.0.1:5000","useragent":"docker/27"}}`, n, n, n)
-		}
-		return append(buf, "]}"...)
-	}
-	// post sends POST i and records its latency from since.
-	post := func(i int, since time.Time) bool {
-		req, _ := http.NewRequestWithContext(context.Background(), http.MethodPost, srv.URL, bytes.NewReader(body(i)))
-		req.Header.Set("Content-Type", watch.DistributionMediaType)
-		req.Header.Set("Authorization", "Bearer bench-secret")
-		resp, err := client.Do(req)
-		if err != nil {
-			b.Error(err)
-			return false
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		lat[i] = time.Since(since)
-		if resp.StatusCode != http.StatusAccepted {
-			b.Errorf("status %d", resp.StatusCode)
-			return false
-		}
-		return true
-	}
 	warmUp(b, srv.URL, client)
+	posts := (b.N + l.Per - 1) / l.Per
 	b.ResetTimer()
 	start := time.Now()
-	var wg sync.WaitGroup
-	if l.rate > 0 {
-		// Open loop: POST i is due at start + i·per/rate; a pool large
-		// enough never to be the limit sends it then, and its latency
-		// counts from then, not from when a sender got to it.
-		interval := time.Duration(float64(time.Second) * float64(l.per) / l.rate)
-		due := make(chan int, posts)
-		for range 512 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := range due {
-					post(i, start.Add(time.Duration(i)*interval))
-				}
-			}()
-		}
-		for i := range posts {
-			if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
-				time.Sleep(d)
-			}
-			due <- i
-		}
-		close(due)
-	} else {
-		var next atomic.Int64
-		for range l.senders {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					i := int(next.Add(1) - 1)
-					if i >= posts || !post(i, time.Now()) {
-						return
-					}
-				}
-			}()
-		}
-	}
-	wg.Wait()
+	lat, err := loadgen.Run(l, posts, func(i int) error {
+		return loadgen.Post(client, srv.URL, "Bearer bench-secret", loadgen.DistributionBody(warmEvents+i*l.Per, l.Per, benchRegistry, true))
+	})
 	elapsed := time.Since(start)
 	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	b.ReportMetric(float64(posts*l.per)/elapsed.Seconds(), "events/s")
+	b.ReportMetric(float64(posts*l.Per)/elapsed.Seconds(), "events/s")
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }

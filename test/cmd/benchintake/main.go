@@ -18,7 +18,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -33,12 +32,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/attestd/attestd/store"
+	"github.com/attestd/attestd/test/loadgen"
 	"github.com/attestd/attestd/test/stack"
 )
 
@@ -47,21 +46,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "benchintake:", err)
 		os.Exit(1)
 	}
-}
-
-// load is how events are sent: per events per POST, either senders
-// concurrent senders (closed loop) or rate events/s (open loop).
-type load struct {
-	per     int
-	senders int
-	rate    float64
-}
-
-func (l load) String() string {
-	if l.rate > 0 {
-		return fmt.Sprintf("open loop %.0f events/s, %d/POST", l.rate, l.per)
-	}
-	return fmt.Sprintf("closed loop %d senders, %d/POST", l.senders, l.per)
 }
 
 type result struct {
@@ -96,13 +80,13 @@ func run() error {
 	if err := os.WriteFile(secret, []byte("Bearer bench-secret\n"), 0o600); err != nil {
 		return err
 	}
-	loads := []load{{rate: 20000, per: 10}, {rate: 20000, per: 1}, {rate: 10000, per: 1}, {senders: 8, per: 10}, {senders: 64, per: 1}}
+	loads := []loadgen.Load{{Rate: 20000, Per: 10}, {Rate: 20000, Per: 1}, {Rate: 10000, Per: 1}, {Senders: 8, Per: 10}, {Senders: 64, Per: 1}}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "intake.journal\tload\tevents/s\tp50\tp99\tmax\tapplied events/s\tjournal append p99\t")
 	for _, journal := range []bool{true, false} {
 		for _, l := range loads {
 			for r := range *runs {
-				res, err := runOnce(bin, filepath.Join(dir, fmt.Sprintf("run-%v-%d-%d-%d", journal, l.per, int(l.rate)+l.senders, r)), secret, journal, l, *events)
+				res, err := runOnce(bin, filepath.Join(dir, fmt.Sprintf("run-%v-%d-%d-%d", journal, l.Per, int(l.Rate)+l.Senders, r)), secret, journal, l, *events)
 				if err != nil {
 					return fmt.Errorf("journal %v, %s: %w", journal, l, err)
 				}
@@ -118,7 +102,7 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Micros
 
 // runOnce starts a daemon on a fresh data directory, sends n events with l,
 // waits until all are jobs, stops it and checks the database.
-func runOnce(bin, dataDir, secret string, journal bool, l load, n int) (result, error) {
+func runOnce(bin, dataDir, secret string, journal bool, l loadgen.Load, n int) (result, error) {
 	var res result
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return res, err
@@ -296,33 +280,8 @@ type sender struct {
 	url    string
 }
 
-// body is an envelope of per untagged pushes, events first to first+per-1.
-func body(first, per int) []byte {
-	buf := []byte(`{"events":[`)
-	for k := range per {
-		n := first + k
-		if k > 0 {
-			buf = append(buf, ',')
-		}
-		buf = fmt.Appendf(buf, `{"id":"ev-%d","action":"push","target":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%064x","repository":"bench/app"},"request":{"host":%q,"useragent":"docker/27"}}`, n, n, registryHost)
-	}
-	return append(buf, "]}"...)
-}
-
 func (s *sender) post(b []byte) error {
-	req, _ := http.NewRequest(http.MethodPost, s.url, bytes.NewReader(b))
-	req.Header.Set("Content-Type", "application/vnd.docker.distribution.events.v1+json")
-	req.Header.Set("Authorization", "Bearer bench-secret")
-	resp, err := s.client.Do(req)
-	if err != nil {
-		return err
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		return fmt.Errorf("status %s", resp.Status)
-	}
-	return nil
+	return loadgen.Post(s.client, s.url, "Bearer bench-secret", b)
 }
 
 // warmEvents are sent before the measured load (64 concurrent POSTs of 4),
@@ -333,69 +292,18 @@ func (s *sender) warmUp() {
 	var wg sync.WaitGroup
 	for i := range 64 {
 		wg.Add(1)
-		go func() { defer wg.Done(); _ = s.post(body(1<<30+i*4, 4)) }()
+		go func() { defer wg.Done(); _ = s.post(loadgen.DistributionBody(1<<30+i*4, 4, registryHost, false)) }()
 	}
 	wg.Wait()
 }
 
-// send sends n events with l and returns each POST's latency.
-func (s *sender) send(l load, n int) ([]time.Duration, error) {
-	posts := (n + l.per - 1) / l.per
-	lat := make([]time.Duration, posts)
+// send sends n events with l and returns each POST's latency. Events are
+// untagged pushes (see the package doc).
+func (s *sender) send(l loadgen.Load, n int) ([]time.Duration, error) {
+	posts := (n + l.Per - 1) / l.Per
 	bodies := make([][]byte, posts) // built ahead: the sender's own work stays out of the figures
 	for i := range posts {
-		bodies[i] = body(i*l.per, min(l.per, n-i*l.per))
+		bodies[i] = loadgen.DistributionBody(i*l.Per, min(l.Per, n-i*l.Per), registryHost, false)
 	}
-	var (
-		wg       sync.WaitGroup
-		firstErr atomic.Pointer[error]
-	)
-	do := func(i int, since time.Time) bool {
-		if err := s.post(bodies[i]); err != nil {
-			firstErr.CompareAndSwap(nil, &err)
-			return false
-		}
-		lat[i] = time.Since(since)
-		return true
-	}
-	start := time.Now()
-	if l.rate > 0 {
-		interval := time.Duration(float64(time.Second) * float64(l.per) / l.rate)
-		due := make(chan int, posts)
-		for range 512 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := range due {
-					do(i, start.Add(time.Duration(i)*interval))
-				}
-			}()
-		}
-		for i := range posts {
-			if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
-				time.Sleep(d)
-			}
-			due <- i
-		}
-		close(due)
-	} else {
-		var next atomic.Int64
-		for range l.senders {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					i := int(next.Add(1) - 1)
-					if i >= posts || !do(i, time.Now()) {
-						return
-					}
-				}
-			}()
-		}
-	}
-	wg.Wait()
-	if err := firstErr.Load(); err != nil {
-		return nil, *err
-	}
-	return lat, nil
+	return loadgen.Run(l, posts, func(i int) error { return s.post(bodies[i]) })
 }
