@@ -65,6 +65,10 @@ const (
 // intake slows to bbolt's pace. A variable for tests.
 var journalBacklog int64 = 1 << 16
 
+// journalBacklogWait is how long acknowledging waits for room in a full
+// backlog before it fails. A variable for tests.
+var journalBacklogWait = 30 * time.Second
+
 // journalRecord is one group of Intake calls, in call order.
 type journalRecord struct {
 	Time  time.Time    `json:"t"`
@@ -410,9 +414,17 @@ func groupRecord(now time.Time, group []*intakeReq) (*journalRecord, []byte, err
 func (db *DB) journalGroup(group []*intakeReq) {
 	j := db.jrnl
 	rec, frame, err := groupRecord(db.now().UTC(), group)
-	// Waits while the backlog is full: acknowledging slows to bbolt's pace.
-	if err == nil && j.room.Acquire(j.stop, j.weight(rec)) != nil {
-		err = errClosed
+	// Waits while the backlog is full: acknowledging slows to bbolt's pace,
+	// and fails (the sender retries) when bbolt does not move at all.
+	if err == nil {
+		ctx, cancel := context.WithTimeout(j.stop, journalBacklogWait)
+		if j.room.Acquire(ctx, j.weight(rec)) != nil {
+			err = errClosed
+			if j.stop.Err() == nil {
+				err = fmt.Errorf("intake journal: %d events wait to be applied to the database and none was for %s (is the database failing? see the log)", journalBacklog, journalBacklogWait)
+			}
+		}
+		cancel()
 	}
 	if err != nil {
 		for _, r := range group {

@@ -296,3 +296,27 @@ func TestGroupRecordIsARecord(t *testing.T) {
 		t.Fatalf("group record\n%s\nwant\n%s", frame[8:], want[8:])
 	}
 }
+
+// TestJournalFullBacklogFailsWhenBboltIsStuck: when bbolt stops applying,
+// acknowledging stops too once the backlog is full — with an error the
+// sender sees (and retries on), not a request that hangs.
+func TestJournalFullBacklogFailsWhenBboltIsStuck(t *testing.T) {
+	oldBacklog, oldWait := journalBacklog, journalBacklogWait
+	journalBacklog, journalBacklogWait = 2, 100*time.Millisecond
+	t.Cleanup(func() { journalBacklog, journalBacklogWait = oldBacklog, oldWait })
+	db, err := Open(filepath.Join(t.TempDir(), "a.db"), WithIntakeJournal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.bolt.Close() // every apply fails from now on
+	ctx := context.Background()
+	for i := range 2 {
+		if _, err := db.Intake(ctx, []IntakeItem{journalItem(i+1, fmt.Sprintf("s%d", i))}); err != nil {
+			t.Fatalf("intake %d (room in the backlog): %v", i, err)
+		}
+	}
+	if _, err := db.Intake(ctx, []IntakeItem{journalItem(3, "s2")}); err == nil || !strings.Contains(err.Error(), "wait to be applied") {
+		t.Fatalf("intake into a full backlog = %v, want the error that says so", err)
+	}
+}
