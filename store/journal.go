@@ -27,7 +27,7 @@ import (
 // has been applied; every read-write Open replays what was acknowledged but
 // not applied before a crash, so every acknowledged event reaches bbolt
 // exactly once. The materializer yields to the writer: during a burst it
-// waits (up to journalMaxLag, or until half the backlog is used), then
+// waits (up to journalMaxLag, or until most of the backlog is used), and it
 // applies in transactions of at most journalApplyItems events.
 //
 // File: a 16-byte header (magic, generation) and records framed as
@@ -52,18 +52,19 @@ var journalRotateSize int64 = 64 << 20
 
 // The materializer applies when no Intake call has been in flight for
 // journalIdle, when the oldest waiting record has waited journalMaxLag, or
-// when half of journalBacklog is used; at most journalApplyItems events per
-// transaction (~30 ms of work), so the writer is never starved for long.
+// when three quarters of journalBacklog are used; at most
+// journalApplyItems events per transaction (~8 ms of work), so the writer
+// is never starved for long. Shutting down, it applies in larger ones.
 const (
 	journalIdle       = 2 * time.Millisecond
 	journalMaxLag     = 5 * time.Second
-	journalApplyItems = 1024
+	journalApplyItems = 256
 )
 
 // journalBacklog bounds the events acknowledged but not yet applied (held in
-// memory too): beyond it, acknowledging waits for the materializer, and
-// intake slows to bbolt's pace. A variable for tests.
-var journalBacklog int64 = 1 << 16
+// memory too, ~0.5 KiB each): beyond it, acknowledging waits for the
+// materializer, and intake slows to bbolt's pace. A variable for tests.
+var journalBacklog int64 = 1 << 17
 
 // journalBacklogWait is how long acknowledging waits for room in a full
 // backlog before it fails. A variable for tests.
@@ -599,12 +600,13 @@ func (db *DB) materialize(j *journal) {
 			busy, calls = now, c
 		}
 		// Forced: shutting down, or the backlog is old or large; else only
-		// when intake has been quiet, in small transactions (the first
-		// arrival after one sends the materializer back to waiting: its
-		// work must not make a busy intake look quiet).
+		// when intake has been quiet (the first arrival after a transaction
+		// sends the materializer back to waiting: its work must not make a
+		// busy intake look quiet).
 		limit := journalApplyItems
-		if !closed && now.Sub(queue[0].acked) < journalMaxLag && 2*items < journalBacklog {
-			limit = journalApplyItems / 8
+		if closed {
+			limit = 16 * journalApplyItems
+		} else if now.Sub(queue[0].acked) < journalMaxLag && 4*items < 3*journalBacklog {
 			if now.Sub(busy) < journalIdle {
 				tick.Reset(journalIdle / 4)
 				select { // a burst: let the writer have the disk and the CPU
