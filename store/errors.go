@@ -18,6 +18,9 @@ var (
 	// ErrSchemaTooNew: the file was written by a newer attestd.
 	ErrSchemaTooNew = errors.New("database schema is newer than this binary")
 	errClosed       = errors.New("store is closed")
+	// ErrInvalidItem: an intake item the store cannot record (a malformed
+	// ref, a key longer than intake allows): the sender's input is wrong.
+	ErrInvalidItem = errors.New("invalid intake item")
 	// ErrNotOwner: a job transition was attempted by a worker that no longer holds the claim.
 	ErrNotOwner = errors.New("job is not claimed by this owner")
 )

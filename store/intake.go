@@ -53,12 +53,12 @@ type IntakeResult struct {
 func (db *DB) Intake(ctx context.Context, items []IntakeItem) ([]IntakeResult, error) {
 	for i, it := range items {
 		if _, _, _, err := SplitRef(it.Ref); err != nil {
-			return nil, fmt.Errorf("intake item %d: %w", i, err)
+			return nil, fmt.Errorf("%w %d: %w", ErrInvalidItem, i, err)
 		}
 		// Keys bbolt would refuse only when the journal applies them.
 		for _, k := range []struct{ name, v string }{{"ref", it.Ref}, {"tag", it.Tag}, {"event key", it.EventKey}, {"baseline key", it.BaselineKey}} {
 			if len(k.v) > maxIntakeKey {
-				return nil, fmt.Errorf("intake item %d: %s is %d bytes, more than %d", i, k.name, len(k.v), maxIntakeKey)
+				return nil, fmt.Errorf("%w %d: %s is %d bytes, more than %d", ErrInvalidItem, i, k.name, len(k.v), maxIntakeKey)
 			}
 		}
 	}

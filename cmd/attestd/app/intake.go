@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -76,6 +77,9 @@ func (s *intakeSink) Accept(ctx context.Context, evs []watch.Event) (watch.Accep
 		items = append(items, it)
 	}
 	res, err := s.db.Intake(ctx, items)
+	if errors.Is(err, store.ErrInvalidItem) {
+		return watch.Accepted{}, &watch.InputError{Err: err}
+	}
 	if err != nil {
 		return watch.Accepted{}, err
 	}

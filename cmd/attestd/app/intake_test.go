@@ -3,6 +3,7 @@ package app
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -122,5 +123,38 @@ sources:
 	hist, _ := db.TagHistory(ctx, "127.0.0.1:5000/demo/hello:v1")
 	if len(jobs) != 1 || len(hist) != 1 {
 		t.Fatalf("jobs %d (want 1), tag history %d (want 1)", len(jobs), len(hist))
+	}
+}
+
+// TestSinkRefusesItemsTheStoreCannotKey: an event the store cannot record
+// (a tag longer than any key intake allows) is the sender's error (4xx, not
+// retried), not a storage failure, and nothing is recorded — also when
+// acknowledging goes through the intake journal.
+func TestSinkRefusesItemsTheStoreCannotKey(t *testing.T) {
+	t.Parallel()
+	for _, journal := range []bool{false, true} {
+		var opts []store.Option
+		if journal {
+			opts = append(opts, store.WithIntakeJournal())
+		}
+		db, err := store.Open(filepath.Join(t.TempDir(), "a.db"), opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sink := &intakeSink{db: db, wake: func() {}, log: slog.New(slog.DiscardHandler)}
+		_, err = sink.Accept(context.Background(), []watch.Event{{Registry: "127.0.0.1:5000", Repository: "demo/app",
+			Digest: "sha256:" + strings.Repeat("2", 64), Tag: strings.Repeat("t", 5000), Action: watch.ActionPush}})
+		var ie *watch.InputError
+		if !errors.As(err, &ie) || !strings.Contains(err.Error(), "tag is") {
+			t.Errorf("journal %v: Accept = %v, want an input error naming the tag", journal, err)
+		}
+		st, err := db.Stats(context.Background())
+		if err != nil || len(st.Jobs) != 0 || len(st.Images) != 0 {
+			t.Errorf("journal %v: recorded: %+v %v", journal, st, err)
+		}
+		if js := db.JournalStats(); js.Pending != 0 {
+			t.Errorf("journal %v: %d events journaled", journal, js.Pending)
+		}
+		db.Close()
 	}
 }
