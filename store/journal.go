@@ -573,7 +573,6 @@ func (db *DB) materialize(j *journal) {
 	defer tick.Stop()
 	busy, calls := time.Now(), int64(0) // when an Intake call was last seen coming in or in flight
 	take := func(r *journalRecord) { queue, items = append(queue, r), items+int64(len(r.Items)) }
-	backoff := 50 * time.Millisecond
 	for {
 		if len(queue) == 0 {
 			r, ok := <-j.apply
@@ -626,34 +625,41 @@ func (db *DB) materialize(j *journal) {
 			batchItems += len(queue[n].Items)
 			n++
 		}
-		batch := queue[:n]
-		for {
-			err := db.applyJournal(j, batch)
-			if err == nil {
-				backoff = 50 * time.Millisecond
-				break
-			}
-			db.logger.Error("intake journal: applying to the database failed; retrying (the events are safe in the journal)", "err", err, "records", len(batch))
-			select {
-			case <-time.After(backoff):
-			case <-db.closing:
-				return // what is not applied is replayed at the next open
-			}
-			backoff = min(2*backoff, 5*time.Second)
+		if !db.applyRetrying(j, queue[:n]) {
+			return // closing: what is not applied is replayed at the next open
 		}
-		j.dropPending(batch)
-		j.pending.Add(-int64(batchItems))
-		var w int64
-		for _, r := range batch {
-			w += j.weight(r)
-		}
-		j.room.Release(w)
 		queue, items = queue[n:], items-int64(batchItems)
-		if fn := j.onApplied.Load(); fn != nil {
-			(*fn)()
-		}
 		db.maybeRotate(j)
 	}
+}
+
+// applyRetrying applies batch, retrying with backoff until it succeeds
+// (the records stay in the journal meanwhile) or Close begins (false),
+// then frees its room in the backlog and tells OnIntakeApplied.
+func (db *DB) applyRetrying(j *journal, batch []*journalRecord) bool {
+	for backoff := 50 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+		err := db.applyJournal(j, batch)
+		if err == nil {
+			break
+		}
+		db.logger.Error("intake journal: applying to the database failed; retrying (the events are safe in the journal)", "err", err, "records", len(batch))
+		select {
+		case <-time.After(backoff):
+		case <-db.closing:
+			return false
+		}
+	}
+	j.dropPending(batch)
+	var items, w int64
+	for _, r := range batch {
+		items, w = items+int64(len(r.Items)), w+j.weight(r)
+	}
+	j.pending.Add(-items)
+	j.room.Release(w)
+	if fn := j.onApplied.Load(); fn != nil {
+		(*fn)()
+	}
+	return true
 }
 
 // maybeRotate empties the journal under a new generation once it is large
