@@ -79,8 +79,7 @@ type journalRecord struct {
 }
 
 type journal struct {
-	f    *os.File
-	path string
+	f *os.File
 
 	// fileMu serialises appends and rotation; gen and end change under it.
 	fileMu sync.Mutex
@@ -172,17 +171,6 @@ func (db *DB) JournalStats() JournalStats {
 	return st
 }
 
-// JournalLag reports the bytes acknowledged but not yet applied to bbolt.
-func (db *DB) JournalLag() int64 {
-	if db.jrnl == nil {
-		return 0
-	}
-	db.jrnl.fileMu.Lock()
-	end := db.jrnl.end
-	db.jrnl.fileMu.Unlock()
-	return max(0, end-db.jrnl.applied.Load())
-}
-
 // openJournal replays what a crash left unapplied in the journal next to the
 // database, then, when keep (WithIntakeJournal), keeps it open for appends
 // and starts the materializer.
@@ -207,7 +195,7 @@ func (db *DB) openJournal(keep bool) error {
 	if err != nil {
 		return fmt.Errorf("intake journal: %w", err)
 	}
-	j := &journal{f: f, path: path, gen: gen, apply: make(chan *journalRecord, 1024), done: make(chan struct{}),
+	j := &journal{f: f, gen: gen, apply: make(chan *journalRecord, 1024), done: make(chan struct{}),
 		room: semaphore.NewWeighted(journalBacklog), pendEvents: map[string]int{}, pendRefs: map[string]int{}, pendBaseKey: map[string]int{}}
 	fail := func(err error) error {
 		f.Close()
@@ -452,7 +440,6 @@ func (db *DB) journalGroup(group []*intakeReq) {
 			rec.end = j.end
 			rec.acked = time.Now()
 			j.addPending(rec)
-			j.pending.Add(int64(len(rec.Items)))
 		}
 	}
 	j.fileMu.Unlock()
@@ -506,6 +493,7 @@ func (db *DB) advise(j *journal, items []IntakeItem) []IntakeResult {
 }
 
 func (j *journal) addPending(r *journalRecord) {
+	j.pending.Add(int64(len(r.Items)))
 	j.pendMu.Lock()
 	defer j.pendMu.Unlock()
 	for _, it := range r.Items {
@@ -528,6 +516,7 @@ func (j *journal) dropPending(recs []*journalRecord) {
 		}
 	}
 	for _, r := range recs {
+		j.pending.Add(-int64(len(r.Items)))
 		for _, it := range r.Items {
 			if it.EventKey != "" {
 				dec(j.pendEvents, it.EventKey)
@@ -650,11 +639,10 @@ func (db *DB) applyRetrying(j *journal, batch []*journalRecord) bool {
 		}
 	}
 	j.dropPending(batch)
-	var items, w int64
+	var w int64
 	for _, r := range batch {
-		items, w = items+int64(len(r.Items)), w+j.weight(r)
+		w += j.weight(r)
 	}
-	j.pending.Add(-items)
 	j.room.Release(w)
 	if fn := j.onApplied.Load(); fn != nil {
 		(*fn)()

@@ -75,7 +75,7 @@ func TestJournalAcknowledgesThenApplies(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("never applied")
 	}
-	for db.JournalLag() > 0 {
+	for db.JournalStats().Pending > 0 {
 		time.Sleep(time.Millisecond)
 	}
 	rec, err := db.Image(ctx, ref(1))
