@@ -86,6 +86,9 @@ type journal struct {
 	gen    uint64
 	end    int64
 	broken error // a failed write or sync: intake fails until a restart replays
+	// abandoned: Close began and a record was left for replay instead of
+	// the materializer (the writer goroutine's own).
+	abandoned bool
 
 	// pending: event keys and refs acknowledged but not yet applied, so
 	// that advisory duplicate counts see them (checked before bbolt).
@@ -405,6 +408,9 @@ func (db *DB) journalGroup(group []*intakeReq) {
 	rec, frame, err := groupRecord(db.now().UTC(), group)
 	// Waits while the backlog is full: acknowledging slows to bbolt's pace,
 	// and fails (the sender retries) when bbolt does not move at all.
+	if err == nil && j.abandoned {
+		err = errClosed // see below: nothing may follow a record left for replay
+	}
 	if err == nil {
 		ctx, cancel := context.WithTimeout(j.stop, journalBacklogWait)
 		if j.room.Acquire(ctx, j.weight(rec)) != nil {
@@ -446,7 +452,11 @@ func (db *DB) journalGroup(group []*intakeReq) {
 	if err == nil {
 		select {
 		case j.apply <- rec:
-		case <-j.stop.Done(): // durable: the next open applies it
+		case <-j.stop.Done():
+			// Durable: the next open applies it. Nothing after it may be
+			// applied before it (its offset would pass this one), so the
+			// writer acknowledges nothing more.
+			j.abandoned = true
 		}
 	} else {
 		j.room.Release(j.weight(rec))

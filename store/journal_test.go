@@ -15,6 +15,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sync/semaphore"
 )
 
 func journalItem(n int, event string) IntakeItem {
@@ -318,5 +319,38 @@ func TestJournalFullBacklogFailsWhenBboltIsStuck(t *testing.T) {
 	}
 	if _, err := db.Intake(ctx, []IntakeItem{journalItem(3, "s2")}); err == nil || !strings.Contains(err.Error(), "wait to be applied") {
 		t.Fatalf("intake into a full backlog = %v, want the error that says so", err)
+	}
+}
+
+// TestJournalHandsRecordsOverInOrderAtClose: once Close has begun and the
+// writer could not hand a record to the materializer (it is replayed at the
+// next open), no later record may be handed over: applying it would record
+// an offset past the skipped one, which would then never be applied.
+func TestJournalHandsRecordsOverInOrderAtClose(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "journal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	stop, cancel := context.WithCancel(context.Background())
+	cancel() // Close has begun
+	j := &journal{f: f, end: journalHeader, stop: stop, apply: make(chan *journalRecord, 1), room: semaphore.NewWeighted(journalBacklog),
+		pendEvents: map[string]int{}, pendRefs: map[string]int{}, pendBaseKey: map[string]int{}}
+	db := &DB{now: time.Now, jrnl: j}
+	group := func(n int) []*intakeReq {
+		it := journalItem(n, fmt.Sprintf("o%d", n))
+		enc, _ := json.Marshal(it)
+		return []*intakeReq{{items: []IntakeItem{it}, enc: enc, done: make(chan struct{})}}
+	}
+	j.apply <- &journalRecord{} // the materializer is behind: no room
+	db.journalGroup(group(1))   // cannot be handed over: left for replay
+	<-j.apply                   // room again
+	for n := 2; n < 40; n++ {
+		db.journalGroup(group(n))
+		select {
+		case r := <-j.apply:
+			t.Fatalf("record of %s handed over after an earlier one was left for replay", r.Items[0].Ref)
+		default:
+		}
 	}
 }
