@@ -250,18 +250,13 @@ func intakeTx(tx *bolt.Tx, items []IntakeItem, now time.Time) ([]IntakeResult, e
 			out[i].RecordedOnly = true
 			continue
 		}
-		j, err := newJob(tx, it.Ref, it.Priority, it.Source, now)
+		var notBefore time.Time
+		if !it.NotBefore.IsZero() {
+			notBefore = it.NotBefore.UTC()
+		}
+		j, err := newJob(tx, it.Ref, it.Priority, it.Source, now, notBefore)
 		if err != nil {
 			return nil, err
-		}
-		if !it.NotBefore.IsZero() {
-			j.NotBefore = it.NotBefore.UTC()
-			if err := putJob(tx, j); err != nil {
-				return nil, err
-			}
-			if err := tx.Bucket(bucketQueue).Put(queueKey(j.Priority, j.ID), queueValue(j.NotBefore)); err != nil {
-				return nil, err
-			}
 		}
 		out[i].JobID = j.ID
 	}

@@ -120,23 +120,28 @@ func putJob(tx *bolt.Tx, j *Job) error {
 	return tx.Bucket(bucketJobs).Put(u64(j.ID), v)
 }
 
-func newJob(tx *bolt.Tx, ref string, p Priority, source string, now time.Time) (*Job, error) {
+// newJob queues a pending job for ref, claimable from notBefore (zero: now).
+func newJob(tx *bolt.Tx, ref string, p Priority, source string, now, notBefore time.Time) (*Job, error) {
 	jobs := tx.Bucket(bucketJobs)
 	jobs.FillPercent = 0.9 // keys are a sequence: appends (etcd does the same for its revisions)
 	id, err := jobs.NextSequence()
 	if err != nil {
 		return nil, err
 	}
-	j := &Job{ID: id, Ref: ref, Priority: p, Source: source, Status: JobPending, CreatedAt: now, UpdatedAt: now}
+	j := &Job{ID: id, Ref: ref, Priority: p, Source: source, Status: JobPending, CreatedAt: now, UpdatedAt: now, NotBefore: notBefore}
 	if err := putJob(tx, j); err != nil {
 		return nil, err
 	}
-	queue := tx.Bucket(bucketQueue)
-	queue.FillPercent = 0.9 // within a priority, keys are the job sequence: appends
-	if err := queue.Put(queueKey(p, id), queueValue(time.Time{})); err != nil {
+	tx.Bucket(bucketQueue).FillPercent = 0.9 // within a priority, keys are the job sequence: appends
+	if err := putQueued(tx, j); err != nil {
 		return nil, err
 	}
 	return j, tx.Bucket(bucketByRef).Put([]byte(ref), u64(id))
+}
+
+// putQueued puts j in the queue (again), with when it becomes claimable.
+func putQueued(tx *bolt.Tx, j *Job) error {
+	return tx.Bucket(bucketQueue).Put(queueKey(j.Priority, j.ID), queueValue(j.NotBefore))
 }
 
 // Enqueue records an accepted image and queues one job for it. Dedupe is by
@@ -178,7 +183,7 @@ func (db *DB) Enqueue(ctx context.Context, req EnqueueRequest) (EnqueueResult, e
 		if err := putRecord(tx, r); err != nil {
 			return err
 		}
-		j, err := newJob(tx, req.Ref, req.Priority, req.Source, now)
+		j, err := newJob(tx, req.Ref, req.Priority, req.Source, now, time.Time{})
 		if err != nil {
 			return err
 		}
@@ -297,7 +302,7 @@ func (db *DB) Retry(ctx context.Context, id uint64, owner string, cause error, b
 		j.Status, j.Owner, j.LeaseUntil = JobPending, "", time.Time{}
 		j.LastError = cause.Error()
 		j.NotBefore = now.Add(backoff)
-		return tx.Bucket(bucketQueue).Put(queueKey(j.Priority, j.ID), queueValue(j.NotBefore))
+		return putQueued(tx, j)
 	})
 	if err != nil {
 		return fmt.Errorf("retry: %w", err)
@@ -357,7 +362,7 @@ func (db *DB) ReleaseClaims(ctx context.Context, expiredOnly bool) (int, error) 
 			if err := putJob(tx, &j); err != nil {
 				return err
 			}
-			if err := tx.Bucket(bucketQueue).Put(queueKey(j.Priority, j.ID), queueValue(j.NotBefore)); err != nil {
+			if err := putQueued(tx, &j); err != nil {
 				return err
 			}
 			n++
@@ -401,7 +406,7 @@ func (db *DB) Requeue(ctx context.Context, ref string, source string) (*Job, err
 				return err
 			}
 		}
-		if out, err = newJob(tx, ref, PriorityEvent, source, now); err != nil {
+		if out, err = newJob(tx, ref, PriorityEvent, source, now, time.Time{}); err != nil {
 			return err
 		}
 		return appendAudit(tx, AuditEntry{Time: now, Actor: source, Action: AuditRequeue, Subject: ref,
