@@ -6,11 +6,12 @@
 // of the POSTs, then the time until every event is a job in the database
 // (applied-events/s) and a check that every acknowledged event is there.
 //
-// Loads: open loop (-rate R: R events/s offered on a fixed schedule
-// whatever the answers; latency counts from the scheduled send, so a stall
-// is not hidden by senders that wait), and closed loop (-senders N: each
-// POSTs again as soon as answered). Events are untagged pushes, whose jobs
-// wait 3 s (the index-folding delay), so that no job runs during the burst.
+// Loads (loadgen.Load): open loop (rate=R: R events/s offered on a fixed
+// schedule whatever the answers; latency counts from the scheduled send, so
+// a stall is not hidden by senders that wait) at 20k and 10k events/s, and
+// closed loop (senders=N: each POSTs again as soon as answered), with 10
+// and 1 events per POST. Events are untagged pushes, whose jobs wait 3 s
+// (the index-folding delay), so that no job runs during the burst.
 //
 //	go run ./test/cmd/benchintake [-events 20000] [-runs 3]
 //
