@@ -51,15 +51,18 @@ const journalHeader = 16
 var journalRotateSize int64 = 64 << 20
 
 // The materializer applies when no Intake call has been in flight for
-// journalIdle, when the oldest waiting record has waited journalMaxLag, or
-// when three quarters of journalBacklog are used; at most
+// journalIdle, when the oldest waiting record has waited journalMaxLag,
+// when three quarters of journalBacklog are used, or when the writer waits
+// for room; at most
 // journalApplyItems events per transaction (~8 ms of work), so the writer
 // is never starved for long. Shutting down, it applies in larger ones.
 const (
 	journalIdle       = 2 * time.Millisecond
-	journalMaxLag     = 5 * time.Second
 	journalApplyItems = 256
 )
+
+// journalMaxLag: see above. A variable for tests.
+var journalMaxLag = 5 * time.Second
 
 // journalBacklog bounds the events acknowledged but not yet applied (held in
 // memory too, ~0.5 KiB each): beyond it, acknowledging waits for the
@@ -105,6 +108,7 @@ type journal struct {
 	syncs     syncHistogram
 	calls     atomic.Int64 // Intake calls made
 	inflight  atomic.Int64 // Intake calls not yet answered
+	starved   atomic.Bool  // the writer waits for room in the backlog
 	onApplied atomic.Pointer[func()]
 	done      chan struct{}
 }
@@ -411,15 +415,19 @@ func (db *DB) journalGroup(group []*intakeReq) {
 	if err == nil && j.abandoned {
 		err = errClosed // see below: nothing may follow a record left for replay
 	}
-	if err == nil {
+	if err == nil && !j.room.TryAcquire(j.weight(rec)) {
+		// The materializer must not wait for intake to go quiet now: intake
+		// is waiting for it.
+		j.starved.Store(true)
 		ctx, cancel := context.WithTimeout(j.stop, journalBacklogWait)
 		if j.room.Acquire(ctx, j.weight(rec)) != nil {
 			err = errClosed
 			if j.stop.Err() == nil {
-				err = fmt.Errorf("intake journal: %d events wait to be applied to the database and none was for %s (is the database failing? see the log)", journalBacklog, journalBacklogWait)
+				err = fmt.Errorf("intake journal: the backlog (%d events) is full and nothing was applied to the database for %s (is the database failing? see the log)", journalBacklog, journalBacklogWait)
 			}
 		}
 		cancel()
+		j.starved.Store(false)
 	}
 	if err != nil {
 		for _, r := range group {
@@ -604,7 +612,7 @@ func (db *DB) materialize(j *journal) {
 		limit := journalApplyItems
 		if closed {
 			limit = 16 * journalApplyItems
-		} else if now.Sub(queue[0].acked) < journalMaxLag && 4*items < 3*journalBacklog {
+		} else if now.Sub(queue[0].acked) < journalMaxLag && 4*items < 3*journalBacklog && !j.starved.Load() {
 			if now.Sub(busy) < journalIdle {
 				tick.Reset(journalIdle / 4)
 				select { // a burst: let the writer have the disk and the CPU

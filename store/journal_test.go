@@ -241,12 +241,16 @@ func TestJournalCorruptionFailsOpen(t *testing.T) {
 }
 
 // TestJournalBacklogBoundsAcknowledging: with the backlog full, intake
-// waits for the materializer instead of holding more in memory, and Close
-// still applies everything acknowledged.
+// waits for the materializer instead of holding more in memory — and the
+// materializer, seeing intake wait, applies at once rather than waiting for
+// intake to go quiet (it never would: the calls wait for it). Close still
+// applies everything acknowledged.
 func TestJournalBacklogBoundsAcknowledging(t *testing.T) {
-	old := journalBacklog
-	journalBacklog = 4
-	t.Cleanup(func() { journalBacklog = old })
+	oldBacklog, oldWait, oldLag := journalBacklog, journalBacklogWait, journalMaxLag
+	// A stall shows as failed intake (no room for a minute), not as a slow
+	// test: the materializer's own deadline is out of reach.
+	journalBacklog, journalBacklogWait, journalMaxLag = 4, time.Minute, time.Hour
+	t.Cleanup(func() { journalBacklog, journalBacklogWait, journalMaxLag = oldBacklog, oldWait, oldLag })
 	path := filepath.Join(t.TempDir(), "a.db")
 	db, err := Open(path, WithIntakeJournal())
 	if err != nil {
@@ -317,7 +321,7 @@ func TestJournalFullBacklogFailsWhenBboltIsStuck(t *testing.T) {
 			t.Fatalf("intake %d (room in the backlog): %v", i, err)
 		}
 	}
-	if _, err := db.Intake(ctx, []IntakeItem{journalItem(3, "s2")}); err == nil || !strings.Contains(err.Error(), "wait to be applied") {
+	if _, err := db.Intake(ctx, []IntakeItem{journalItem(3, "s2")}); err == nil || !strings.Contains(err.Error(), "backlog (2 events) is full") {
 		t.Fatalf("intake into a full backlog = %v, want the error that says so", err)
 	}
 }
@@ -352,5 +356,34 @@ func TestJournalHandsRecordsOverInOrderAtClose(t *testing.T) {
 			t.Fatalf("record of %s handed over after an earlier one was left for replay", r.Items[0].Ref)
 		default:
 		}
+	}
+}
+
+// TestJournalWriterWaitingForRoomIsPressure: a call that does not fit in
+// what is left of the backlog makes the materializer apply at once, though
+// intake is busy (the call itself is in flight) and the backlog is not yet
+// three quarters full — else both wait for each other until the call fails.
+func TestJournalWriterWaitingForRoomIsPressure(t *testing.T) {
+	oldBacklog, oldWait, oldLag := journalBacklog, journalBacklogWait, journalMaxLag
+	journalBacklog, journalBacklogWait, journalMaxLag = 8, 3*time.Second, time.Hour
+	t.Cleanup(func() { journalBacklog, journalBacklogWait, journalMaxLag = oldBacklog, oldWait, oldLag })
+	db, err := Open(filepath.Join(t.TempDir(), "a.db"), WithIntakeJournal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	items := func(from, n int) []IntakeItem {
+		var out []IntakeItem
+		for i := from; i < from+n; i++ {
+			out = append(out, journalItem(i, fmt.Sprintf("w%d", i)))
+		}
+		return out
+	}
+	ctx := context.Background()
+	if _, err := db.Intake(ctx, items(1, 5)); err != nil { // 5 of 8: below ¾
+		t.Fatal(err)
+	}
+	if _, err := db.Intake(ctx, items(6, 4)); err != nil { // does not fit until the first is applied
+		t.Fatalf("a call waiting for room: %v", err)
 	}
 }
