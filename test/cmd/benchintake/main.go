@@ -10,10 +10,15 @@
 // schedule whatever the answers; latency counts from the scheduled send, so
 // a stall is not hidden by senders that wait) at 20k and 10k events/s, and
 // closed loop (senders=N: each POSTs again as soon as answered), with 10
-// and 1 events per POST. Events are untagged pushes, whose jobs wait 3 s
-// (the index-folding delay), so that no job runs during the burst.
+// and 1 events per POST, sent by Go's net/http client ("go/…"); and closed
+// loops driven by wrk ("wrk/…", Debian's package, installed when missing),
+// which costs a fraction of the CPU per request that the Go client does:
+// on a 2-core machine the load generator's own cost decides how much CPU
+// the daemon gets, so the wrk figures are the nearer to the daemon's own.
+// Events are untagged pushes, whose jobs wait 3 s (the index-folding
+// delay), so that no job runs during the burst.
 //
-//	go run ./test/cmd/benchintake [-events 20000] [-runs 3]
+//	go run ./test/cmd/benchintake [-events 20000] [-runs 3] [-wrk=false] [-wrk-duration 2s] [-only wrk]
 //
 // (`make bench-intake`.)
 package main
@@ -60,6 +65,9 @@ const registryHost = "127.0.0.1:5000" // named in the events; never contacted du
 func run() error {
 	events := flag.Int("events", 20000, "events per run (a burst of pushes)")
 	runs := flag.Int("runs", 3, "runs per mode and load (each is reported)")
+	useWrk := flag.Bool("wrk", true, "also drive the daemon with wrk (Debian's package, installed when missing)")
+	wrkDuration := flag.Duration("wrk-duration", 2*time.Second, "how long each wrk load runs")
+	only := flag.String("only", "", "run only the loads whose name contains this")
 	flag.Parse()
 	root, err := stack.RepoRoot()
 	if err != nil {
@@ -81,17 +89,29 @@ func run() error {
 	if err := os.WriteFile(secret, []byte("Bearer bench-secret\n"), 0o600); err != nil {
 		return err
 	}
-	loads := []loadgen.Load{{Rate: 20000, Per: 10}, {Rate: 20000, Per: 1}, {Rate: 10000, Per: 1}, {Senders: 8, Per: 10}, {Senders: 64, Per: 1}}
+	var drivers []driver
+	for _, l := range []loadgen.Load{{Rate: 20000, Per: 10}, {Rate: 20000, Per: 1}, {Rate: 10000, Per: 1}, {Senders: 8, Per: 10}, {Senders: 64, Per: 1}} {
+		drivers = append(drivers, goDriver(l, *events))
+	}
+	if *useWrk {
+		for _, l := range []wrkLoad{{Threads: 1, Conns: 64, Per: 1}, {Threads: 1, Conns: 16, Per: 1}, {Threads: 1, Conns: 16, Per: 10}} {
+			l.Duration = *wrkDuration
+			drivers = append(drivers, wrkDriver(dir, l))
+		}
+	}
+	if *only != "" {
+		drivers = slices.DeleteFunc(drivers, func(d driver) bool { return !strings.Contains(d.name, *only) })
+	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "intake.journal\tload\tevents/s\tp50\tp99\tmax\tapplied events/s\tjournal append p99\t")
 	for _, journal := range []bool{true, false} {
-		for _, l := range loads {
+		for k, d := range drivers {
 			for r := range *runs {
-				res, err := runOnce(bin, filepath.Join(dir, fmt.Sprintf("run-%v-%d-%d-%d", journal, l.Per, int(l.Rate)+l.Senders, r)), secret, journal, l, *events)
+				res, err := runOnce(bin, filepath.Join(dir, fmt.Sprintf("run-%v-%d-%d", journal, k, r)), secret, journal, d)
 				if err != nil {
-					return fmt.Errorf("journal %v, %s: %w", journal, l, err)
+					return fmt.Errorf("journal %v, %s: %w", journal, d.name, err)
 				}
-				fmt.Fprintf(tw, "%v\t%s\t%.0f\t%s\t%s\t%s\t%.0f\t%s\t\n", journal, l, res.events, ms(res.p50), ms(res.p99), ms(res.max), res.applied, res.sync99)
+				fmt.Fprintf(tw, "%v\t%s\t%.0f\t%s\t%s\t%s\t%.0f\t%s\t\n", journal, d.name, res.events, ms(res.p50), ms(res.p99), ms(res.max), res.applied, res.sync99)
 				tw.Flush()
 			}
 		}
@@ -99,11 +119,47 @@ func run() error {
 	return tw.Flush()
 }
 
+// A driver sends a load to the daemon at base and says how many events it
+// sent (acknowledged) and with what latencies. exact: no event was sent
+// beyond those (wrk stops mid-request: what it had in flight may have been
+// acknowledged too, at most Conns × Per events).
+type driver struct {
+	name  string
+	slack int // events possibly stored beyond those counted
+	send  func(s *sender) (events int, elapsed time.Duration, lat []time.Duration, err error)
+}
+
+func goDriver(l loadgen.Load, n int) driver {
+	return driver{name: "go/" + l.String(), send: func(s *sender) (int, time.Duration, []time.Duration, error) {
+		start := time.Now()
+		lat, err := s.send(l, n)
+		return n, time.Since(start), lat, err
+	}}
+}
+
+func wrkDriver(dir string, l wrkLoad) driver {
+	return driver{name: l.String(), slack: l.Conns * l.Per, send: func(s *sender) (int, time.Duration, []time.Duration, error) {
+		res, err := runWrk(context.Background(), dir, s.url, l)
+		if err != nil {
+			return 0, 0, nil, err
+		}
+		// wrk reports percentiles, not each latency: three stand-ins
+		// sorted so that the caller's p50/p99/max pick them.
+		lat := make([]time.Duration, 100)
+		for i := range lat {
+			lat[i] = res.p50
+		}
+		lat[99] = res.p99
+		lat = append(lat, res.max)
+		return res.requests * l.Per, res.elapsed, lat, nil
+	}}
+}
+
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
 
 // runOnce starts a daemon on a fresh data directory, sends n events with l,
 // waits until all are jobs, stops it and checks the database.
-func runOnce(bin, dataDir, secret string, journal bool, l loadgen.Load, n int) (result, error) {
+func runOnce(bin, dataDir, secret string, journal bool, d driver) (result, error) {
 	var res result
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return res, err
@@ -150,11 +206,10 @@ log: {level: warn}
 	s := &sender{client: client, url: base + "/hooks/registry"}
 	s.warmUp()
 	start := time.Now()
-	lat, err := s.send(l, n)
+	n, elapsed, lat, err := d.send(s)
 	if err != nil {
 		return res, err
 	}
-	elapsed := time.Since(start)
 	want := n + warmEvents
 	for {
 		var st store.Stats
@@ -185,7 +240,7 @@ log: {level: warn}
 	if err := cmd.Wait(); err != nil {
 		return res, fmt.Errorf("daemon exit: %w (log: %s)", err, logf.Name())
 	}
-	if err := check(filepath.Join(dataDir, "attestd.db"), want); err != nil {
+	if err := check(filepath.Join(dataDir, "attestd.db"), want, d.slack); err != nil {
 		return res, err
 	}
 	slices.Sort(lat)
@@ -195,8 +250,9 @@ log: {level: warn}
 	return res, nil
 }
 
-// check opens the stopped daemon's database: every event is a record.
-func check(path string, want int) error {
+// check opens the stopped daemon's database: every event is a record
+// (and at most slack more).
+func check(path string, want, slack int) error {
 	db, err := store.Open(path, store.ReadOnly())
 	if err != nil {
 		return err
@@ -206,8 +262,8 @@ func check(path string, want int) error {
 	if err != nil {
 		return err
 	}
-	if len(recs) != want {
-		return fmt.Errorf("%d images recorded, want %d", len(recs), want)
+	if len(recs) < want || len(recs) > want+slack {
+		return fmt.Errorf("%d images recorded, want %d (up to %d more)", len(recs), want, slack)
 	}
 	return nil
 }
