@@ -15,6 +15,9 @@
 // which costs a fraction of the CPU per request that the Go client does:
 // on a 2-core machine the load generator's own cost decides how much CPU
 // the daemon gets, so the wrk figures are the nearer to the daemon's own.
+// The wrk loads also run against attestd's own receiver with a sink that
+// stores nothing, served by this process ("none (nothing stored)"): the
+// ceiling the machine sets before durability costs anything.
 // Events are untagged pushes, whose jobs wait 3 s (the index-folding
 // delay), so that no job runs during the burst.
 //
@@ -93,17 +96,30 @@ func run() error {
 	for _, l := range []loadgen.Load{{Rate: 20000, Per: 10}, {Rate: 20000, Per: 1}, {Rate: 10000, Per: 1}, {Senders: 8, Per: 10}, {Senders: 64, Per: 1}} {
 		drivers = append(drivers, goDriver(l, *events))
 	}
+	var ceilings []wrkLoad // the same loads against a receiver that stores nothing
 	if *useWrk {
 		for _, l := range []wrkLoad{{Threads: 1, Conns: 64, Per: 1}, {Threads: 1, Conns: 16, Per: 1}, {Threads: 1, Conns: 16, Per: 10}} {
 			l.Duration = *wrkDuration
 			drivers = append(drivers, wrkDriver(dir, l))
+			ceilings = append(ceilings, l)
 		}
 	}
 	if *only != "" {
 		drivers = slices.DeleteFunc(drivers, func(d driver) bool { return !strings.Contains(d.name, *only) })
+		ceilings = slices.DeleteFunc(ceilings, func(l wrkLoad) bool { return !strings.Contains(l.String(), *only) })
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "intake.journal\tload\tevents/s\tp50\tp99\tmax\tapplied events/s\tjournal append p99\t")
+	for _, l := range ceilings {
+		for range *runs {
+			res, err := runCeiling(dir, l)
+			if err != nil {
+				return fmt.Errorf("ceiling, %s: %w", l, err)
+			}
+			fmt.Fprintf(tw, "none (nothing stored)\t%s\t%.0f\t%s\t%s\t%s\t\t\t\n", l, res.events, ms(res.p50), ms(res.p99), ms(res.max))
+			tw.Flush()
+		}
+	}
 	for _, journal := range []bool{true, false} {
 		for k, d := range drivers {
 			for r := range *runs {

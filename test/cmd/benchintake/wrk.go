@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/attestd/attestd/attest/watch"
 	"github.com/attestd/attestd/test/stack"
 )
 
@@ -114,4 +117,45 @@ func runWrk(ctx context.Context, dir, url string, l wrkLoad) (wrkRun, error) {
 		return res, nil
 	}
 	return res, fmt.Errorf("wrk printed no summary:\n%s", out.String())
+}
+
+// nopSink acknowledges without storing anything.
+type nopSink struct{}
+
+func (nopSink) Accept(_ context.Context, evs []watch.Event) (watch.Accepted, error) {
+	return watch.Accepted{Queued: len(evs)}, nil
+}
+
+// runCeiling drives attestd's own receiver (the same authentication,
+// parsing and filter as the daemon's Distribution source) with a sink that
+// stores nothing, served by this process, with wrk load l: what the
+// machine answers before anything is made durable — the ceiling of the
+// daemon's figures for the same load.
+func runCeiling(dir string, l wrkLoad) (result, error) {
+	var res result
+	auth, err := watch.NewHeader("Authorization", "Bearer bench-secret")
+	if err != nil {
+		return res, err
+	}
+	filter := watch.Filter{OwnUserAgent: "attestd/", Rules: []watch.Rule{{Registry: registryHost, Repositories: []string{"**"}}}}
+	recv, err := watch.NewReceiver("registry", watch.Distribution{}, auth, filter, nopSink{}, watch.ReceiverOptions{})
+	if err != nil {
+		return res, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("POST /hooks/registry", recv)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return res, err
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	defer srv.Close()
+	w, err := runWrk(context.Background(), dir, "http://"+ln.Addr().String()+"/hooks/registry", l)
+	if err != nil {
+		return res, err
+	}
+	res.events = float64(w.requests*l.Per) / w.elapsed.Seconds()
+	res.p50, res.p99, res.max = w.p50, w.p99, w.max
+	return res, nil
 }
