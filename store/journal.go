@@ -106,9 +106,10 @@ type journal struct {
 	applied   atomic.Int64 // offset applied to bbolt
 	pending   atomic.Int64 // events acknowledged, not yet applied
 	syncs     syncHistogram
-	calls     atomic.Int64 // Intake calls made
-	inflight  atomic.Int64 // Intake calls not yet answered
-	starved   atomic.Bool  // the writer waits for room in the backlog
+	calls     atomic.Int64          // Intake calls made
+	inflight  atomic.Int64          // Intake calls not yet answered
+	starved   atomic.Bool           // the writer waits for room in the backlog
+	applyErr  atomic.Pointer[error] // the materializer's last failure while it retries
 	onApplied atomic.Pointer[func()]
 	done      chan struct{}
 }
@@ -140,6 +141,11 @@ type JournalStats struct {
 	// SyncSeconds is their total time.
 	SyncBuckets []uint64
 	SyncSeconds float64
+	// Err says why the journal cannot do its work right now: a failed
+	// append (nothing is acknowledged until a restart replays the journal)
+	// or a failing application to the database (retried; acknowledging
+	// stops once the backlog is full). Nil when healthy.
+	Err error
 }
 
 // SyncBounds are the JournalStats.SyncBuckets bounds.
@@ -170,6 +176,12 @@ func (db *DB) JournalStats() JournalStats {
 		return JournalStats{}
 	}
 	st := JournalStats{Enabled: true, Pending: j.pending.Load(), SyncSeconds: time.Duration(j.syncs.nanos.Load()).Seconds()}
+	j.fileMu.Lock()
+	st.Err = j.broken
+	j.fileMu.Unlock()
+	if e := j.applyErr.Load(); st.Err == nil && e != nil {
+		st.Err = fmt.Errorf("intake journal: applying to the database fails (retrying; the events are safe in the journal): %w", *e)
+	}
 	var cum uint64
 	for i := range j.syncs.counts {
 		cum += j.syncs.counts[i].Load()
@@ -650,12 +662,14 @@ func (db *DB) applyRetrying(j *journal, batch []*journalRecord) bool {
 			break
 		}
 		db.logger.Error("intake journal: applying to the database failed; retrying (the events are safe in the journal)", "err", err, "records", len(batch))
+		j.applyErr.Store(&err)
 		select {
 		case <-time.After(backoff):
 		case <-db.closing:
 			return false
 		}
 	}
+	j.applyErr.Store(nil)
 	j.dropPending(batch)
 	var w int64
 	for _, r := range batch {

@@ -204,11 +204,17 @@ func TestJournalWriteFailureFailsClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
+	if err := db.JournalStats().Err; err != nil {
+		t.Fatalf("healthy journal reports %v", err)
+	}
 	db.jrnl.f.Close() // the next write fails
 	for i := range 2 {
 		if _, err := db.Intake(context.Background(), []IntakeItem{journalItem(i+1, "x")}); err == nil {
 			t.Fatalf("intake %d acknowledged after a failed journal write", i)
 		}
+	}
+	if err := db.JournalStats().Err; err == nil || !strings.Contains(err.Error(), "restart attestd") {
+		t.Fatalf("JournalStats().Err = %v, want the failed write and what to do", err)
 	}
 }
 
@@ -323,6 +329,9 @@ func TestJournalFullBacklogFailsWhenBboltIsStuck(t *testing.T) {
 	}
 	if _, err := db.Intake(ctx, []IntakeItem{journalItem(3, "s2")}); err == nil || !strings.Contains(err.Error(), "backlog (2 events) is full") {
 		t.Fatalf("intake into a full backlog = %v, want the error that says so", err)
+	}
+	if err := db.JournalStats().Err; err == nil || !strings.Contains(err.Error(), "applying to the database fails") {
+		t.Fatalf("JournalStats().Err = %v, want the failing application", err)
 	}
 }
 

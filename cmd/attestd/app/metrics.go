@@ -52,6 +52,11 @@ func metricsHandler(db *store.DB, stats *watch.Stats, rc *registry.Client, vm *v
 			}
 			n := js.SyncBuckets[len(js.SyncBuckets)-1]
 			fmt.Fprintf(&b, "attestd_intake_journal_sync_seconds_bucket{le=\"+Inf\"} %d\nattestd_intake_journal_sync_seconds_sum %g\nattestd_intake_journal_sync_seconds_count %d\n", n, js.SyncSeconds, n)
+			failing := 0
+			if js.Err != nil {
+				failing = 1
+			}
+			fmt.Fprintf(&b, "# HELP attestd_intake_journal_failing 1 while the intake journal cannot append (until a restart) or cannot apply to the database (retrying); /readyz says why.\n# TYPE attestd_intake_journal_failing gauge\nattestd_intake_journal_failing %d\n", failing)
 		}
 		b.WriteString("# HELP attestd_decisions Images by the gate's last decision.\n# TYPE attestd_decisions gauge\n")
 		for _, k := range sortedKeys(st.Decisions) {

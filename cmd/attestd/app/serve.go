@@ -201,6 +201,10 @@ func (a *api) readyz(w http.ResponseWriter, req *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
 		return
 	}
+	if err := a.db.JournalStats().Err; err != nil {
+		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
+		return
+	}
 	if req.URL.Query().Get("deep") == "1" && a.deps != nil {
 		if err := a.deps(req.Context()); err != nil {
 			writeError(w, http.StatusServiceUnavailable, "dependencies: "+err.Error())
