@@ -135,46 +135,40 @@ func run() error {
 	return tw.Flush()
 }
 
-// A driver sends a load to the daemon at base and says how many events it
-// sent (acknowledged) and with what latencies. exact: no event was sent
-// beyond those (wrk stops mid-request: what it had in flight may have been
-// acknowledged too, at most Conns × Per events).
+// A driver sends a load to the daemon and says how many events were
+// acknowledged and at what rate and latencies (result's events, p50, p99,
+// max). slack: events possibly stored beyond those counted (wrk stops
+// mid-request: what it had in flight may have been acknowledged too).
 type driver struct {
 	name  string
-	slack int // events possibly stored beyond those counted
-	send  func(s *sender) (events int, elapsed time.Duration, lat []time.Duration, err error)
+	slack int
+	send  func(s *sender) (events int, r result, err error)
 }
 
 func goDriver(l loadgen.Load, n int) driver {
-	return driver{name: "go/" + l.String(), send: func(s *sender) (int, time.Duration, []time.Duration, error) {
+	return driver{name: "go/" + l.String(), send: func(s *sender) (int, result, error) {
 		start := time.Now()
 		lat, err := s.send(l, n)
-		return n, time.Since(start), lat, err
+		if err != nil {
+			return 0, result{}, err
+		}
+		elapsed := time.Since(start)
+		slices.Sort(lat)
+		return n, result{events: float64(n) / elapsed.Seconds(), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100], max: lat[len(lat)-1]}, nil
 	}}
 }
 
 func wrkDriver(dir string, l wrkLoad) driver {
-	return driver{name: l.String(), slack: l.Conns * l.Per, send: func(s *sender) (int, time.Duration, []time.Duration, error) {
-		res, err := runWrk(context.Background(), dir, s.url, l)
-		if err != nil {
-			return 0, 0, nil, err
-		}
-		// wrk reports percentiles, not each latency: three stand-ins
-		// sorted so that the caller's p50/p99/max pick them.
-		lat := make([]time.Duration, 100)
-		for i := range lat {
-			lat[i] = res.p50
-		}
-		lat[99] = res.p99
-		lat = append(lat, res.max)
-		return res.requests * l.Per, res.elapsed, lat, nil
+	return driver{name: l.String(), slack: l.Conns * l.Per, send: func(s *sender) (int, result, error) {
+		w, err := runWrk(context.Background(), dir, s.url, l)
+		return w.requests * l.Per, w.result(l), err
 	}}
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
 
-// runOnce starts a daemon on a fresh data directory, sends n events with l,
-// waits until all are jobs, stops it and checks the database.
+// runOnce starts a daemon on a fresh data directory, sends d's load, waits
+// until every acknowledged event is a job, stops it and checks the database.
 func runOnce(bin, dataDir, secret string, journal bool, d driver) (result, error) {
 	var res result
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
@@ -222,7 +216,7 @@ log: {level: warn}
 	s := &sender{client: client, url: base + "/hooks/registry"}
 	s.warmUp()
 	start := time.Now()
-	n, elapsed, lat, err := d.send(s)
+	n, res, err := d.send(s)
 	if err != nil {
 		return res, err
 	}
@@ -259,10 +253,7 @@ log: {level: warn}
 	if err := check(filepath.Join(dataDir, "attestd.db"), want, d.slack); err != nil {
 		return res, err
 	}
-	slices.Sort(lat)
-	res.events = float64(n) / elapsed.Seconds()
 	res.applied = float64(want) / applied.Seconds()
-	res.p50, res.p99, res.max = lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1]
 	return res, nil
 }
 
