@@ -229,6 +229,8 @@ func TestAPI(t *testing.T) {
 	}{
 		{"GET", "/healthz", far, 200, ""},
 		{"GET", "/readyz", far, 200, ""},
+		{"GET", "/debug/pprof/cmdline", far, 403, "error"},
+		{"GET", "/debug/pprof/cmdline", local, 200, ""},
 		{"POST", "/api/v1/submit", local, 400, "error"},
 		{"POST", "/api/v1/submit?image=app:v1", local, 400, "error"},
 		{"POST", "/api/v1/submit?image=" + host + "/demo/app:missing", local, 404, "error"},

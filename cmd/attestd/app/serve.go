@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync/atomic"
 	"time"
 
@@ -171,6 +172,13 @@ func newAPIWithDeps(db *store.DB, rc *registry.Client, wake func(), ready *atomi
 	mux.HandleFunc("POST /api/v1/requeue", loopbackOnly(a.requeue))
 	mux.HandleFunc("POST /api/v1/submit", loopbackOnly(a.submit))
 	mux.HandleFunc("GET /api/v1/backup", loopbackOnly(a.backup))
+	// Go's profiler, for measuring the daemon under load (e.g.
+	// curl -o cpu.pprof 'localhost:8080/debug/pprof/profile?seconds=10').
+	mux.HandleFunc("GET /debug/pprof/", loopbackOnly(pprof.Index))
+	mux.HandleFunc("GET /debug/pprof/cmdline", loopbackOnly(pprof.Cmdline))
+	mux.HandleFunc("GET /debug/pprof/profile", loopbackOnly(pprof.Profile))
+	mux.HandleFunc("GET /debug/pprof/symbol", loopbackOnly(pprof.Symbol))
+	mux.HandleFunc("GET /debug/pprof/trace", loopbackOnly(pprof.Trace))
 	return mux
 }
 
