@@ -10,11 +10,12 @@
 // schedule whatever the answers; latency counts from the scheduled send, so
 // a stall is not hidden by senders that wait) at 20k and 10k events/s, and
 // closed loop (senders=N: each POSTs again as soon as answered), with 10
-// and 1 events per POST, sent by Go's net/http client ("go/…"); and closed
-// loops driven by wrk ("wrk/…", Debian's package, installed when missing),
-// which costs a fraction of the CPU per request that the Go client does:
-// on a 2-core machine the load generator's own cost decides how much CPU
-// the daemon gets, so the wrk figures are the nearer to the daemon's own.
+// and 1 events per POST, sent by this process over raw HTTP/1.1 keep-alive
+// connections ("go/…", loadgen.RawPoster: prebuilt requests, a minimal
+// response reader — on a 2-core machine the load generator's own cost
+// decides how much CPU the daemon gets, and net/http's client costs
+// several times more per request); and closed loops driven by wrk
+// ("wrk/…", Debian's package, installed when missing).
 // The wrk loads also run against attestd's own receiver with a sink that
 // stores nothing, served by this process ("none (nothing stored)"): the
 // ceiling the machine sets before durability costs anything.
@@ -213,7 +214,12 @@ log: {level: warn}
 	if err := waitHealthy(client, base); err != nil {
 		return res, err
 	}
-	s := &sender{client: client, url: base + "/hooks/registry"}
+	raw, err := loadgen.NewRawPoster(base+"/hooks/registry", "Bearer bench-secret", "application/vnd.docker.distribution.events.v1+json", http.StatusAccepted)
+	if err != nil {
+		return res, err
+	}
+	defer raw.Close()
+	s := &sender{raw: raw, url: base + "/hooks/registry"}
 	s.warmUp()
 	start := time.Now()
 	n, res, err := d.send(s)
@@ -340,12 +346,12 @@ func getJSON(c *http.Client, url string, v any) error {
 
 // sender POSTs Distribution envelopes.
 type sender struct {
-	client *http.Client
-	url    string
+	raw *loadgen.RawPoster
+	url string
 }
 
 func (s *sender) post(b []byte) error {
-	return loadgen.Post(s.client, s.url, "Bearer bench-secret", b)
+	return s.raw.Post(b)
 }
 
 // warmEvents are sent before the measured load (64 concurrent POSTs of 4),
