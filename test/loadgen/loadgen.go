@@ -6,9 +6,11 @@ package loadgen
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +32,28 @@ func (l Load) String() string {
 		return fmt.Sprintf("rate=%.0f/events-per-post=%d", l.Rate, l.Per)
 	}
 	return fmt.Sprintf("senders=%d/events-per-post=%d", l.Senders, l.Per)
+}
+
+// ParseLoad reads a load in String's form: "rate=R/events-per-post=P" or
+// "senders=N/events-per-post=P".
+func ParseLoad(s string) (Load, error) {
+	var l Load
+	var err error
+	switch {
+	case strings.HasPrefix(s, "rate="):
+		_, err = fmt.Sscanf(s, "rate=%g/events-per-post=%d", &l.Rate, &l.Per)
+	case strings.HasPrefix(s, "senders="):
+		_, err = fmt.Sscanf(s, "senders=%d/events-per-post=%d", &l.Senders, &l.Per)
+	default:
+		err = errors.New("starts with neither rate= nor senders=")
+	}
+	if err == nil && (l.Per < 1 || l.Rate < 0 || l.Senders < 0 || (l.Rate == 0 && l.Senders == 0)) {
+		err = errors.New("rate or senders, and events-per-post, must be positive")
+	}
+	if err != nil || l.String() != s {
+		return Load{}, fmt.Errorf("load %q: want rate=R/events-per-post=P or senders=N/events-per-post=P (e.g. rate=15000/events-per-post=10): %v", s, err)
+	}
+	return l, nil
 }
 
 // openLoopPool bounds the requests in flight in an open loop; far more than

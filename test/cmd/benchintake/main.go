@@ -22,7 +22,7 @@
 // Events are untagged pushes, whose jobs wait 3 s (the index-folding
 // delay), so that no job runs during the burst.
 //
-//	go run ./test/cmd/benchintake [-events 20000] [-runs 3] [-wrk=false] [-wrk-duration 2s] [-only wrk]
+//	go run ./test/cmd/benchintake [-events 20000] [-runs 3] [-wrk=false] [-wrk-duration 2s] [-only wrk] [-load rate=15000/events-per-post=10]
 //
 // (`make bench-intake`.)
 package main
@@ -39,6 +39,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -61,6 +62,7 @@ func main() {
 type result struct {
 	events, applied float64 // per second
 	p50, p99, max   time.Duration
+	over10          string // share of POSTs answered after more than 10 ms (Go loads)
 	sync99          string // bucket bound of the 99th percentile journal append (write + fsync)
 }
 
@@ -72,6 +74,12 @@ func run() error {
 	useWrk := flag.Bool("wrk", true, "also drive the daemon with wrk (Debian's package, installed when missing)")
 	wrkDuration := flag.Duration("wrk-duration", 2*time.Second, "how long each wrk load runs")
 	only := flag.String("only", "", "run only the loads whose name contains this")
+	var extra []loadgen.Load
+	flag.Func("load", "a further Go load, e.g. rate=15000/events-per-post=10 or senders=8/events-per-post=10 (repeatable; -only go/rate=15000 runs just it)", func(s string) error {
+		l, err := loadgen.ParseLoad(s)
+		extra = append(extra, l)
+		return err
+	})
 	flag.Parse()
 	root, err := stack.RepoRoot()
 	if err != nil {
@@ -94,7 +102,7 @@ func run() error {
 		return err
 	}
 	var drivers []driver
-	for _, l := range []loadgen.Load{{Rate: 20000, Per: 10}, {Rate: 20000, Per: 1}, {Rate: 10000, Per: 1}, {Senders: 8, Per: 10}, {Senders: 64, Per: 1}} {
+	for _, l := range append([]loadgen.Load{{Rate: 20000, Per: 10}, {Rate: 20000, Per: 1}, {Rate: 10000, Per: 1}, {Senders: 8, Per: 10}, {Senders: 64, Per: 1}}, extra...) {
 		drivers = append(drivers, goDriver(l, *events))
 	}
 	var ceilings []wrkLoad // the same loads against a receiver that stores nothing
@@ -110,14 +118,14 @@ func run() error {
 		ceilings = slices.DeleteFunc(ceilings, func(l wrkLoad) bool { return !strings.Contains(l.String(), *only) })
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "intake.journal\tload\tevents/s\tp50\tp99\tmax\tapplied events/s\tjournal append p99\t")
+	fmt.Fprintln(tw, "intake.journal\tload\tevents/s\tp50\tp99\tmax\t> 10 ms\tapplied events/s\tjournal append p99\t")
 	for _, l := range ceilings {
 		for range *runs {
 			res, err := runCeiling(dir, l)
 			if err != nil {
 				return fmt.Errorf("ceiling, %s: %w", l, err)
 			}
-			fmt.Fprintf(tw, "none (nothing stored)\t%s\t%.0f\t%s\t%s\t%s\t\t\t\n", l, res.events, ms(res.p50), ms(res.p99), ms(res.max))
+			fmt.Fprintf(tw, "none (nothing stored)\t%s\t%.0f\t%s\t%s\t%s\t\t\t\t\n", l, res.events, ms(res.p50), ms(res.p99), ms(res.max))
 			tw.Flush()
 		}
 	}
@@ -128,7 +136,7 @@ func run() error {
 				if err != nil {
 					return fmt.Errorf("journal %v, %s: %w", journal, d.name, err)
 				}
-				fmt.Fprintf(tw, "%v\t%s\t%.0f\t%s\t%s\t%s\t%.0f\t%s\t\n", journal, d.name, res.events, ms(res.p50), ms(res.p99), ms(res.max), res.applied, res.sync99)
+				fmt.Fprintf(tw, "%v\t%s\t%.0f\t%s\t%s\t%s\t%s\t%.0f\t%s\t\n", journal, d.name, res.events, ms(res.p50), ms(res.p99), ms(res.max), res.over10, res.applied, res.sync99)
 				tw.Flush()
 			}
 		}
@@ -155,7 +163,9 @@ func goDriver(l loadgen.Load, n int) driver {
 		}
 		elapsed := time.Since(start)
 		slices.Sort(lat)
-		return n, result{events: float64(n) / elapsed.Seconds(), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100], max: lat[len(lat)-1]}, nil
+		slow := len(lat) - sort.Search(len(lat), func(i int) bool { return lat[i] > 10*time.Millisecond })
+		return n, result{events: float64(n) / elapsed.Seconds(), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100], max: lat[len(lat)-1],
+			over10: fmt.Sprintf("%.1f%%", 100*float64(slow)/float64(len(lat)))}, nil
 	}}
 }
 
