@@ -47,11 +47,15 @@ func ParseLoad(s string) (Load, error) {
 	default:
 		err = errors.New("starts with neither rate= nor senders=")
 	}
-	if err == nil && (l.Per < 1 || l.Rate < 0 || l.Senders < 0 || (l.Rate == 0 && l.Senders == 0)) {
+	switch {
+	case err != nil:
+	case l.Per < 1 || l.Rate < 0 || l.Senders < 0 || (l.Rate == 0 && l.Senders == 0):
 		err = errors.New("rate or senders, and events-per-post, must be positive")
+	case l.String() != s:
+		err = fmt.Errorf("reads back as %q (whole numbers, nothing after the count)", l)
 	}
-	if err != nil || l.String() != s {
-		return Load{}, fmt.Errorf("load %q: want rate=R/events-per-post=P or senders=N/events-per-post=P (e.g. rate=15000/events-per-post=10): %v", s, err)
+	if err != nil {
+		return Load{}, fmt.Errorf("load %q: want rate=R/events-per-post=P or senders=N/events-per-post=P (e.g. rate=15000/events-per-post=10): %w", s, err)
 	}
 	return l, nil
 }

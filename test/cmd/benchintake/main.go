@@ -77,7 +77,9 @@ func run() error {
 	var extra []loadgen.Load
 	flag.Func("load", "a further Go load, e.g. rate=15000/events-per-post=10 or senders=8/events-per-post=10 (repeatable; -only go/rate=15000 runs just it)", func(s string) error {
 		l, err := loadgen.ParseLoad(s)
-		extra = append(extra, l)
+		if err == nil {
+			extra = append(extra, l)
+		}
 		return err
 	})
 	flag.Parse()
