@@ -27,6 +27,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/mod/semver"
@@ -297,39 +298,124 @@ func (c *checker) set(id string, st Status, evidence ...string) {
 }
 
 func (c *checker) nonroot() {
-	u := strings.TrimSpace(c.in.Config.Config.User)
-	if u == "" {
-		c.set("nonroot-user", Fail, "config User is empty: the container runs as root")
-		return
+	spec := c.in.Config.Config.User
+	uid, gid, err := c.resolveUser(spec)
+	switch {
+	case err != nil:
+		c.set("nonroot-user", Fail, fmt.Sprintf("config User %q: %v", spec, err))
+	case uid == 0:
+		c.set("nonroot-user", Fail, fmt.Sprintf("config User %q is UID 0: the container runs as root", spec))
+	case gid != "":
+		c.set("nonroot-user", Pass, fmt.Sprintf("config User %q (UID %d, GID %s)", spec, uid, gid))
+	default:
+		c.set("nonroot-user", Pass, fmt.Sprintf("config User %q (UID %d)", spec, uid))
 	}
-	user, _, _ := strings.Cut(u, ":")
-	if user == "0" || user == "root" {
-		c.set("nonroot-user", Fail, fmt.Sprintf("config User is %q", u))
-		return
-	}
-	if _, err := strconv.Atoi(user); err != nil {
-		// A name: it must resolve to a non-zero UID in /etc/passwd.
-		uid, ok, err := c.passwdUID(user)
-		switch {
-		case err != nil:
-			c.set("nonroot-user", Fail, fmt.Sprintf("config User %q: cannot read /etc/passwd: %v", u, err))
-		case !ok:
-			c.set("nonroot-user", Fail, fmt.Sprintf("config User %q is not in /etc/passwd; the runtime cannot resolve it", u))
-		case uid == 0:
-			c.set("nonroot-user", Fail, fmt.Sprintf("config User %q has UID 0 in /etc/passwd", u))
-		default:
-			c.set("nonroot-user", Pass, fmt.Sprintf("config User %q (UID %d)", u, uid))
-		}
-		return
-	}
-	c.set("nonroot-user", Pass, fmt.Sprintf("config User %q", u))
 }
 
-func (c *checker) passwdUID(name string) (int, bool, error) {
-	if _, ok := c.files["/etc/passwd"]; !ok {
+// maxID is the largest UID or GID the check accepts: IDs are uint32, and
+// 4294967295 is (uid_t)-1, which setresuid(2) and setresgid(2) read as
+// "leave unchanged", so a runtime passing it through would keep root.
+const maxID = 1<<32 - 2
+
+// validName is a user or group name in the portable set shadow-utils
+// accepts (plus '@', for directory-backed names). A leading '-' reads as an
+// option, a leading '+' is an NIS compat entry in /etc/passwd, and the
+// runtimes never trim whitespace.
+var validName = regexp.MustCompile(`^[A-Za-z0-9_.][A-Za-z0-9_.@-]*\$?$`)
+
+// resolveUser resolves a config User, "user[:group]", to the UID the
+// container runs as, and the GID when one is given ("" otherwise). The
+// runtimes (runc and containerd through moby/sys/user) read each part with
+// strconv.Atoi and fall back to a name lookup, so "00", "+0" and "-0" are
+// all UID 0. Here an ID must be ASCII digits (leading zeros allowed) and a
+// name must be valid and resolve in the image's /etc/passwd or /etc/group;
+// anything else is an error, so the check fails closed instead of passing a
+// spelling of root or a User the runtime refuses to start.
+func (c *checker) resolveUser(spec string) (uid uint32, gid string, err error) {
+	if spec == "" {
+		return 0, "", errors.New("empty: no USER in the image, so the container runs as root")
+	}
+	if strings.Count(spec, ":") > 1 {
+		return 0, "", errors.New("more than one ':': want user[:group]")
+	}
+	user, group, hasGroup := strings.Cut(spec, ":")
+	if user == "" {
+		return 0, "", errors.New("no user part before ':': the runtime keeps its default user, root")
+	}
+	uid, err = c.resolveID(user, "user", "UID", "/etc/passwd")
+	if err != nil {
+		return 0, "", err
+	}
+	if !hasGroup {
+		return uid, "", nil
+	}
+	if group == "" {
+		return 0, "", errors.New("empty group after ':': drop the ':' or name a group")
+	}
+	// The GID does not make the process root (UID 0 does), but a group the
+	// runtime cannot resolve means the User is not what the image runs as.
+	g, err := c.resolveID(group, "group", "GID", "/etc/group")
+	if err != nil {
+		return 0, "", err
+	}
+	return uid, strconv.FormatUint(uint64(g), 10), nil
+}
+
+// resolveID resolves one part of a config User: ASCII digits are the ID
+// itself, a valid name is looked up in file (/etc/passwd or /etc/group,
+// which both carry the ID in the third field).
+func (c *checker) resolveID(s, kind, idKind, file string) (uint32, error) {
+	if id, numeric, err := parseID(s); numeric {
+		if err != nil {
+			return 0, fmt.Errorf("%s %s", idKind, err)
+		}
+		return id, nil
+	}
+	switch {
+	case strings.ContainsFunc(s, unicode.IsSpace):
+		return 0, fmt.Errorf("%s %q contains whitespace: it is neither a %s nor a valid %s name, and runtimes do not trim it", kind, s, idKind, kind)
+	case s[0] == '+' || s[0] == '-':
+		return 0, fmt.Errorf("%s %q has a sign: a %s is unsigned digits, and runtimes parse \"+0\" and \"-0\" as %s 0", kind, s, idKind, idKind)
+	case !validName.MatchString(s):
+		return 0, fmt.Errorf("%s %q is not a valid %s name and not a numeric %s", kind, s, kind, idKind)
+	}
+	if kind == "user" && s == "root" {
+		return 0, nil
+	}
+	id, ok, err := c.lookupID(file, s)
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("%s %q: cannot read %s: %w", kind, s, file, err)
+	case !ok:
+		return 0, fmt.Errorf("%s %q is not in %s: the runtime cannot resolve it and refuses to start the container", kind, s, file)
+	}
+	return id, nil
+}
+
+// parseID parses a numeric UID or GID: ASCII digits only, leading zeros
+// allowed ("00" is 0), at most maxID. numeric is false when s is not all
+// digits, so it may be a name.
+func parseID(s string) (id uint32, numeric bool, err error) {
+	if s == "" || strings.TrimLeft(s, "0123456789") != "" {
 		return 0, false, nil
 	}
-	rc, err := c.in.Open("/etc/passwd")
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || n > maxID {
+		if n == maxID+1 {
+			return 0, true, fmt.Errorf("%s is -1 as a 32-bit ID, (uid_t)-1 or (gid_t)-1, which setresuid and setresgid read as \"leave unchanged\"", s)
+		}
+		return 0, true, fmt.Errorf("%s is out of range (at most %d)", s, uint64(maxID))
+	}
+	return uint32(n), true, nil
+}
+
+// lookupID finds name in an /etc/passwd- or /etc/group-format file of the
+// image; the first entry wins, as in the runtimes.
+func (c *checker) lookupID(file, name string) (uint32, bool, error) {
+	if _, ok := c.files[file]; !ok {
+		return 0, false, nil
+	}
+	rc, err := c.in.Open(file)
 	if err != nil {
 		return 0, false, err
 	}
@@ -338,11 +424,11 @@ func (c *checker) passwdUID(name string) (int, bool, error) {
 	for sc.Scan() {
 		f := strings.Split(sc.Text(), ":")
 		if len(f) >= 3 && f[0] == name {
-			uid, err := strconv.Atoi(f[2])
-			if err != nil {
-				return 0, false, fmt.Errorf("bad UID %q for %s", f[2], name)
+			id, numeric, err := parseID(f[2])
+			if !numeric || err != nil {
+				return 0, false, fmt.Errorf("bad ID %q for %s", f[2], name)
 			}
-			return uid, true, nil
+			return id, true, nil
 		}
 	}
 	return 0, false, sc.Err()

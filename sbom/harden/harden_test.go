@@ -39,8 +39,24 @@ func status(r *Report, id string) Result {
 	return Result{}
 }
 
+// nonrootInput is an image whose config User is user, with passwd and group
+// as /etc/passwd and /etc/group ("" leaves the file out).
+func nonrootInput(user, passwd, group string) Input {
+	in := Input{Config: &v1.ConfigFile{Config: v1.Config{User: user}}}
+	files := memFS{}
+	for p, s := range map[string]string{"/etc/passwd": passwd, "/etc/group": group} {
+		if s != "" {
+			files[p] = s
+			in.Files = append(in.Files, File{Path: p, Mode: 0o644, Size: int64(len(s))})
+		}
+	}
+	in.Open = files.open
+	return in
+}
+
 func TestNonrootUser(t *testing.T) {
 	passwd := "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/app:/sbin/nologin\ntoor:x:0:0::/:/bin/sh\n"
+	group := "root:x:0:\napp:x:1000:\n"
 	for _, tc := range []struct {
 		user string
 		want Status
@@ -50,14 +66,93 @@ func TestNonrootUser(t *testing.T) {
 		{"toor", Fail},  // UID 0 by another name
 		{"ghost", Fail}, // not in /etc/passwd
 	} {
-		in := Input{Config: &v1.ConfigFile{Config: v1.Config{User: tc.user}},
-			Files: []File{{Path: "/etc/passwd", Mode: 0o644, Size: int64(len(passwd))}}, Open: memFS{"/etc/passwd": passwd}.open}
-		r, err := Run(context.Background(), in, Options{})
+		r, err := Run(context.Background(), nonrootInput(tc.user, passwd, group), Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if got := status(r, "nonroot-user"); got.Status != tc.want {
 			t.Errorf("User %q: %s %v, want %s", tc.user, got.Status, got.Evidence, tc.want)
+		}
+	}
+}
+
+// TestNonrootUserSpec covers how the config User string is parsed: the
+// runtimes read the user part with strconv.Atoi, so "00", "+0" and "-0" are
+// all UID 0; anything else that is neither ASCII digits nor a valid name
+// proves nothing and fails closed.
+func TestNonrootUserSpec(t *testing.T) {
+	t.Parallel()
+	passwd := "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/nonexistent:/sbin/nologin\napp:x:1000:1000::/app:/sbin/nologin\n"
+	group := "root:x:0:\nnogroup:x:65534:\napp:x:1000:\n"
+	for _, tc := range []struct {
+		user string
+		want Status
+		why  string // a substring of the evidence
+	}{
+		{"", Fail, "empty"},
+		{"root", Fail, "root"},
+		{"0", Fail, "UID 0"},
+		{"00", Fail, "UID 0"},
+		{"0000:0", Fail, "UID 0"},
+		{"0:0", Fail, "UID 0"},
+		{"+0", Fail, "sign"},
+		{"-0", Fail, "sign"},
+		{"+1000", Fail, "sign"},
+		{"-1", Fail, "sign"},
+		{" 0", Fail, "whitespace"},
+		{"0 ", Fail, "whitespace"},
+		{" 1000", Fail, "whitespace"},
+		{"1000\n", Fail, "whitespace"},
+		{"\uff11\uff10\uff10\uff10", Fail, "not a valid user name"}, // fullwidth digits
+		{"1000", Pass, "UID 1000"},
+		{"01000", Pass, "UID 1000"},
+		{"1000:0", Pass, "UID 1000"}, // GID 0 does not make the process root
+		{"65534:65534", Pass, "UID 65534"},
+		{"65532:65532", Pass, "UID 65532"},
+		{"4294967294", Pass, "UID 4294967294"},
+		{"nobody", Pass, "UID 65534"}, // names resolve through the image's /etc/passwd
+		{"nobody:nogroup", Pass, "UID 65534"},
+		{"app:1000", Pass, "UID 1000"},
+		{"ghost", Fail, "not in /etc/passwd"},
+		{"4294967296", Fail, "out of range"},
+		{"99999999999999999999", Fail, "out of range"},
+		{"4294967295", Fail, "(uid_t)-1"},
+		{"1000:abc", Fail, `group "abc" is not in /etc/group`},
+		{"1000:+0", Fail, "sign"},
+		{"1000:4294967296", Fail, "out of range"},
+		{"1000:", Fail, "empty group"},
+		{":1000", Fail, "no user part"},
+		{"1000:1000:1000", Fail, "more than one ':'"},
+		{"+", Fail, "sign"},
+		{"-app", Fail, "sign"},
+		{"ap p", Fail, "whitespace"},
+	} {
+		r, err := Run(context.Background(), nonrootInput(tc.user, passwd, group), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := status(r, "nonroot-user")
+		ev := strings.Join(got.Evidence, "\n")
+		if got.Status != tc.want || !strings.Contains(ev, tc.why) {
+			t.Errorf("User %q: %s %q, want %s with %q", tc.user, got.Status, ev, tc.want, tc.why)
+		}
+		if got.Status == Fail && !strings.Contains(got.Fix, "USER 65532:65532") {
+			t.Errorf("User %q: fix %q does not say how to fix it", tc.user, got.Fix)
+		}
+	}
+	// Without /etc/passwd and /etc/group only numeric IDs can be resolved.
+	for _, tc := range []struct {
+		user string
+		want Status
+	}{
+		{"65532:65532", Pass}, {"nobody", Fail}, {"1000:app", Fail}, {"00", Fail},
+	} {
+		r, err := Run(context.Background(), nonrootInput(tc.user, "", ""), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := status(r, "nonroot-user"); got.Status != tc.want {
+			t.Errorf("User %q without /etc/passwd: %s %v, want %s", tc.user, got.Status, got.Evidence, tc.want)
 		}
 	}
 }
