@@ -5,7 +5,9 @@
 // sees arrived through cryptographic verification (attest/verify).
 //
 // It fails closed: an attestation the policy requires but that did not
-// verify, a fact that is missing, or a Rego error denies.
+// verify, a fact a YAML rule needs that is missing, or a Rego error denies.
+// Rego rules are the author's: one that reads a missing fact does not fire
+// (see RegoModule).
 package policy
 
 import (
@@ -22,6 +24,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/rego"
 	"gopkg.in/yaml.v3"
 )
@@ -118,6 +121,18 @@ type Tags struct {
 // RegoModule is a Rego module: Source inline, or File (read by the caller
 // and passed to Load). It must be `package attestd` and define
 // `deny contains msg if …` (msg a string, or {"rule": …, "msg": …}).
+//
+// A module is a pure function of the input document: builtins that reach
+// the network, the file system, the process or the clock, or are random
+// (http.send, net.lookup_ip_addr, opa.runtime, time.now_ns, rand.intn, …;
+// docs/policy.md lists them) are refused when the policy loads.
+//
+// A rule body that reads a field the input does not carry is undefined,
+// not an error, so a deny rule that reads a missing fact does not fire:
+// in Rego, missing data allows unless the rule denies on absence. Write
+// `some s in input.subjects; not s.vulnerabilities` (a rule of its own that
+// denies), or `object.get(s, ["vulnerabilities", "critical"], 1) > 0` (a
+// default that denies); docs/policy.md shows both.
 type RegoModule struct {
 	File   string `yaml:"file" json:"file,omitempty"`
 	Source string `yaml:"source" json:"-"`
@@ -279,9 +294,9 @@ func Load(ctx context.Context, data []byte, files map[string][]byte) (*Policy, e
 		return nil, errors.Join(errs...)
 	}
 	if len(mods) > 0 {
-		pq, err := rego.New(append(mods, rego.Query("data.attestd.deny"), rego.StrictBuiltinErrors(true))...).PrepareForEval(ctx)
+		pq, err := rego.New(append(mods, rego.Query("data.attestd.deny"), rego.StrictBuiltinErrors(true), rego.Capabilities(capabilities()))...).PrepareForEval(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("policy: rego: %w", err)
+			return nil, regoCompileError(err)
 		}
 		// A module in another package, or without deny, would make
 		// data.attestd.deny undefined — no violations, an allow. Refuse it.
@@ -296,6 +311,73 @@ func Load(ctx context.Context, data []byte, files map[string][]byte) (*Policy, e
 	}
 	p.digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
 	return &p, nil
+}
+
+// refused lists the OPA builtins attestd policies may not call, and why;
+// every builtin OPA marks nondeterministic is refused as well. A policy is
+// a pure function of its input: every fact it may use arrived through
+// verification and is in the input document, a decision must not depend on
+// what the network or the host says at evaluation time, and `attestd
+// policy test` must replay a decision offline. Pure builtins, net.cidr_*
+// included, stay available.
+var refused = map[string]string{
+	"http.send":              "it makes HTTP requests",
+	"net.lookup_ip_addr":     "it resolves DNS names",
+	"opa.runtime":            "it reads attestd's environment and configuration",
+	"json.match_schema":      "a schema's $ref reads local files and fetches URLs",
+	"json.verify_schema":     "a schema's $ref reads local files and fetches URLs",
+	"time.now_ns":            "it reads the clock; use input.time",
+	"io.jwt.decode_verify":   "it reads the clock unless the constraints carry a time",
+	"io.jwt.encode_sign":     "its signatures are randomised",
+	"io.jwt.encode_sign_raw": "its signatures are randomised",
+	"rand.intn":              "it is random",
+	"uuid.rfc4122":           "it is random",
+}
+
+// refusedWhy says why b is refused, or "" when a policy may call it.
+func refusedWhy(b *ast.Builtin) string {
+	if why, ok := refused[b.Name]; ok {
+		return why
+	}
+	if b.Nondeterministic {
+		return "OPA marks it nondeterministic"
+	}
+	return ""
+}
+
+// capabilities are OPA's for this version without the refused builtins, so
+// a module calling one fails to compile ("undefined function"), and with
+// no network access for the compiler either.
+func capabilities() *ast.Capabilities {
+	c := ast.CapabilitiesForThisVersion()
+	c.Builtins = slices.DeleteFunc(c.Builtins, func(b *ast.Builtin) bool { return refusedWhy(b) != "" })
+	c.AllowNet = []string{}
+	return c
+}
+
+// regoCompileError translates the compiler's "undefined function
+// http.send" for a refused builtin into why it is unavailable; other
+// errors pass through.
+func regoCompileError(err error) error {
+	var aerrs ast.Errors
+	if !errors.As(err, &aerrs) {
+		return fmt.Errorf("policy: rego: %w", err)
+	}
+	errs := make([]error, 0, len(aerrs))
+	for _, e := range aerrs {
+		name, ok := strings.CutPrefix(e.Message, "undefined function ")
+		b := ast.BuiltinMap[name]
+		if e.Code != ast.TypeErr || !ok || b == nil || refusedWhy(b) == "" {
+			errs = append(errs, fmt.Errorf("policy: rego: %w", e))
+			continue
+		}
+		loc := ""
+		if e.Location != nil {
+			loc = e.Location.String() + ": "
+		}
+		errs = append(errs, fmt.Errorf("policy: rego: %s%s is not available to attestd policies: policies are pure, every fact arrives in input (%s)", loc, name, refusedWhy(b)))
+	}
+	return errors.Join(errs...)
 }
 
 // Digest identifies the policy: sha256 over the YAML and every Rego module.

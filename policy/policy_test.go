@@ -289,3 +289,123 @@ func TestSignatureAlwaysRequired(t *testing.T) {
 		t.Fatalf("unsigned image allowed: %s", reasons(d))
 	}
 }
+
+// minimal is a policy with no YAML rules beyond the always-required
+// signature, so only its Rego decides.
+const minimal = "version: 1\nsigners: [{issuer: https://issuer.example, subject: attestd@example.com}]\n"
+
+// TestRegoRefusesImpureBuiltins: a module calling a builtin that reaches
+// the network, the process or the clock, or is random, is refused at load
+// time with the builtin's name, not compiled and left to fail (or succeed)
+// at evaluation.
+func TestRegoRefusesImpureBuiltins(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ builtin, body string }{
+		{"http.send", `resp := http.send({"method": "GET", "url": "https://example.com/allow"}); resp.status_code == 200`},
+		{"net.lookup_ip_addr", `addrs := net.lookup_ip_addr("example.com"); count(addrs) > 0`},
+		{"opa.runtime", `opa.runtime().env.HOME != ""`},
+		{"time.now_ns", `time.now_ns() > 0`},
+		{"rand.intn", `rand.intn("x", 10) == 0`},
+		{"uuid.rfc4122", `uuid.rfc4122("x") != ""`},
+		{"io.jwt.decode_verify", `[ok, _, _] := io.jwt.decode_verify("a.b.c", {"secret": "s"}); ok`},
+		{"json.match_schema", `[ok, _] := json.match_schema({}, {"$ref": "file:///etc/passwd"}); ok`},
+	} {
+		t.Run(tc.builtin, func(t *testing.T) {
+			t.Parallel()
+			mod := "package attestd\n\ndeny contains \"x\" if {\n\t" + tc.body + "\n}\n"
+			_, err := Load(context.Background(), []byte(minimal+"rego: [{file: impure.rego}]\n"), map[string][]byte{"impure.rego": []byte(mod)})
+			want := "policy: rego: impure.rego:4: " + tc.builtin + " is not available to attestd policies: policies are pure, every fact arrives in input"
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("err = %v, want %q", err, want)
+			}
+		})
+	}
+}
+
+// TestRegoPureBuiltins: the restriction leaves pure builtins (strings,
+// aggregates, time parsing, CIDR arithmetic) usable.
+func TestRegoPureBuiltins(t *testing.T) {
+	t.Parallel()
+	mod := []byte(`package attestd
+
+deny contains "images may not come from Docker Hub" if startswith(input.image.ref, "docker.io/")
+
+deny contains "at most 3 tags" if count(input.image.tags) > 3
+
+deny contains msg if {
+	some s in input.subjects
+	age := time.parse_rfc3339_ns(input.time) - time.parse_rfc3339_ns(s.vulnerabilities.scannedAt)
+	age > 7 * 24 * 3600 * 1000000000
+	msg := sprintf("%s: vulnerability scan older than 7 days", [s.digest])
+}
+
+deny contains "registry in a private range" if net.cidr_contains("10.0.0.0/8", input.image.registry)
+`)
+	p := load(t, minimal+"rego: [{file: pure.rego}]\n", map[string][]byte{"pure.rego": mod})
+	in := good()
+	in.Image.Registry = "192.0.2.1"
+	in.Subjects[0].Vulnerabilities.ScannedAt = in.Time.Add(-time.Hour)
+	if d := p.Evaluate(context.Background(), in); !d.Allow {
+		t.Fatal(reasons(d))
+	}
+	in.Image.Ref = "docker.io/library/app@sha256:aa"
+	in.Image.Tags = []string{"a", "b", "c", "d"}
+	in.Image.Registry = "10.1.2.3"
+	in.Subjects[0].Vulnerabilities.ScannedAt = in.Time.Add(-30 * 24 * time.Hour)
+	d := p.Evaluate(context.Background(), in)
+	for _, w := range []string{"images may not come from Docker Hub", "at most 3 tags", "sha256:aa: vulnerability scan older than 7 days", "registry in a private range"} {
+		if d.Allow || !strings.Contains(reasons(d), w) {
+			t.Errorf("allow=%t, want %q in:\n%s", d.Allow, w, reasons(d))
+		}
+	}
+}
+
+// TestRegoMissingFieldAllows documents a Rego property policy authors must
+// know: a rule body that references an absent field is undefined, so a
+// deny rule that reads a missing fact does not fire — missing data allows.
+// The safe patterns deny on absence explicitly.
+func TestRegoMissingFieldAllows(t *testing.T) {
+	t.Parallel()
+	naive := []byte(`package attestd
+
+deny contains msg if {
+	some s in input.subjects
+	s.vulnerabilities.critical > 0
+	msg := sprintf("%s: critical vulnerabilities", [s.digest])
+}
+`)
+	safe := []byte(`package attestd
+
+deny contains msg if {
+	some s in input.subjects
+	s.kind != "index"
+	not s.vulnerabilities
+	msg := sprintf("%s: no verified vulnerability report", [s.digest])
+}
+
+deny contains msg if {
+	some s in input.subjects
+	s.kind != "index"
+	object.get(s, ["vulnerabilities", "critical"], 1) > 0
+	msg := sprintf("%s: critical vulnerabilities (or no count)", [s.digest])
+}
+`)
+	in := good()
+	in.Subjects[0].Vulnerabilities = nil // the fact is missing
+
+	p := load(t, minimal+"rego: [{file: naive.rego}]\n", map[string][]byte{"naive.rego": naive})
+	if d := p.Evaluate(context.Background(), in); !d.Allow || len(d.Violations) != 0 {
+		t.Fatalf("the naive rule fired on a missing field (Rego changed?): allow=%t\n%s", d.Allow, reasons(d))
+	}
+	p = load(t, minimal+"rego: [{file: safe.rego}]\n", map[string][]byte{"safe.rego": safe})
+	d := p.Evaluate(context.Background(), in)
+	for _, w := range []string{"rego: sha256:aa: no verified vulnerability report", "rego: sha256:aa: critical vulnerabilities (or no count)"} {
+		if d.Allow || !strings.Contains(reasons(d), w) {
+			t.Errorf("allow=%t, want %q in:\n%s", d.Allow, w, reasons(d))
+		}
+	}
+	// With the fact present and clean, the safe rules allow.
+	if d := p.Evaluate(context.Background(), good()); !d.Allow {
+		t.Fatal(reasons(d))
+	}
+}
