@@ -25,6 +25,7 @@ import (
 // holds its own signature).
 type classicLayer struct {
 	label       string
+	tag         *ClassicTag // the tag image the layer is in
 	attestation bool
 	payload     []byte // simple-signing JSON, or the DSSE envelope JSON
 	signature   []byte // raw signature (signatures only)
@@ -89,7 +90,7 @@ func (l classicLayer) entity() (entity, error) {
 	if err != nil {
 		return entity{}, err
 	}
-	e := entity{SignedEntity: b, label: l.label}
+	e := entity{SignedEntity: b, label: l.label, classic: l.tag}
 	if l.attestation {
 		e.SignedEntity = timestampedEnvelope{Bundle: b, covered: l.payload}
 	} else {
@@ -141,32 +142,42 @@ func namesDigest(payload []byte, digest string) error {
 // classic reads d's classic signatures and attestations (the
 // sha256-<hex>.sig and .att images; absent tags are no error). A layer that
 // cannot be read is a rejection.
-func (v *Verifier) classic(ctx context.Context, d name.Digest) ([]entity, []Rejection, error) {
+func (v *Verifier) classic(ctx context.Context, d name.Digest) ([]entity, []Rejection, []ClassicTag, error) {
 	sigTag, err := ociremote.SignatureTag(d)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	attTag, err := ociremote.AttestationTag(d)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	var ents []entity
 	var bad []Rejection
+	var tags []ClassicTag
 	for _, tag := range []name.Tag{sigTag, attTag} {
 		sigs, err := ociremote.Signatures(tag, ociremote.WithRemoteOptions(v.reg.RemoteOptions(ctx)...))
 		if err != nil {
-			return nil, nil, fmt.Errorf("read %s: %w", tag, err)
+			return nil, nil, nil, fmt.Errorf("read %s: %w", tag, err)
 		}
 		list, err := sigs.Get()
 		if err != nil {
-			return nil, nil, fmt.Errorf("read %s: %w", tag, err)
+			return nil, nil, nil, fmt.Errorf("read %s: %w", tag, err)
 		}
+		if len(list) == 0 {
+			continue // no such tag (or an empty image: nothing to verify or copy)
+		}
+		md, err := sigs.Digest()
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("read %s: %w", tag, err)
+		}
+		ct := &ClassicTag{Tag: tag.TagStr(), Manifest: md.String()}
 		for i, s := range list {
-			l := classicLayer{label: fmt.Sprintf("%s[%d]", tag.TagStr(), i), attestation: tag == attTag}
+			l := classicLayer{label: fmt.Sprintf("%s[%d]", tag.TagStr(), i), attestation: tag == attTag, tag: ct}
 			e, err := func() (entity, error) {
 				if dg, err := s.Digest(); err == nil {
 					l.label = dg.String()
 				}
+				ct.Layers = append(ct.Layers, l.label)
 				if l.payload, err = s.Payload(); err != nil {
 					return entity{}, err
 				}
@@ -201,8 +212,17 @@ func (v *Verifier) classic(ctx context.Context, d name.Digest) ([]entity, []Reje
 			}
 			ents = append(ents, e)
 		}
+		tags = append(tags, *ct)
 	}
-	return ents, bad, nil
+	return ents, bad, tags, nil
+}
+
+// ClassicTag is one of cosign's classic tags of a digest as it was read:
+// the manifest the tag pointed at and every layer in it (verified or not).
+type ClassicTag struct {
+	Tag      string   // sha256-<hex>.sig or .att
+	Manifest string   // sha256:… of the tag's manifest when it was read
+	Layers   []string // sha256:… of each layer, in order
 }
 
 // signaturePredicate is the predicate type a verified classic image

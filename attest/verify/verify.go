@@ -14,12 +14,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	sgbundle "github.com/sigstore/sigstore-go/pkg/bundle"
+	"github.com/sigstore/sigstore-go/pkg/fulcio/certificate"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -31,10 +33,15 @@ import (
 const maxBundleBytes = 64 << 20
 
 // Identity is an expected signer: the OIDC issuer and the certificate's
-// subject (SAN), each exact or as a regular expression.
+// subject (SAN), each exact or as a regular expression, and the predicate
+// types it may sign (none: every type).
 type Identity struct {
 	Issuer, IssuerRegex   string
 	Subject, SubjectRegex string
+	// Types limits the signer to these predicate types (the image
+	// signature is https://sigstore.dev/cosign/sign/v1). A bundle of
+	// another type by this signer is rejected, never counted.
+	Types []string
 }
 
 // Options choose what proof of time and logging is required.
@@ -49,8 +56,18 @@ type Options struct {
 // Verifier verifies bundles for a set of acceptable identities.
 type Verifier struct {
 	v   *sgverify.Verifier
-	ids []sgverify.CertificateIdentity
+	ids []allowed
 	reg *registry.Client
+}
+
+// allowed is an expected identity and the predicate types it may sign.
+type allowed struct {
+	id    sgverify.CertificateIdentity
+	types []string // empty: any
+}
+
+func (a allowed) maySign(predicateType string) bool {
+	return len(a.types) == 0 || slices.Contains(a.types, predicateType)
 }
 
 // New builds a Verifier. At least one identity is required: a signature
@@ -83,13 +100,14 @@ func New(trusted root.TrustedMaterial, ids []Identity, reg *registry.Client, o O
 		if err != nil {
 			return nil, fmt.Errorf("verify: identity %d: %w", i, err)
 		}
-		v.ids = append(v.ids, ci)
+		v.ids = append(v.ids, allowed{id: ci, types: slices.Clone(id.Types)})
 	}
 	return v, nil
 }
 
 // Evidence is what verified for one predicate type.
 type Evidence struct {
+	PredicateType string
 	Subject string // certificate SAN of the signer
 	Issuer  string
 	// Bundle is the referrer (manifest digest) or entity label it came from.
@@ -97,6 +115,10 @@ type Evidence struct {
 	// Predicate is the verified statement's predicate (JSON): the content a
 	// policy may read, and only after it verified.
 	Predicate json.RawMessage
+	// Classic names the classic tag image (sha256-<hex>.sig/.att) the
+	// evidence is a layer of; empty for a bundle referrer, whose manifest
+	// digest is Bundle.
+	Classic string
 }
 
 // Rejection is a bundle that did not verify, and why.
@@ -107,14 +129,18 @@ type Rejection struct {
 
 // Result lists the predicate types that verified for a digest and the
 // bundles that did not. A predicate type is verified only by a bundle whose
-// signature, certificate chain, identity, time proof and in-toto subject all
-// check out against this exact digest.
+// signature, certificate chain, time proof and in-toto subject check out
+// against this exact digest AND whose signer is an expected identity
+// allowed to sign that predicate type: a signer allowed for one type never
+// supplies another type's facts.
 type Result struct {
 	Verified map[string]Evidence
 	// All lists every verified bundle per predicate type (a digest analysed
 	// twice carries two reports); Verified holds one of them.
 	All      map[string][]Evidence
 	Rejected []Rejection
+	// Classic lists the classic tag images read, with all their layers.
+	Classic []ClassicTag
 }
 
 // PredicateTypes lists the verified predicate types, sorted.
@@ -148,6 +174,9 @@ type entity struct {
 	// payload, whose hash the signature covers and which must name the
 	// digest. It verifies as the signature predicate type.
 	simpleSigning []byte
+	// classic is the classic tag image the entity was read from (nil: a
+	// bundle, labelled by its referrer manifest's digest).
+	classic *ClassicTag
 }
 
 func (v *Verifier) entities(digest string, ents []entity) (Result, error) {
@@ -164,22 +193,19 @@ func (v *Verifier) entities(digest string, ents []entity) (Result, error) {
 			sum := sha256.Sum256(e.simpleSigning)
 			artifact = sum[:]
 		}
-		var out *sgverify.VerificationResult
-		var lastErr error
-		for _, id := range v.ids {
-			out, lastErr = v.v.Verify(e.SignedEntity, sgverify.NewPolicy(sgverify.WithArtifactDigest(alg, artifact), sgverify.WithCertificateIdentity(id)))
-			if lastErr == nil {
-				break
-			}
-		}
-		if lastErr != nil {
-			res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: lastErr.Error()})
+		out, err := v.v.Verify(e.SignedEntity, sgverify.NewPolicy(sgverify.WithArtifactDigest(alg, artifact), sgverify.WithoutIdentitiesUnsafe()))
+		if err != nil {
+			res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: err.Error()})
 			continue
 		}
-		ev := Evidence{Bundle: label}
-		if out.Signature != nil && out.Signature.Certificate != nil {
-			ev.Subject = out.Signature.Certificate.SubjectAlternativeName
-			ev.Issuer = out.Signature.Certificate.Issuer
+		if out.Signature == nil || out.Signature.Certificate == nil {
+			res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: "no certificate: attestd verifies keyless identities"})
+			continue
+		}
+		cert := *out.Signature.Certificate
+		ev := Evidence{Bundle: label, Subject: cert.SubjectAlternativeName, Issuer: cert.Issuer}
+		if e.classic != nil {
+			ev.Classic = e.classic.Tag
 		}
 		var predicateType string
 		switch {
@@ -201,6 +227,11 @@ func (v *Verifier) entities(digest string, ents []entity) (Result, error) {
 				}
 			}
 		}
+		ev.PredicateType = predicateType
+		if reason := v.allows(cert, predicateType); reason != "" {
+			res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: reason})
+			continue
+		}
 		res.All[predicateType] = append(res.All[predicateType], ev)
 		if prev, ok := res.Verified[predicateType]; ok && prev.Bundle < ev.Bundle {
 			continue // several verified bundles of one type: keep one, deterministically
@@ -208,6 +239,25 @@ func (v *Verifier) entities(digest string, ents []entity) (Result, error) {
 		res.Verified[predicateType] = ev
 	}
 	return res, nil
+}
+
+// allows says why cert may not sign predicateType ("" when an expected
+// identity allowed for that type matches it).
+func (v *Verifier) allows(cert certificate.Summary, predicateType string) string {
+	known := false
+	for _, a := range v.ids {
+		if a.id.Verify(cert) != nil {
+			continue
+		}
+		if a.maySign(predicateType) {
+			return ""
+		}
+		known = true
+	}
+	if known {
+		return fmt.Sprintf("signer %s (issuer %s) may not sign %s", cert.SubjectAlternativeName, cert.Issuer, predicateType)
+	}
+	return fmt.Sprintf("signer %s (issuer %s) is not an expected identity", cert.SubjectAlternativeName, cert.Issuer)
 }
 
 // Verify fetches every Sigstore bundle attached to ref (a digest reference),
@@ -237,7 +287,7 @@ func (v *Verifier) Verify(ctx context.Context, ref string) (Result, error) {
 	var ents []entity
 	var bad []Rejection
 	for _, desc := range refs {
-		b, err := v.fetchBundle(ctx, d.Context(), desc)
+		b, err := v.fetchBundle(ctx, d, desc)
 		if err != nil {
 			bad = append(bad, Rejection{Bundle: desc.Digest.String(), Reason: err.Error()})
 			continue
@@ -245,7 +295,7 @@ func (v *Verifier) Verify(ctx context.Context, ref string) (Result, error) {
 		ents = append(ents, entity{SignedEntity: b, label: desc.Digest.String()})
 	}
 	// cosign's classic layout (signing.format classic, or another signer).
-	classic, cbad, err := v.classic(ctx, d)
+	classic, cbad, ctags, err := v.classic(ctx, d)
 	if err != nil {
 		return Result{}, fmt.Errorf("verify %s: %w", ref, err)
 	}
@@ -255,10 +305,17 @@ func (v *Verifier) Verify(ctx context.Context, ref string) (Result, error) {
 		return Result{}, err
 	}
 	res.Rejected = append(res.Rejected, bad...)
+	res.Classic = ctags
 	return res, nil
 }
 
-func (v *Verifier) fetchBundle(ctx context.Context, repo name.Repository, desc v1.Descriptor) (*sgbundle.Bundle, error) {
+// fetchBundle reads the bundle in the referrer desc of subject. The
+// manifest must name subject as its own subject: a listing (or a
+// fallback tag anyone with write access can rewrite) that places another
+// digest's referrer here is refused, so nothing copied with subject can
+// refer to something else.
+func (v *Verifier) fetchBundle(ctx context.Context, subject name.Digest, desc v1.Descriptor) (*sgbundle.Bundle, error) {
+	repo := subject.Context()
 	raw, _, err := v.reg.Manifest(ctx, repo.Digest(desc.Digest.String()))
 	if err != nil {
 		return nil, err
@@ -267,8 +324,21 @@ func (v *Verifier) fetchBundle(ctx context.Context, repo name.Repository, desc v
 	if err != nil {
 		return nil, fmt.Errorf("bundle manifest: %w", err)
 	}
+	if m.Subject == nil || m.Subject.Digest.String() != subject.DigestStr() {
+		got := "none"
+		if m.Subject != nil {
+			got = m.Subject.Digest.String()
+		}
+		return nil, fmt.Errorf("bundle manifest's subject is %s, not %s", got, subject.DigestStr())
+	}
 	if len(m.Layers) != 1 {
 		return nil, fmt.Errorf("bundle manifest has %d layers, want 1", len(m.Layers))
+	}
+	if mt := string(m.Config.MediaType); mt == "application/vnd.oci.image.config.v1+json" || mt == "application/vnd.docker.container.image.v1+json" {
+		return nil, fmt.Errorf("a runnable image (config %s), not a bundle artifact", mt)
+	}
+	if want, _ := sgbundle.MediaTypeString("0.3"); string(m.Layers[0].MediaType) != want {
+		return nil, fmt.Errorf("bundle layer media type is %s, want %s", m.Layers[0].MediaType, want)
 	}
 	rc, err := v.reg.Blob(ctx, repo, m.Layers[0].Digest.String())
 	if err != nil {

@@ -110,3 +110,47 @@ func TestNewFailsClosed(t *testing.T) {
 		}
 	}
 }
+
+// A signer allowed for some predicate types never supplies another type's
+// facts: its bundle of that type is rejected with the reason, not counted.
+func TestSignerLimitedToItsTypes(t *testing.T) {
+	t.Parallel()
+	vs, err := ca.NewVirtualSigstore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const (
+		ci   = "ci@example.test"
+		vuln = "https://cosign.sigstore.dev/attestation/vuln/v1"
+		prov = "https://slsa.dev/provenance/v1"
+	)
+	digest := "sha256:" + strings.Repeat("ab", 32)
+	attest := func(id, pt string) sgverify.SignedEntity {
+		e, err := vs.Attest(id, issuer, statement(t, digest, pt))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	v, err := New(vs, []Identity{
+		{Issuer: issuer, Subject: signer},
+		{Issuer: issuer, Subject: ci, Types: []string{"https://sigstore.dev/cosign/sign/v1", prov}},
+	}, nil, Options{TransparencyLog: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := v.Entities(digest, []sgverify.SignedEntity{attest(ci, vuln), attest(ci, prov), attest(signer, vuln)},
+		[]string{"ci-vuln", "ci-provenance", "attestd-vuln"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res.All[vuln]; len(got) != 1 || got[0].Bundle != "attestd-vuln" {
+		t.Errorf("vuln evidence = %+v, want only attestd's", got)
+	}
+	if got := res.All[prov]; len(got) != 1 || got[0].Subject != ci {
+		t.Errorf("provenance evidence = %+v, want the CI identity's", got)
+	}
+	if len(res.Rejected) != 1 || res.Rejected[0].Bundle != "ci-vuln" || !strings.Contains(res.Rejected[0].Reason, "may not sign "+vuln) {
+		t.Errorf("rejected = %+v, want ci-vuln: may not sign", res.Rejected)
+	}
+}
