@@ -108,8 +108,8 @@ func New(trusted root.TrustedMaterial, ids []Identity, reg *registry.Client, o O
 // Evidence is what verified for one predicate type.
 type Evidence struct {
 	PredicateType string
-	Subject string // certificate SAN of the signer
-	Issuer  string
+	Subject       string // certificate SAN of the signer
+	Issuer        string
 	// Bundle is the referrer (manifest digest) or entity label it came from.
 	Bundle string
 	// Predicate is the verified statement's predicate (JSON): the content a

@@ -7,13 +7,16 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/spf13/cobra"
 
+	"github.com/attestd/attestd/attest/gate"
 	"github.com/attestd/attestd/attest/pipeline"
+	"github.com/attestd/attestd/attest/sign"
 	"github.com/attestd/attestd/configs"
 	"github.com/attestd/attestd/policy"
 	"github.com/attestd/attestd/policy/promote"
@@ -103,11 +106,7 @@ func (r *runner) imageInput(ctx context.Context, cfg *configs.Config, pol *polic
 	if err != nil {
 		return policy.Input{}, err
 	}
-	_, tr, err := signingTrust(cfg)
-	if err != nil {
-		return policy.Input{}, err
-	}
-	ver, err := newVerifier(cfg, pol, tr, rc)
+	g, err := newGateWith(cfg, pol, nil, rc, nil, log)
 	if err != nil {
 		return policy.Input{}, err
 	}
@@ -119,10 +118,11 @@ func (r *runner) imageInput(ctx context.Context, cfg *configs.Config, pol *polic
 	if tg, ok := res.parsed.(name.Tag); ok {
 		tags = []string{tg.TagStr()}
 	}
-	ectx, cancel := context.WithTimeout(ctx, time.Duration(cfg.Gate.Timeout))
-	defer cancel()
-	in, _, err := buildInput(ectx, ver, t, tags, time.Now())
-	return in, err
+	ev, err := g.Check(ctx, t, tags)
+	if err != nil {
+		return policy.Input{}, err
+	}
+	return ev.Input, nil
 }
 
 func printDecision(w io.Writer, d policy.Decision) {
@@ -140,18 +140,29 @@ func printDecision(w io.Writer, d policy.Decision) {
 }
 
 func (r *runner) promoteCommand() *cobra.Command {
-	var to, override string
+	var to, override, actor string
 	var dryRun bool
 	cmd := &cobra.Command{
-		Use:   "promote DIGEST-REF|REF [--to REPO:TAG] [--dry-run] [--override-reason TEXT]",
+		Use:   "promote DIGEST-REF|REF [--to REPO:TAG] [--dry-run] [--override-reason TEXT --actor WHO]",
 		Short: "Promote an evaluated image by digest (still gated; an override is audited)",
-		Long: `Copies the image the gate allowed — by digest, with every platform, layer and referrer —
-to production, verifies the copy there and writes the tag last. Without --to the
-configured promotion rules and the tags recorded at evaluation decide the destination.
-An image the gate did not allow is refused unless --override-reason is given; the
-override, its reason and who ran it are written to the audit log.`,
+		Long: `Promotes the image the gate allowed, by digest. The decision must still hold: the
+image is verified and decided again now, with the policy in force (a deleted or
+replaced attestation, new findings or a changed policy count); a decision made under
+another policy, or whose verification summary expired, is signed anew. Exactly the
+verified closure is copied — the digest, the platforms that were evaluated (and
+BuildKit attestation manifests, checked to hold only in-toto statements), the
+signatures and attestations that verified for an allowed signer — then checked in the
+destination, and the tag is written last. --dry-run prints that plan.
+
+Without --to the configured promotion rules and the tags recorded at evaluation decide
+the destination. An image the gate did not allow, or a --to the promotion rules do not
+give, needs --override-reason and --actor (who is promoting: a name your organisation
+can trace); the intent is written to the audit log before anything is copied, the
+outcome after the tag.`,
 		Example: `  attestd promote registry.example.com/staging/app@sha256:… --dry-run
-  attestd promote registry.example.com/staging/app@sha256:… --to registry.example.com/prod/app:v1.2.3`,
+  attestd promote registry.example.com/staging/app@sha256:…
+  attestd promote registry.example.com/staging/app@sha256:… --to registry.example.com/prod/app:hotfix \
+      --override-reason "INC-1234: hotfix approved by the CAB" --actor jane@example.com`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := r.loadConfig(cmd)
@@ -160,6 +171,9 @@ override, its reason and who ran it are written to the audit log.`,
 			}
 			if !cfg.Gate.Enabled() {
 				return usageError{errors.New("gate.policy is not configured: nothing may be promoted")}
+			}
+			if override != "" && strings.TrimSpace(actor) == "" {
+				return usageError{errors.New("--override-reason needs --actor WHO: an override is audited with who ran it (never just $USER)")}
 			}
 			ctx := cmd.Context()
 			log := r.logger(cfg, r.stderr)
@@ -184,67 +198,96 @@ override, its reason and who ran it are written to the audit log.`,
 				return fmt.Errorf("%s: %w (attestd has not processed this digest)", res.digest, err)
 			}
 			allowed := rec.Decision != nil && rec.Decision.Allow
-			if !allowed && override == "" {
-				why := "it has not been evaluated"
-				if rec.Decision != nil {
-					why = "the gate denied it: " + strings.Join(rec.Decision.Reasons, "; ")
-				}
-				return fmt.Errorf("refusing to promote %s: %s (--override-reason TEXT promotes anyway, audited)", rec.Ref, why)
+			var tags []string
+			if rec.Decision != nil {
+				tags = rec.Decision.Tags
 			}
-			var edges []promote.Edge
+			if tg, ok := res.parsed.(name.Tag); ok && len(tags) == 0 {
+				tags = []string{tg.TagStr()}
+			}
+			rules := promotionRules(cfg)
+			ruled, why := promote.Plan(rules, rec.Registry+"/"+rec.Repository, rec.Digest, tags)
+			edges := ruled
+			outside := ""
 			if to != "" {
 				if _, err := name.NewTag(to, name.StrictValidation); err != nil {
 					return usageError{fmt.Errorf("--to %q: want REPO:TAG: %w", to, err)}
 				}
-				edges = []promote.Edge{{Src: rec.Registry + "/" + rec.Repository + "@" + rec.Digest, Dst: to}}
-			} else {
-				var tags []string
+				e := promote.Edge{Src: rec.Registry + "/" + rec.Repository + "@" + rec.Digest, Dst: to}
+				edges = []promote.Edge{e}
+				if !slices.Contains(ruled, e) {
+					outside = "--to " + to + " is not a destination the promotion rules give"
+				}
+			} else if len(edges) == 0 {
+				return fmt.Errorf("nothing to promote: %s (give --to REPO:TAG)", why)
+			}
+			switch {
+			case !allowed && override == "":
+				why := "it has not been evaluated"
 				if rec.Decision != nil {
-					tags = rec.Decision.Tags
+					why = "the gate denied it: " + strings.Join(rec.Decision.Reasons, "; ")
 				}
-				if tg, ok := res.parsed.(name.Tag); ok && len(tags) == 0 {
-					tags = []string{tg.TagStr()}
-				}
-				rules := make([]promote.Rule, 0, len(cfg.Gate.Promotion))
-				for _, pr := range cfg.Gate.Promotion {
-					rules = append(rules, promote.Rule{From: pr.From, To: pr.To, Tags: pr.Tags, Match: pr.Match, Replace: pr.Replace})
-				}
-				if err := promote.Validate(rules); err != nil {
+				return fmt.Errorf("refusing to promote %s: %s (--override-reason TEXT --actor WHO promotes anyway, audited)", rec.Ref, why)
+			case outside != "" && override == "":
+				return fmt.Errorf("refusing to promote %s: %s (--override-reason TEXT --actor WHO promotes anyway, audited)", rec.Ref, outside)
+			}
+			var k *sign.Keyless
+			if allowed && !dryRun {
+				if k, err = newSigner(cfg, rc, log); err != nil {
 					return err
 				}
-				var why string
-				if edges, why = promote.Plan(rules, rec.Registry+"/"+rec.Repository, rec.Digest, tags); len(edges) == 0 {
-					return fmt.Errorf("nothing to promote: %s (give --to REPO:TAG)", why)
+			}
+			g, err := newGate(cfg, db, rc, k, log)
+			if err != nil {
+				return err
+			}
+			t, err := resolver{rc}.Resolve(ctx, rec.Ref)
+			if err != nil {
+				return err
+			}
+			var ev *gate.Evaluation
+			switch {
+			case allowed && !dryRun:
+				ev, err = g.Recheck(ctx, t, rec)
+			default:
+				ev, err = g.Check(ctx, t, tags)
+				if err == nil && allowed && !ev.Decision.Allow {
+					printDecision(r.stdout, ev.Decision)
+					return errors.New("the decision no longer holds: promoting would refuse")
 				}
 			}
-			for _, e := range edges {
-				fmt.Fprintln(r.stdout, "plan: "+e.String())
+			if err != nil {
+				return err
 			}
+			plan, err := g.Plan(ctx, ev, edges)
+			if err != nil {
+				return err
+			}
+			fmt.Fprint(r.stdout, plan.String())
 			if dryRun {
 				return nil
 			}
-			k, err := newSigner(cfg, rc, log)
-			if err != nil {
-				return err
+			var ov *gate.Override
+			if !allowed || outside != "" {
+				reason := override
+				if outside != "" {
+					reason += " (" + outside + ")"
+				}
+				ov = &gate.Override{Reason: reason, Actor: "cli:" + actor}
 			}
-			_, p, err := newGate(cfg, db, rc, k, log)
-			if err != nil {
-				return err
+			who := "cli"
+			if actor != "" {
+				who = "cli:" + actor
 			}
-			reason := ""
-			if !allowed {
-				reason = override
-			}
-			actor := "cli:" + os.Getenv("USER")
-			if err := p.run(withPromoteActor(ctx, actor), rec, edges, reason); err != nil {
+			if err := g.Run(store.WithActor(ctx, who), plan, ov); err != nil {
 				return err
 			}
 			if allowed && rec.State == store.StateEvaluated {
-				if _, err := db.Transition(store.WithActor(ctx, actor), rec.Ref, store.StateEvaluated, store.StatePromoted, func(r *store.Record) error {
+				if _, err := db.Transition(store.WithActor(ctx, who), rec.Ref, store.StateEvaluated, store.StatePromoted, func(r *store.Record) error {
 					if r.Stages == nil {
 						r.Stages = map[string]store.StageResult{}
 					}
-					r.Stages[pipeline.StagePromote] = store.StageResult{Status: store.StagePassed, Detail: "promoted by " + actor, At: time.Now().UTC()}
+					r.Stages[pipeline.StagePromote] = store.StageResult{Status: store.StagePassed, Detail: "promoted by " + who, At: time.Now().UTC()}
 					return nil
 				}); err != nil {
 					return err
@@ -256,8 +299,9 @@ override, its reason and who ran it are written to the audit log.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&to, "to", "", "destination REPO:TAG instead of the promotion rules")
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the plan only")
-	cmd.Flags().StringVar(&override, "override-reason", "", "promote although the gate did not allow it (audited with this reason)")
+	cmd.Flags().StringVar(&to, "to", "", "destination REPO:TAG instead of the promotion rules (outside them: an override)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the plan only: what would be copied, and what is left behind and why")
+	cmd.Flags().StringVar(&override, "override-reason", "", "promote although the gate did not allow it, or outside the promotion rules (audited with this reason)")
+	cmd.Flags().StringVar(&actor, "actor", "", "who is promoting (audited; required with --override-reason)")
 	return cmd
 }

@@ -1,0 +1,264 @@
+package gate
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/attestd/attestd/attest"
+	"github.com/attestd/attestd/attest/slsa"
+	"github.com/attestd/attestd/attest/verify"
+	"github.com/attestd/attestd/policy"
+	"github.com/attestd/attestd/sbom/harden"
+	"github.com/attestd/attestd/sbom/vuln"
+)
+
+// ClockSkew is how far in the future a signed scan time may lie before the
+// report is refused: a scan that claims to come from the future would
+// otherwise be "the newest" forever.
+const ClockSkew = 5 * time.Minute
+
+// input fills the policy input from the verified predicates only, and
+// lists every bundle a fact was read from. A bundle that did not verify,
+// or verified for a signer not allowed for its type, is listed as rejected
+// and contributes nothing.
+func (g *Gate) input(ev *Evaluation, tags []string, now time.Time) (policy.Input, []slsa.VSAAttestation) {
+	in := policy.Input{Version: policy.InputVersion, Time: now,
+		Image: policy.Image{Ref: ev.Ref(), Registry: ev.Registry, Repository: ev.Repository, Digest: ev.Digest, MediaType: ev.MediaType, Tags: slices.Clone(tags)}}
+	if in.Image.Tags == nil {
+		in.Image.Tags = []string{}
+	}
+	var inputs []slsa.VSAAttestation
+	seen := map[string]bool{}
+	for _, s := range ev.Subjects {
+		res := s.Result
+		ps := policy.Subject{Digest: s.Digest, Kind: s.Kind, Platform: s.Platform, Attestations: map[string]policy.Signed{}}
+		for _, r := range res.Rejected {
+			ps.Rejected = append(ps.Rejected, policy.Rejected{Bundle: r.Bundle, Reason: r.Reason})
+		}
+		reject := func(e verify.Evidence, format string, args ...any) {
+			ps.Rejected = append(ps.Rejected, policy.Rejected{Bundle: e.Bundle, Reason: fmt.Sprintf(format, args...)})
+		}
+		for _, pt := range res.PredicateTypes() {
+			if pt == slsa.VSAPredicateType {
+				continue // an earlier decision is not evidence for this one
+			}
+			e := res.Verified[pt]
+			ps.Attestations[pt] = policy.Signed{Issuer: e.Issuer, Subject: e.Subject}
+			for _, e := range res.All[pt] {
+				if uri := inputURI(ev.Registry, ev.Repository, e); !seen[uri] && isDigest(e.Bundle) {
+					seen[uri] = true
+					inputs = append(inputs, slsa.VSAAttestation{URI: uri, Digest: e.Bundle})
+				}
+			}
+			if pt == vuln.PredicateType {
+				if v, err := g.vulnFacts(res.All[pt], now, reject); err != nil {
+					reject(e, "%s predicate: %v", pt, err)
+				} else {
+					ps.Vulnerabilities = v
+				}
+				continue
+			}
+			// Several verified reports of one type (a digest analysed again):
+			// every one is read, and the facts combine to the worst case.
+			for _, e := range res.All[pt] {
+				if err := addFacts(&ps, pt, e.Predicate); err != nil {
+					// Verified but unreadable: no fact of this type stands
+					// (not even another report's), so a rule needing it
+					// denies; say why.
+					reject(e, "%s predicate: %v", pt, err)
+					dropFacts(&ps, pt)
+					break
+				}
+			}
+		}
+		in.Subjects = append(in.Subjects, ps)
+	}
+	return in, inputs
+}
+
+// addFacts reads the facts a policy uses out of one verified predicate.
+func addFacts(s *policy.Subject, predicateType string, pred json.RawMessage) error {
+	switch predicateType {
+	case attest.PredicateHardening:
+		var r harden.Report
+		if err := json.Unmarshal(pred, &r); err != nil {
+			return err
+		}
+		h := &policy.HardeningFacts{Passed: []string{}, Failed: []string{}}
+		for _, c := range r.Checks {
+			switch c.Status {
+			case harden.Pass:
+				h.Passed = append(h.Passed, c.ID)
+			case harden.Fail:
+				h.Failed = append(h.Failed, c.ID)
+			}
+		}
+		if prev := s.Hardening; prev != nil { // worst case: failed anywhere, passed everywhere
+			h.Failed = append(h.Failed, prev.Failed...)
+			h.Passed = slices.DeleteFunc(h.Passed, func(id string) bool { return !slices.Contains(prev.Passed, id) })
+		}
+		slices.Sort(h.Failed)
+		h.Failed = slices.Compact(h.Failed)
+		h.Passed = slices.DeleteFunc(h.Passed, func(id string) bool { return slices.Contains(h.Failed, id) })
+		s.Hardening = h
+	case slsa.PredicateType:
+		var p struct {
+			BuildDefinition struct {
+				ExternalParameters struct {
+					Labels map[string]string `json:"labels"`
+				} `json:"externalParameters"`
+				ResolvedDependencies []struct {
+					URI string `json:"uri"`
+				} `json:"resolvedDependencies"`
+			} `json:"buildDefinition"`
+			RunDetails struct {
+				Builder struct {
+					ID string `json:"id"`
+				} `json:"builder"`
+			} `json:"runDetails"`
+		}
+		if err := json.Unmarshal(pred, &p); err != nil {
+			return err
+		}
+		pf := &policy.ProvenanceFacts{BuilderID: p.RunDetails.Builder.ID}
+		for _, d := range p.BuildDefinition.ResolvedDependencies {
+			if u, ok := strings.CutPrefix(d.URI, "git+"); ok {
+				u, _, _ = strings.Cut(u, "@")
+				pf.SourceRepositories = append(pf.SourceRepositories, u)
+			}
+		}
+		if src := p.BuildDefinition.ExternalParameters.Labels["org.opencontainers.image.source"]; src != "" && !slices.Contains(pf.SourceRepositories, src) {
+			pf.SourceRepositories = append(pf.SourceRepositories, src)
+		}
+		s.Provenance = pf
+		if s.BaseImage == "" {
+			s.BaseImage = p.BuildDefinition.ExternalParameters.Labels[harden.LabelBaseName]
+		}
+	case attest.PredicateSPDX:
+		var p struct {
+			Packages []json.RawMessage `json:"packages"`
+		}
+		if err := json.Unmarshal(pred, &p); err != nil {
+			return err
+		}
+		s.SBOM = &policy.SBOMFacts{Packages: len(p.Packages)}
+	}
+	return nil
+}
+
+// dropFacts removes what addFacts read for predicateType.
+func dropFacts(s *policy.Subject, predicateType string) {
+	switch predicateType {
+	case attest.PredicateHardening:
+		s.Hardening = nil
+	case slsa.PredicateType:
+		s.Provenance, s.BaseImage = nil, ""
+	case attest.PredicateSPDX:
+		s.SBOM = nil
+	}
+}
+
+// vulnFacts picks the vulnerability report that decides among the verified
+// ones: attestd's own newest scan when there is one, else the newest. A
+// report whose scan time lies in the future is refused (it would win every
+// comparison); one that cannot be read fails the whole type, so a rule
+// needing vulnerability facts denies.
+func (g *Gate) vulnFacts(evs []verify.Evidence, now time.Time, reject func(verify.Evidence, string, ...any)) (*policy.VulnFacts, error) {
+	var best *policy.VulnFacts
+	bestOwn := false
+	for _, e := range evs {
+		v, err := readVulnPredicate(e.Predicate, now)
+		if err != nil {
+			return nil, fmt.Errorf("bundle %s: %w", e.Bundle, err)
+		}
+		if v.ScannedAt.After(now.Add(ClockSkew)) {
+			reject(e, "%s predicate: scan finished on %s, in the future (now %s): refused", vuln.PredicateType, v.ScannedAt.Format(time.RFC3339), now.Format(time.RFC3339))
+			continue
+		}
+		own := g.o.Own(e.Issuer, e.Subject)
+		switch {
+		case best == nil, own && !bestOwn, own == bestOwn && v.ScannedAt.After(best.ScannedAt):
+			best, bestOwn = v, own
+		}
+	}
+	if best == nil {
+		return nil, errors.New("no usable report")
+	}
+	return best, nil
+}
+
+// readVulnPredicate reads the counts and findings of a verified vuln
+// predicate. Findings an exception suppressed count again when the
+// exception has expired since the scan: an expiry never waits for a
+// re-scan.
+func readVulnPredicate(pred json.RawMessage, now time.Time) (*policy.VulnFacts, error) {
+	var p struct {
+		Invocation struct {
+			Parameters struct {
+				Counts     vuln.Counts        `json:"counts"`
+				Suppressed []vuln.Suppression `json:"suppressed"`
+			} `json:"parameters"`
+		} `json:"invocation"`
+		Scanner struct {
+			DB struct {
+				URI string `json:"uri"`
+			} `json:"db"`
+			Result struct {
+				Matches []struct {
+					Vulnerability struct {
+						ID string `json:"id"`
+					} `json:"vulnerability"`
+					Artifact struct {
+						Name    string `json:"name"`
+						Version string `json:"version"`
+					} `json:"artifact"`
+				} `json:"matches"`
+			} `json:"result"`
+		} `json:"scanner"`
+		Metadata struct {
+			ScanFinishedOn time.Time `json:"scanFinishedOn"`
+		} `json:"metadata"`
+	}
+	if err := json.Unmarshal(pred, &p); err != nil {
+		return nil, err
+	}
+	c := p.Invocation.Parameters.Counts
+	if c.UnknownAs == "" {
+		return nil, errors.New("no counts in invocation.parameters (not written by attestd?)")
+	}
+	if p.Metadata.ScanFinishedOn.IsZero() {
+		return nil, errors.New("no metadata.scanFinishedOn")
+	}
+	v := &policy.VulnFacts{Critical: c.Critical, High: c.High, Medium: c.Medium, Low: c.Low, Negligible: c.Negligible,
+		Unknown: c.Unknown, UnknownAs: c.UnknownAs, DB: p.Scanner.DB.URI, ScannedAt: p.Metadata.ScanFinishedOn, Findings: []string{}}
+	for _, m := range p.Scanner.Result.Matches {
+		v.Findings = append(v.Findings, m.Vulnerability.ID+" "+m.Artifact.Name+"@"+m.Artifact.Version)
+	}
+	for _, sp := range p.Invocation.Parameters.Suppressed {
+		exp, err := time.Parse(time.RFC3339, sp.Expires)
+		if sp.By != "exception" || err != nil || now.Before(exp) {
+			continue
+		}
+		switch sp.Severity {
+		case "critical":
+			v.Critical++
+		case "high":
+			v.High++
+		case "medium":
+			v.Medium++
+		case "low":
+			v.Low++
+		case "negligible":
+			v.Negligible++
+		default:
+			v.Unknown++
+		}
+		v.Findings = append(v.Findings, sp.Vulnerability+" "+sp.Package+"@"+sp.Version+" (exception expired "+sp.Expires+")")
+	}
+	slices.Sort(v.Findings)
+	return v, nil
+}

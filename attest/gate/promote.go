@@ -1,0 +1,291 @@
+package gate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+
+	"github.com/attestd/attestd/attest/pipeline"
+	"github.com/attestd/attestd/attest/slsa"
+	"github.com/attestd/attestd/policy"
+	"github.com/attestd/attestd/policy/promote"
+	"github.com/attestd/attestd/store"
+)
+
+// Override is a person promoting against (or without) the gate's decision.
+type Override struct {
+	Reason string
+	Actor  string // who: a verified identity or what --actor said
+}
+
+// Promote is the pipeline's promote stage: the stored decision must allow,
+// and must still hold — the digest is verified and decided again now, with
+// the policy in force (a deleted or replaced attestation, a rescan's new
+// findings, a changed policy all count); a decision whose policy changed or
+// whose summary expired gets a new signed summary. Then exactly the
+// verified closure is copied, checked in the destination, and tagged last.
+func (g *Gate) Promote(ctx context.Context, t *pipeline.Target) error {
+	if g.o.Store == nil {
+		return errors.New("gate: no store")
+	}
+	rec, err := g.o.Store.Image(ctx, t.Ref)
+	if err != nil {
+		return err
+	}
+	if rec.Decision == nil || !rec.Decision.Allow {
+		return pipeline.Permanent(errors.New("promotion without an allow decision"))
+	}
+	edges, why := promote.Plan(g.o.Rules, rec.Registry+"/"+rec.Repository, rec.Digest, rec.Decision.Tags)
+	if len(edges) == 0 {
+		return pipeline.Permanent(errors.New("nothing to promote: " + why))
+	}
+	ev, err := g.Recheck(ctx, t, rec)
+	if err != nil {
+		return err
+	}
+	plan, err := g.Plan(ctx, ev, edges)
+	if err != nil {
+		return err
+	}
+	return g.Run(ctx, plan, nil)
+}
+
+// Recheck decides rec's digest again before it is promoted: a deny now
+// refuses the promotion (permanently, with the reasons); an allow whose
+// stored decision was made under another policy, or whose summary is no
+// longer valid, is signed anew. The evaluation returned is the one the
+// promotion copies.
+func (g *Gate) Recheck(ctx context.Context, t *pipeline.Target, rec *store.Record) (*Evaluation, error) {
+	ev, err := g.Check(ctx, t, rec.Decision.Tags)
+	if err != nil {
+		return nil, err
+	}
+	d := ev.Decision
+	if !d.Allow {
+		out := decisionOf(d, rec.Decision.Tags, "")
+		g.auditRedecided(ctx, rec, ev, "denied at promotion")
+		return nil, pipeline.Permanent(fmt.Errorf("the decision no longer holds: %s", strings.Join(out.Reasons, "; ")))
+	}
+	validity := time.Duration(g.o.Policy.VSA.Validity)
+	stale := ""
+	switch {
+	case rec.Decision.PolicyDigest != d.PolicyDigest:
+		stale = fmt.Sprintf("policy changed from %s to %s", rec.Decision.PolicyDigest, d.PolicyDigest)
+	case rec.Decision.VSA == "":
+		stale = "no verification summary was recorded"
+	case g.o.Now().After(rec.Decision.Time.Add(validity)):
+		stale = fmt.Sprintf("its verification summary expired at %s", rec.Decision.Time.Add(validity).UTC().Format(time.RFC3339))
+	case !hasVSA(ev):
+		stale = "its verification summary is no longer attached"
+	}
+	if stale == "" {
+		return ev, nil
+	}
+	if _, err := g.signVSA(ctx, ev); err != nil {
+		return nil, fmt.Errorf("verification summary: %w", err)
+	}
+	g.auditRedecided(ctx, rec, ev, stale)
+	// The closure must include the summary just attached.
+	return g.Check(ctx, t, rec.Decision.Tags)
+}
+
+func hasVSA(ev *Evaluation) bool {
+	return len(ev.Subjects) > 0 && len(ev.Subjects[0].Result.All[slsa.VSAPredicateType]) > 0
+}
+
+func (g *Gate) auditRedecided(ctx context.Context, rec *store.Record, ev *Evaluation, why string) {
+	details := map[string]string{"allow": fmt.Sprint(ev.Decision.Allow), "policy": ev.Decision.PolicyDigest, "why": why}
+	for i, v := range ev.Decision.Violations {
+		details[fmt.Sprintf("reason.%d", i)] = v.String()
+	}
+	if err := g.o.Store.Audit(ctx, store.AuditEntry{Actor: "gate", Action: store.AuditDecision, Subject: rec.Ref,
+		Repo: rec.Registry + "/" + rec.Repository, Digest: rec.Digest, Details: details}); err != nil {
+		g.o.Logger.ErrorContext(ctx, "audit of a re-decision failed", "digest", rec.Ref, "err", err)
+	}
+}
+
+// Run carries out plan: every planned child, then the digest, its
+// verified referrers and classic tags, into each destination repository;
+// checks there that what arrived is exactly verified; then writes the
+// tags, last. override (nil: the gate's own promotion) is audited before
+// anything is copied, and its outcome after.
+func (g *Gate) Run(ctx context.Context, plan *Plan, override *Override) error {
+	if g.o.Store == nil {
+		return errors.New("gate: no store for the audit log")
+	}
+	rc := g.o.Registry
+	src, err := rc.ParseRepository(plan.Source)
+	if err != nil {
+		return pipeline.Permanent(err)
+	}
+	ref := plan.Source + "@" + plan.Digest
+	actor := "pipeline"
+	if override != nil {
+		actor = override.Actor
+		if err := g.audit(ctx, actor, store.AuditOverride, plan, map[string]string{"phase": "intent", "reason": override.Reason, "to": edgesString(plan.Edges)}); err != nil {
+			return err // no record of the intent, no promotion
+		}
+	}
+	byRepo := map[string][]string{}
+	var repos []string
+	for _, e := range plan.Edges {
+		dst, tag, ok := cutTag(e.Dst)
+		if !ok {
+			return pipeline.Permanent(fmt.Errorf("edge %s: destination is not repo:tag", e))
+		}
+		if _, seen := byRepo[dst]; !seen {
+			repos = append(repos, dst)
+		}
+		byRepo[dst] = append(byRepo[dst], tag)
+	}
+	for _, dstName := range repos {
+		dst, err := rc.ParseRepository(dstName)
+		if err != nil {
+			return pipeline.Permanent(err)
+		}
+		if err := g.copyClosure(ctx, src, dst, plan); err != nil {
+			return err
+		}
+		if err := g.checkDestination(ctx, dst, plan, override != nil); err != nil {
+			return err
+		}
+		// The tag last: only a complete, verified copy is ever visible by tag.
+		for _, tag := range byRepo[dstName] {
+			if err := rc.Tag(ctx, dst.Digest(plan.Digest), dst.Tag(tag)); err != nil {
+				return err
+			}
+			details := map[string]string{"from": ref, "to": dst.Tag(tag).String(), "digest": plan.Digest}
+			action := store.AuditPromotion
+			if override != nil {
+				action, details["reason"], details["phase"] = store.AuditOverride, override.Reason, "done"
+			}
+			if err := g.audit(ctx, actor, action, plan, details); err != nil {
+				return err
+			}
+			g.o.Logger.InfoContext(ctx, "promoted", "digest", ref, "to", dst.Tag(tag).String(), "override", override != nil)
+		}
+	}
+	return nil
+}
+
+func (g *Gate) audit(ctx context.Context, actor, action string, plan *Plan, details map[string]string) error {
+	return g.o.Store.Audit(ctx, store.AuditEntry{Actor: actor, Action: action, Subject: plan.Source + "@" + plan.Digest,
+		Repo: plan.Source, Digest: plan.Digest, Details: details})
+}
+
+func edgesString(es []promote.Edge) string {
+	var s []string
+	for _, e := range es {
+		s = append(s, e.Dst)
+	}
+	return strings.Join(s, ", ")
+}
+
+// copyClosure copies the plan into dst: children, then the manifest byte
+// for byte (an index refers to exactly the planned children), then the
+// referrers and classic tags by the digests that were verified.
+func (g *Gate) copyClosure(ctx context.Context, src, dst name.Repository, plan *Plan) error {
+	rc := g.o.Registry
+	for _, it := range plan.Manifests {
+		if _, err := rc.Copy(ctx, src.Digest(it.Digest), dst); err != nil {
+			return fmt.Errorf("%s %s: %w", it.Kind, it.Digest, err)
+		}
+	}
+	if plan.MediaType.IsIndex() {
+		if err := rc.PutManifest(ctx, dst.Digest(plan.Digest), plan.Raw, plan.MediaType); err != nil {
+			return err
+		}
+	} else if _, err := rc.Copy(ctx, src.Digest(plan.Digest), dst); err != nil {
+		return err
+	}
+	for _, it := range plan.Referrers {
+		if _, err := rc.Copy(ctx, src.Digest(it.Digest), dst); err != nil {
+			return fmt.Errorf("referrer %s of %s: %w", it.Digest, it.Subject, err)
+		}
+	}
+	for _, it := range plan.Classic {
+		if _, err := rc.Copy(ctx, src.Digest(it.Digest), dst); err != nil {
+			return fmt.Errorf("%s of %s: %w", it.Tag, it.Subject, err)
+		}
+		if err := rc.Tag(ctx, dst.Digest(it.Digest), dst.Tag(it.Tag)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkDestination verifies in dst what the gate verified in staging:
+// every required attestation (and the summary) verifies for every subject
+// (not for an override), and nothing arrived that did not verify — no
+// referrer, classic layer or index child outside the verified closure.
+func (g *Gate) checkDestination(ctx context.Context, dst name.Repository, plan *Plan, override bool) error {
+	subjects := []string{plan.Digest}
+	for _, it := range plan.Manifests {
+		if it.Kind == "platform" {
+			subjects = append(subjects, it.Digest)
+		}
+	}
+	for i, s := range subjects {
+		res, err := g.o.Verifier.Verify(ctx, dst.Digest(s).String())
+		if err != nil {
+			return err
+		}
+		verified := map[string]bool{}
+		for _, evs := range res.All {
+			for _, e := range evs {
+				verified[e.Classic+"\x00"+e.Bundle] = true
+			}
+		}
+		refs, err := g.o.Registry.Referrers(ctx, dst.Digest(s), "")
+		if err != nil && !isNotFound(err) {
+			return err
+		}
+		for _, r := range refs {
+			if d := r.Digest.String(); !plan.planned(d) && !verified["\x00"+d] {
+				return fmt.Errorf("%s holds referrer %s of %s that nobody verified: promotion stopped before the tag", dst, d, short(s))
+			}
+		}
+		for _, ct := range res.Classic {
+			for _, l := range ct.Layers {
+				if !verified[ct.Tag+"\x00"+l] {
+					return fmt.Errorf("%s:%s holds layer %s that did not verify: promotion stopped before the tag", dst, ct.Tag, l)
+				}
+			}
+		}
+		if override {
+			continue
+		}
+		want := slices.Clone(g.o.Policy.Require)
+		if i == 0 {
+			want = append(want, slsa.VSAPredicateType)
+			if len(subjects) > 1 { // an index carries signature and provenance
+				want = slices.DeleteFunc(want, func(pt string) bool {
+					return pt != policy.Aliases["signature"] && pt != policy.Aliases["provenance"] && pt != slsa.VSAPredicateType
+				})
+			}
+		}
+		var missing []string
+		for _, pt := range want {
+			if _, ok := res.Verified[pt]; !ok {
+				missing = append(missing, pt)
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("the copy in %s does not verify for %s: missing %s", dst, s, strings.Join(missing, ", "))
+		}
+	}
+	return nil
+}
+
+func cutTag(ref string) (repo, tag string, ok bool) {
+	i := strings.LastIndex(ref, ":")
+	if i < 0 || strings.Contains(ref[i:], "/") {
+		return "", "", false
+	}
+	return ref[:i], ref[i+1:], true
+}
