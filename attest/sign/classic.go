@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -177,7 +178,8 @@ func attestsPayload(l oci.Signature, predicateType, payloadSHA256 string) bool {
 }
 
 // signClassic signs d's simple-signing payload and appends it to the
-// sha256-<hex>.sig image, unless a signature of d is there already.
+// sha256-<hex>.sig image, unless a signature of d by our signer is there
+// already.
 func (s *Session) signClassic(ctx context.Context, d name.Digest) error {
 	payload, err := sigpayload.Cosign{Image: d}.MarshalJSON()
 	if err != nil {
@@ -187,8 +189,8 @@ func (s *Session) signClassic(ctx context.Context, d name.Digest) error {
 	if err != nil {
 		return err
 	}
-	have := func(l oci.Signature) bool { return signsDigest(l, d) }
-	return s.writeClassic(ctx, d, tag, PredicateSignature, have, func() (oci.Signature, error) {
+	same := func(l oci.Signature) bool { return signsDigest(l, d) }
+	return s.writeClassic(ctx, d, tag, PredicateSignature, false, same, func() (oci.Signature, error) {
 		sig, _, err := s.keypair.SignData(ctx, payload)
 		if err != nil {
 			return nil, err
@@ -203,15 +205,15 @@ func (s *Session) signClassic(ctx context.Context, d name.Digest) error {
 
 // attestClassic signs payload (an in-toto statement) as a DSSE envelope and
 // appends it to the sha256-<hex>.att image, unless an envelope of the same
-// predicate type and payload is there already.
+// predicate type and payload by our signer is there already.
 func (s *Session) attestClassic(ctx context.Context, d name.Digest, predicateType string, payload []byte) error {
 	sum := sha256.Sum256(payload)
-	have := func(l oci.Signature) bool { return attestsPayload(l, predicateType, hex.EncodeToString(sum[:])) }
+	same := func(l oci.Signature) bool { return attestsPayload(l, predicateType, hex.EncodeToString(sum[:])) }
 	_, tag, err := classicTags(d)
 	if err != nil {
 		return err
 	}
-	return s.writeClassic(ctx, d, tag, predicateType, have, func() (oci.Signature, error) {
+	return s.writeClassic(ctx, d, tag, predicateType, true, same, func() (oci.Signature, error) {
 		sig, _, err := s.keypair.SignData(ctx, dsse.PAE(ctypes.IntotoPayloadType, payload))
 		if err != nil {
 			return nil, err
@@ -254,13 +256,18 @@ func (s *Session) classicMaterial(ctx context.Context, covered []byte) ([]static
 }
 
 // writeClassic makes a layer with mk and appends it to the image under tag
-// — unless have finds an equal one there, before signing or (re-read under
-// the subject's lock) before writing: a retried job adds nothing.
-func (s *Session) writeClassic(ctx context.Context, d name.Digest, tag name.Tag, predicateType string,
-	have func(oci.Signature) bool, mk func() (oci.Signature, error)) error {
-	if _, list, err := s.k.classicLayers(ctx, tag); err != nil {
+// — unless ownLayer finds an equal one of ours there (same accepts it, and
+// it verifies for our signer), before signing or (re-read under the
+// subject's lock) before writing: a retried job adds nothing.
+func (s *Session) writeClassic(ctx context.Context, d name.Digest, tag name.Tag, predicateType string, attestation bool,
+	same func(oci.Signature) bool, mk func() (oci.Signature, error)) error {
+	_, list, err := s.k.classicLayers(ctx, tag)
+	if err != nil {
 		return err
-	} else if containsLayer(list, have) {
+	}
+	if found, err := s.ownLayer(ctx, d, list, attestation, same, true); err != nil {
+		return err
+	} else if found {
 		s.k.log.InfoContext(ctx, "already attached", "digest", d.String(), "predicate_type", predicateType, "format", "classic")
 		return nil
 	}
@@ -275,8 +282,8 @@ func (s *Session) writeClassic(ctx context.Context, d name.Digest, tag name.Tag,
 	if err != nil {
 		return err
 	}
-	if containsLayer(list, have) {
-		return nil
+	if found, err := s.ownLayer(ctx, d, list, attestation, same, false); err != nil || found {
+		return err
 	}
 	next, err := mutate.AppendSignatures(base, false, layer)
 	if err != nil {
@@ -293,39 +300,93 @@ func (s *Session) writeClassic(ctx context.Context, d name.Digest, tag name.Tag,
 	return nil
 }
 
-func containsLayer(list []oci.Signature, have func(oci.Signature) bool) bool {
+// ownLayer reports whether list holds a layer that same accepts and that
+// verifies for our signer (ownCheck). A layer same accepts that does not
+// verify is ignored — anyone who can write to the registry can append one
+// with our payload, to suppress signing — and logged when logIt.
+func (s *Session) ownLayer(ctx context.Context, d name.Digest, list []oci.Signature, attestation bool,
+	same func(oci.Signature) bool, logIt bool) (bool, error) {
+	var check *ownCheck
 	for _, l := range list {
-		if have(l) {
-			return true
+		if !same(l) {
+			continue
 		}
+		if check == nil {
+			var err error
+			if check, err = s.ownCheck(ctx); err != nil {
+				return false, err
+			}
+		}
+		if _, err := check.classic(l, d, attestation); err != nil {
+			if logIt {
+				s.k.log.InfoContext(ctx, "attached classic layer does not verify for our identity, signing anew",
+					"digest", d.String(), "referrer", layerDigest(l), "reason", err.Error(), "format", "classic")
+			}
+			continue
+		}
+		return true, nil
 	}
-	return false
+	return false, nil
 }
 
-// classicTypes lists what is attached to d in the classic layout: the
-// signature predicate type when a signature names d, and the predicate type
-// of every attestation.
-func (k *Keyless) classicTypes(ctx context.Context, d name.Digest) (map[string]bool, error) {
+func layerDigest(l oci.Signature) string {
+	h, err := l.Digest()
+	if err != nil {
+		return ""
+	}
+	return h.String()
+}
+
+// classicTypes lists the predicate types of want attached to d in the
+// classic layout by our signer: the signature predicate type when a
+// signature of ours names d, and the predicate type of each attestation of
+// ours (its annotation and its verified statement agreeing).
+func (s *Session) classicTypes(ctx context.Context, d name.Digest, want []string) (map[string]bool, error) {
 	have := map[string]bool{}
 	sigTag, attTag, err := classicTags(d)
 	if err != nil {
 		return nil, err
 	}
-	_, sigs, err := k.classicLayers(ctx, sigTag)
-	if err != nil {
-		return nil, err
-	}
-	if containsLayer(sigs, func(l oci.Signature) bool { return signsDigest(l, d) }) {
-		have[PredicateSignature] = true
-	}
-	_, atts, err := k.classicLayers(ctx, attTag)
-	if err != nil {
-		return nil, err
-	}
-	for _, l := range atts {
-		if ann, err := l.Annotations(); err == nil && ann["predicateType"] != "" {
-			have[ann["predicateType"]] = true
+	if slices.Contains(want, PredicateSignature) {
+		_, sigs, err := s.k.classicLayers(ctx, sigTag)
+		if err != nil {
+			return nil, err
 		}
+		found, err := s.ownLayer(ctx, d, sigs, false, func(l oci.Signature) bool { return signsDigest(l, d) }, false)
+		if err != nil {
+			return nil, err
+		}
+		have[PredicateSignature] = found
+	}
+	_, atts, err := s.k.classicLayers(ctx, attTag)
+	if err != nil {
+		return nil, err
+	}
+	var check *ownCheck
+	for _, l := range atts {
+		ann, err := l.Annotations()
+		if err != nil {
+			continue
+		}
+		pt := ann["predicateType"]
+		if pt == "" || have[pt] || !slices.Contains(want, pt) {
+			continue
+		}
+		if check == nil {
+			if check, err = s.ownCheck(ctx); err != nil {
+				return nil, err
+			}
+		}
+		res, err := check.classic(l, d, true)
+		if err == nil && res.Statement.GetPredicateType() != pt {
+			err = fmt.Errorf("the statement is a %s", res.Statement.GetPredicateType())
+		}
+		if err != nil {
+			s.k.log.InfoContext(ctx, "attached classic layer does not verify for our identity, not counted",
+				"digest", d.String(), "referrer", layerDigest(l), "predicate_type", pt, "reason", err.Error(), "format", "classic")
+			continue
+		}
+		have[pt] = true
 	}
 	return have, nil
 }

@@ -38,6 +38,7 @@ import (
 	"github.com/sigstore/sigstore-go/pkg/root"
 	sgsign "github.com/sigstore/sigstore-go/pkg/sign"
 	"github.com/sigstore/sigstore-go/pkg/tuf"
+	"github.com/sigstore/sigstore/pkg/signature"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -168,8 +169,9 @@ type Keyless struct {
 	opts    sgsign.BundleOptions // Fulcio, TSAs, Rekor logs, trusted root: chosen once from the signing config
 	trusted root.TrustedMaterial
 	tokens  TokenSource
-	key     sgsign.Keypair // set: key-pair signing, no Fulcio
-	classic bool           // cosign's classic .sig/.att layout instead of bundles (WithFormat)
+	key     sgsign.Keypair               // set: key-pair signing, no Fulcio
+	pub     root.TimeConstrainedVerifier // key-pair signing: our public key, verified locally
+	classic bool                         // cosign's classic .sig/.att layout instead of bundles (WithFormat)
 	reg     *registry.Client
 	log     *slog.Logger
 }
@@ -266,10 +268,16 @@ func NewKeyed(ctx context.Context, keyRef string, pass func(bool) ([]byte, error
 	pub := root.NewExpiringKey(sv, time.Time{}, time.Time{})
 	opts.TrustedRoot = keyTrust{TrustedMaterial: tr, hint: string(kp.GetHint()), key: pub}
 	opts.CertificateProvider = nil
+	// What is already attached is checked against the public key itself,
+	// not through the KMS (no network for a check).
+	local, err := signature.LoadVerifier(kp.pub, kp.alg.GetHashType())
+	if err != nil {
+		return nil, fmt.Errorf("signing key %s: %w", keyRef, err)
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Keyless{opts: opts, trusted: tr, key: kp, reg: reg, log: log}, nil
+	return &Keyless{opts: opts, trusted: tr, key: kp, pub: root.NewExpiringKey(local, time.Time{}, time.Time{}), reg: reg, log: log}, nil
 }
 
 // keyTrust is trust material plus one public key, found by its hint.
@@ -484,9 +492,11 @@ func (s *Session) SignImage(ctx context.Context, ref string) error {
 
 // AttestStatement signs payload, an in-toto statement whose subject must
 // include ref's digest, as a DSSE envelope in a Sigstore bundle and
-// attaches it as a referrer of ref. It is idempotent: when a bundle with
-// this predicate type is already attached to ref it does nothing, so a
-// re-run stage never duplicates attestations.
+// attaches it as a referrer of ref. It is idempotent: when a bundle of this
+// predicate type and payload that verifies for our signer (ownCheck) is
+// already attached to ref it does nothing, so a re-run stage never
+// duplicates attestations. Any other bundle — whoever can write to the
+// registry can attach one with our payload — is ignored.
 func (s *Session) AttestStatement(ctx context.Context, ref, predicateType string, payload []byte) error {
 	ctx, cancel := context.WithTimeout(ctx, SignTimeout)
 	defer cancel()
@@ -508,7 +518,7 @@ func (s *Session) AttestStatement(ctx context.Context, ref, predicateType string
 		return s.attestClassic(ctx, d, predicateType, payload)
 	}
 	sum := sha256.Sum256(payload)
-	if done, err := s.k.attachedPayload(ctx, d, predicateType, hex.EncodeToString(sum[:])); err != nil {
+	if done, err := s.attachedPayload(ctx, d, predicateType, hex.EncodeToString(sum[:])); err != nil {
 		return fmt.Errorf("attest %s: %w", ref, err)
 	} else if done {
 		s.k.log.InfoContext(ctx, "already attached", "digest", ref, "predicate_type", predicateType)
@@ -594,27 +604,23 @@ func (s *Session) PushDocument(ctx context.Context, ref, artifactType, mediaType
 	return s.k.reg.PushArtifact(ctx, d, artifactType, mediaType, data, annotations)
 }
 
-// Missing returns the predicate types of want that nothing attached to ref
-// (in the session's format) carries. The signer stage checks it after
-// attaching: a stage is done only when every attestation is really there.
+// Missing returns the predicate types of want that no signature attached to
+// ref (in the session's format) that verifies for our signer carries. The
+// signer stage checks it after attaching: a stage is done only when every
+// attestation is really there — ours, not merely one that says it is.
 func (s *Session) Missing(ctx context.Context, ref string, want []string) ([]string, error) {
 	d, err := s.k.digest(ref)
 	if err != nil {
 		return nil, err
 	}
-	have := map[string]bool{}
+	var have map[string]bool
 	if s.k.classic {
-		if have, err = s.k.classicTypes(ctx, d); err != nil {
-			return nil, fmt.Errorf("check %s: %w", ref, err)
-		}
+		have, err = s.classicTypes(ctx, d, want)
 	} else {
-		bs, err := s.k.bundles(ctx, d)
-		if err != nil {
-			return nil, fmt.Errorf("check %s: %w", ref, err)
-		}
-		for _, b := range bs {
-			have[b.predicateType] = true
-		}
+		have, err = s.bundleTypes(ctx, d, want)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("check %s: %w", ref, err)
 	}
 	var missing []string
 	for _, pt := range want {
@@ -687,52 +693,119 @@ func (k *Keyless) manifest(ctx context.Context, ref name.Digest) (*v1.Manifest, 
 	return m, nil
 }
 
+// bundleJSON reads the bundle a referrer manifest carries (at most
+// maxBundleBytes; a longer one is cut and fails to parse). It returns nil
+// for a manifest that is not a one-layer bundle manifest.
+func (k *Keyless) bundleJSON(ctx context.Context, d, ref name.Digest) ([]byte, error) {
+	m, err := k.manifest(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if len(m.Layers) != 1 {
+		return nil, nil
+	}
+	rc, err := k.reg.Blob(ctx, d.Context(), m.Layers[0].Digest.String())
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(io.LimitReader(rc, maxBundleBytes))
+}
+
+// payloadSHA256 is the hex SHA-256 of a bundle's DSSE payload ("" when it
+// has none).
+func payloadSHA256(raw []byte) string {
+	var bundle struct {
+		DSSEEnvelope struct {
+			Payload string `json:"payload"`
+		} `json:"dsseEnvelope"`
+	}
+	if json.Unmarshal(raw, &bundle) != nil {
+		return ""
+	}
+	p, err := base64.StdEncoding.DecodeString(bundle.DSSEEnvelope.Payload)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(p)
+	return hex.EncodeToString(sum[:])
+}
+
 // attachedPayload reports whether a bundle with predicateType whose DSSE
-// payload hashes to payloadSHA256 is attached to d: a retried job finds its
-// own attestation and adds none, while a changed document (a re-analysis)
-// is attached beside the old one.
-func (k *Keyless) attachedPayload(ctx context.Context, d name.Digest, predicateType, payloadSHA256 string) (bool, error) {
-	bs, err := k.bundles(ctx, d)
+// payload hashes to payloadSHA256, and which verifies for our signer, is
+// attached to d: a retried job finds its own attestation and adds none,
+// while a changed document (a re-analysis) is attached beside the old one.
+// A bundle with our payload that does not verify is logged and ignored:
+// anyone who can write to the registry can attach one, to suppress signing.
+func (s *Session) attachedPayload(ctx context.Context, d name.Digest, predicateType, payloadSum string) (bool, error) {
+	bs, err := s.k.bundles(ctx, d)
 	if err != nil {
 		return false, err
 	}
+	var check *ownCheck
 	for _, b := range bs {
 		if b.predicateType != predicateType {
 			continue
 		}
-		m, err := k.manifest(ctx, b.manifest)
+		raw, err := s.k.bundleJSON(ctx, d, b.manifest)
 		if err != nil {
 			return false, err
 		}
-		if len(m.Layers) != 1 {
-			continue // not a bundle manifest
-		}
-		rc, err := k.reg.Blob(ctx, d.Context(), m.Layers[0].Digest.String())
-		if err != nil {
-			return false, err
-		}
-		raw, err := io.ReadAll(io.LimitReader(rc, 64<<20))
-		rc.Close()
-		if err != nil {
-			return false, err
-		}
-		var bundle struct {
-			DSSEEnvelope struct {
-				Payload string `json:"payload"`
-			} `json:"dsseEnvelope"`
-		}
-		if json.Unmarshal(raw, &bundle) != nil {
+		if raw == nil || payloadSHA256(raw) != payloadSum {
 			continue
 		}
-		p, err := base64.StdEncoding.DecodeString(bundle.DSSEEnvelope.Payload)
-		if err != nil {
+		if check == nil {
+			if check, err = s.ownCheck(ctx); err != nil {
+				return false, err
+			}
+		}
+		if _, err := check.bundle(raw, d); err != nil {
+			s.k.log.InfoContext(ctx, "attached bundle does not verify for our identity, signing anew",
+				"digest", d.String(), "referrer", b.manifest.DigestStr(), "predicate_type", predicateType, "reason", err.Error())
 			continue
 		}
-		if got := sha256.Sum256(p); hex.EncodeToString(got[:]) == payloadSHA256 {
-			return true, nil
-		}
+		return true, nil
 	}
 	return false, nil
+}
+
+// bundleTypes lists the predicate types of want that a bundle attached to d
+// carries which verifies for our signer, its statement of that type.
+func (s *Session) bundleTypes(ctx context.Context, d name.Digest, want []string) (map[string]bool, error) {
+	bs, err := s.k.bundles(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	have := map[string]bool{}
+	var check *ownCheck
+	for _, b := range bs {
+		if !slices.Contains(want, b.predicateType) || have[b.predicateType] {
+			continue
+		}
+		raw, err := s.k.bundleJSON(ctx, d, b.manifest)
+		if err != nil {
+			return nil, err
+		}
+		if raw == nil {
+			continue
+		}
+		if check == nil {
+			if check, err = s.ownCheck(ctx); err != nil {
+				return nil, err
+			}
+		}
+		res, err := check.bundle(raw, d)
+		if err == nil && res.Statement.GetPredicateType() != b.predicateType {
+			err = fmt.Errorf("the statement is a %s", res.Statement.GetPredicateType())
+		}
+		if err != nil {
+			s.k.log.InfoContext(ctx, "attached bundle does not verify for our identity, not counted",
+				"digest", d.String(), "referrer", b.manifest.DigestStr(), "predicate_type", b.predicateType, "reason", err.Error())
+			continue
+		}
+		have[b.predicateType] = true
+	}
+	return have, nil
 }
 
 func statement(d name.Digest, predicateType string, predicate map[string]any) ([]byte, error) {
