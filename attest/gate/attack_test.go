@@ -1,0 +1,430 @@
+package gate
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/attestd/attestd/attest"
+	"github.com/attestd/attestd/attest/pipeline"
+	"github.com/attestd/attestd/attest/slsa"
+)
+
+// The attack suite: each case is someone with write access to the staging
+// repositories trying to get a digest into prod that should not go, or to
+// get something into prod nobody verified. Every case must end denied or
+// not copied, with a reason.
+
+// mustDeny evaluates ref and fails unless the gate denies with a reason
+// containing want.
+func (w *world) mustDeny(ref name.Digest, want string) pipeline.Decision {
+	w.t.Helper()
+	d := w.evaluate(ref)
+	if d.Allow {
+		w.t.Fatalf("allowed; want a deny mentioning %q", want)
+	}
+	if !slices.ContainsFunc(d.Reasons, func(r string) bool { return strings.Contains(r, want) }) {
+		w.t.Fatalf("reasons %q do not mention %q", d.Reasons, want)
+	}
+	return d
+}
+
+func (w *world) mustAllow(ref name.Digest) pipeline.Decision {
+	w.t.Helper()
+	d := w.evaluate(ref)
+	if !d.Allow {
+		w.t.Fatalf("denied: %q", d.Reasons)
+	}
+	return d
+}
+
+// TestBaseline: attestd's own attestations allow, and promotion copies the
+// image with exactly its verified referrers, tags last, and audits it.
+func TestBaseline(t *testing.T) {
+	t.Parallel()
+	for _, api := range []bool{true, false} {
+		w := newWorld(t, testPolicy, api)
+		ref := w.image("v1")
+		w.signAll(ref)
+		w.mustAllow(ref)
+		if err := w.promote(ref); err != nil {
+			t.Fatalf("referrers API %v: promote: %v", api, err)
+		}
+		if got := w.inProd("v1"); got != ref.DigestStr() {
+			t.Fatalf("referrers API %v: prod:v1 = %q, want %s", api, got, ref.DigestStr())
+		}
+		// signature, spdx, hardening, vuln and the summary
+		if n := len(w.prodReferrers(ref.DigestStr())); n != 5 {
+			t.Errorf("referrers API %v: prod holds %d referrers, want 5", api, n)
+		}
+		if acts := w.store.actions(); !slices.Contains(acts, "promotion") {
+			t.Errorf("audit = %v, want a promotion", acts)
+		}
+	}
+}
+
+// Finding 1: a signer allowed only for signature and provenance signs a
+// clean vulnerability report dated far in the future. Before the fix its
+// report was read and, being "the newest scan", allowed a denied image.
+func TestAttackVulnReportByLesserSigner(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, true)
+	ref := w.image("v1")
+	w.sign(attestd, ref, attest.PredicateSignature, nil)
+	w.sign(attestd, ref, attest.PredicateSPDX, sbom)
+	w.sign(attestd, ref, attest.PredicateHardening, hardening("pass"))
+	w.sign(attestd, ref, attest.PredicateVulnCosign, vulnReport(1, w.now.Add(-time.Minute)))
+	forged := w.sign(ci, ref, attest.PredicateVulnCosign, vulnReport(0, time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC)))
+	w.mustDeny(ref, "findings above medium: critical 1")
+	in := w.input(ref)
+	if !rejected(in.Subjects[0].Rejected, forged.DigestStr(), "may not sign "+attest.PredicateVulnCosign) {
+		t.Errorf("the forged report is not rejected with the reason: %+v", in.Subjects[0].Rejected)
+	}
+}
+
+// Forged SBOM, hardening and provenance by a signer nobody allowed: they
+// are rejected, so what attestd did not attest stays missing.
+func TestAttackForgedPredicatesByForeignSigner(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, true)
+	ref := w.image("v1")
+	w.sign(attestd, ref, attest.PredicateSignature, nil)
+	w.sign(attestd, ref, attest.PredicateVulnCosign, vulnReport(0, w.now.Add(-time.Minute)))
+	w.sign(mallory, ref, attest.PredicateSPDX, sbom)
+	w.sign(mallory, ref, attest.PredicateHardening, hardening("pass"))
+	w.sign(mallory, ref, slsa.PredicateType, map[string]any{"runDetails": map[string]any{"builder": map[string]any{"id": "https://trusted.example/builder"}}})
+	d := w.mustDeny(ref, "no verified spdx attestation")
+	if !slices.ContainsFunc(d.Reasons, func(r string) bool { return strings.Contains(r, "no verified hardening") }) {
+		t.Errorf("reasons %q: want the missing hardening report", d.Reasons)
+	}
+	in := w.input(ref)
+	if n := len(in.Subjects[0].Rejected); n != 3 {
+		t.Errorf("%d rejected, want mallory's 3: %+v", n, in.Subjects[0].Rejected)
+	}
+	if in.Subjects[0].Provenance != nil {
+		t.Errorf("provenance facts from a foreign signer: %+v", in.Subjects[0].Provenance)
+	}
+}
+
+// A scanner allowed to sign vulnerability reports dates one in the future:
+// refused. A newer clean report from it does not outrank attestd's own.
+func TestAttackFutureDatedScan(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, true)
+	ref := w.image("v1")
+	w.sign(attestd, ref, attest.PredicateSignature, nil)
+	w.sign(attestd, ref, attest.PredicateSPDX, sbom)
+	w.sign(attestd, ref, attest.PredicateHardening, hardening("pass"))
+	w.sign(attestd, ref, attest.PredicateVulnCosign, vulnReport(1, w.now.Add(-time.Hour)))
+	future := w.sign(scanner, ref, attest.PredicateVulnCosign, vulnReport(0, w.now.Add(24*time.Hour)))
+	w.sign(scanner, ref, attest.PredicateVulnCosign, vulnReport(0, w.now.Add(-time.Minute)))
+	w.mustDeny(ref, "critical 1")
+	if !rejected(w.input(ref).Subjects[0].Rejected, future.DigestStr(), "in the future") {
+		t.Error("the future-dated report is not rejected with the reason")
+	}
+}
+
+// A bundle attestd signed about another (clean) digest, attached to this
+// one; and a bundle whose payload was changed after signing.
+func TestAttackBorrowedAndTamperedBundles(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, true)
+	ref := w.image("v1")
+	other := w.image("")
+	w.sign(attestd, ref, attest.PredicateSignature, nil)
+	w.sign(attestd, ref, attest.PredicateSPDX, sbom)
+	w.sign(attestd, ref, attest.PredicateVulnCosign, vulnReport(0, w.now.Add(-time.Minute)))
+	borrowed := w.attach(ref, attest.PredicateHardening, w.bundle(attestd, w.statement(other.DigestStr(), attest.PredicateHardening, hardening("pass"))))
+	b := w.bundle(attestd, w.statement(ref.DigestStr(), attest.PredicateHardening, hardening("fail")))
+	tampered := w.attach(ref, attest.PredicateHardening, tamper(t, b, `"fail"`, `"pass"`))
+	w.mustDeny(ref, "no verified hardening report")
+	rej := w.input(ref).Subjects[0].Rejected
+	if !rejected(rej, borrowed.DigestStr(), "") || !rejected(rej, tampered.DigestStr(), "") {
+		t.Errorf("borrowed or tampered bundle not rejected: %+v", rej)
+	}
+	// Neither travels to prod with a (now allowed) image.
+	w.sign(attestd, ref, attest.PredicateHardening, hardening("pass"))
+	w.mustAllow(ref)
+	if err := w.promote(ref); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []name.Digest{borrowed, tampered} {
+		if w.prodHas(d.DigestStr()) {
+			t.Errorf("%s was copied to prod", d.DigestStr())
+		}
+	}
+}
+
+// tamper rewrites the DSSE payload of a bundle (base64 in the JSON).
+func tamper(t *testing.T, bundle []byte, from, to string) []byte {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(bundle, &m); err != nil {
+		t.Fatal(err)
+	}
+	env := m["dsseEnvelope"].(map[string]any)
+	var payload []byte
+	if err := json.Unmarshal([]byte(`"`+env["payload"].(string)+`"`), &payload); err != nil {
+		t.Fatal(err)
+	}
+	changed := strings.Replace(string(payload), from, to, 1)
+	if changed == string(payload) {
+		t.Fatalf("%s not in the payload", from)
+	}
+	enc, _ := json.Marshal([]byte(changed))
+	env["payload"] = strings.Trim(string(enc), `"`)
+	out, _ := json.Marshal(m)
+	return out
+}
+
+// A runnable image that names the digest as its subject, a VEX document
+// from an unallowed signer and a pre-pushed bundle with a bogus signature:
+// none is copied to prod.
+func TestAttackReferrersNobodyVerified(t *testing.T) {
+	t.Parallel()
+	for _, api := range []bool{true, false} {
+		w := newWorld(t, testPolicy, api)
+		ref := w.image("v1")
+		w.signAll(ref)
+		// A runnable image as a referrer of the digest.
+		img, _ := random.Image(256, 1)
+		sub := v1.Descriptor{MediaType: types.DockerManifestSchema2, Digest: mustHash(ref.DigestStr()), Size: 1}
+		desc, _ := remote.Head(ref)
+		sub.MediaType, sub.Size = desc.MediaType, desc.Size
+		runnable := mutate.Subject(img, sub).(v1.Image)
+		rd, _ := runnable.Digest()
+		if err := remote.Write(w.stage.Digest(rd.String()), runnable); err != nil {
+			t.Fatal(err)
+		}
+		vex := w.sign(mallory, ref, "https://openvex.dev/ns/v0.2.0", map[string]any{"statements": []any{}})
+		bogus := w.attach(ref, attest.PredicateSignature, tamper(t, w.bundle(attestd, w.statement(ref.DigestStr(), attest.PredicateSignature, nil)), "cosign/sign/v1", "cosign/sign/v2"))
+		w.mustAllow(ref)
+		if err := w.promote(ref); err != nil {
+			t.Fatalf("referrers API %v: %v", api, err)
+		}
+		for _, d := range []string{rd.String(), vex.DigestStr(), bogus.DigestStr()} {
+			if w.prodHas(d) {
+				t.Errorf("referrers API %v: %s was copied to prod", api, d)
+			}
+		}
+		for _, r := range w.prodReferrers(ref.DigestStr()) {
+			if r.Digest.String() == rd.String() || r.Digest.String() == vex.DigestStr() || r.Digest.String() == bogus.DigestStr() {
+				t.Errorf("referrers API %v: prod lists %s as a referrer", api, r.Digest)
+			}
+		}
+	}
+}
+
+func mustHash(s string) v1.Hash {
+	h, err := v1.NewHash(s)
+	if err != nil {
+		panic(err)
+	}
+	return h
+}
+
+// An index with an unknown/unknown child that is a runnable image, not a
+// BuildKit attestation manifest: the gate evaluated only the real
+// platform, so the index is not promoted. A genuine attestation manifest
+// is copied; one that claims to be but holds a filesystem layer is not.
+func TestAttackUnevaluatedIndexChild(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, true)
+	platform := w.image("")
+	hidden := w.image("")
+	w.signAll(platform)
+
+	build := func(extra v1.Image, ann map[string]string) name.Digest {
+		pdesc, _ := remote.Get(platform)
+		pimg, _ := pdesc.Image()
+		idx := mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: pimg, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}})
+		if extra != nil {
+			idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: extra, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "unknown", Architecture: "unknown"}, Annotations: ann}})
+		}
+		d, _ := idx.Digest()
+		ref := w.stage.Digest(d.String())
+		if err := remote.WriteIndex(ref, idx); err != nil {
+			t.Fatal(err)
+		}
+		w.sign(attestd, ref, attest.PredicateSignature, nil)
+		return ref
+	}
+	himg, _ := remote.Image(hidden)
+	att := map[string]string{"vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": platform.DigestStr()}
+
+	t.Run("runnable unknown/unknown child", func(t *testing.T) {
+		ref := build(himg, nil)
+		w.store.tag(w.stage.String(), ref.DigestStr(), "bad1")
+		w.mustAllow(ref)
+		err := w.promote(ref)
+		if err == nil || !pipeline.IsPermanent(err) || !strings.Contains(err.Error(), "was not evaluated") {
+			t.Fatalf("promote = %v, want a permanent refusal naming the child", err)
+		}
+		if w.prodHas(ref.DigestStr()) || w.prodHas(hidden.DigestStr()) || w.inProd("bad1") != "" {
+			t.Error("something of the index reached prod")
+		}
+	})
+	t.Run("runnable image claiming to be an attestation manifest", func(t *testing.T) {
+		ref := build(himg, att)
+		w.store.tag(w.stage.String(), ref.DigestStr(), "bad2")
+		w.mustAllow(ref)
+		if err := w.promote(ref); err == nil || !strings.Contains(err.Error(), "claims to be an attestation manifest") {
+			t.Fatalf("promote = %v, want a refusal", err)
+		}
+		if w.prodHas(hidden.DigestStr()) {
+			t.Error("the runnable child reached prod")
+		}
+	})
+	t.Run("genuine attestation manifest", func(t *testing.T) {
+		layer := static.NewLayer([]byte(`{"_type":"https://in-toto.io/Statement/v0.1"}`), "application/vnd.in-toto+json")
+		am, _ := mutate.AppendLayers(empty.Image, layer)
+		ref := build(am, att)
+		w.store.tag(w.stage.String(), ref.DigestStr(), "good")
+		w.mustAllow(ref)
+		if err := w.promote(ref); err != nil {
+			t.Fatal(err)
+		}
+		ad, _ := am.Digest()
+		if w.inProd("good") != ref.DigestStr() || !w.prodHas(ad.String()) || !w.prodHas(platform.DigestStr()) {
+			t.Error("the index, its platform or its attestation manifest is missing in prod")
+		}
+	})
+}
+
+// A repointed classic signature tag (sha256-<hex>.sig) holding a layer no
+// allowed signer made is not copied; nothing arrives in prod under it.
+func TestAttackRepointedClassicTag(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, false)
+	ref := w.image("v1")
+	w.signAll(ref)
+	layer := static.NewLayer([]byte(`{"critical":{"image":{"docker-manifest-digest":"`+ref.DigestStr()+`"},"type":"cosign container image signature"}}`), "application/vnd.dev.cosign.simplesigning.v1+json")
+	sigImg, _ := mutate.Append(empty.Image, mutate.Addendum{Layer: layer, Annotations: map[string]string{"dev.cosignproject.cosign/signature": "bm90IGEgc2lnbmF0dXJl"}})
+	tag := w.stage.Tag("sha256-" + strings.TrimPrefix(ref.DigestStr(), "sha256:") + ".sig")
+	if err := remote.Write(tag, sigImg); err != nil {
+		t.Fatal(err)
+	}
+	w.mustAllow(ref)
+	if err := w.promote(ref); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := remote.Head(w.prod.Tag(tag.TagStr())); err == nil {
+		t.Error("the repointed .sig tag reached prod")
+	}
+}
+
+// The staging tag is moved to another digest between evaluation and
+// promotion: prod gets the evaluated digest, never the moved tag's.
+func TestAttackTagMovedAfterEvaluation(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, true)
+	ref := w.image("v1")
+	w.signAll(ref)
+	w.mustAllow(ref)
+	evil, _ := random.Image(256, 1)
+	if err := remote.Write(w.stage.Tag("v1"), evil); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.promote(ref); err != nil {
+		t.Fatal(err)
+	}
+	ed, _ := evil.Digest()
+	if got := w.inProd("v1"); got != ref.DigestStr() {
+		t.Fatalf("prod:v1 = %s, want the evaluated %s (moved tag: %s)", got, ref.DigestStr(), ed)
+	}
+	if w.prodHas(ed.String()) {
+		t.Error("the moved tag's digest reached prod")
+	}
+}
+
+// An attestation is deleted after evaluation (or the policy changes):
+// promotion decides again and refuses, permanently, before any copy.
+func TestAttackDecisionNoLongerHolds(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, true)
+	ref := w.image("v1")
+	w.sign(attestd, ref, attest.PredicateSignature, nil)
+	w.sign(attestd, ref, attest.PredicateSPDX, sbom)
+	w.sign(attestd, ref, attest.PredicateVulnCosign, vulnReport(0, w.now.Add(-time.Minute)))
+	h := w.sign(attestd, ref, attest.PredicateHardening, hardening("pass"))
+	w.mustAllow(ref)
+	if err := remote.Delete(h); err != nil {
+		t.Fatal(err)
+	}
+	err := w.promote(ref)
+	if err == nil || !pipeline.IsPermanent(err) || !strings.Contains(err.Error(), "no longer holds") {
+		t.Fatalf("promote = %v, want a permanent refusal", err)
+	}
+	if w.prodHas(ref.DigestStr()) || w.inProd("v1") != "" {
+		t.Error("the image reached prod")
+	}
+	if !slices.Contains(w.store.actions(), "decision") {
+		t.Error("the re-decision is not audited")
+	}
+
+	// A stricter policy after an allow: the new policy decides.
+	w2 := newWorld(t, testPolicy, true)
+	ref2 := w2.image("v1")
+	w2.sign(attestd, ref2, attest.PredicateSignature, nil)
+	w2.sign(attestd, ref2, attest.PredicateSPDX, sbom)
+	w2.sign(attestd, ref2, attest.PredicateHardening, hardening("pass"))
+	w2.sign(attestd, ref2, attest.PredicateVulnCosign, vulnReport(1, w2.now.Add(-time.Minute)))
+	w2.setPolicy(strings.Replace(testPolicy, "max_severity: medium", "max_severity: critical", 1))
+	w2.mustAllow(ref2)
+	w2.setPolicy(testPolicy)
+	if err := w2.promote(ref2); err == nil || !strings.Contains(err.Error(), "critical 1") {
+		t.Fatalf("promote under the stricter policy = %v, want a refusal", err)
+	}
+}
+
+// A decision whose summary expired, or made under another policy that
+// still allows, is signed anew before promotion.
+func TestStaleDecisionIsSignedAnew(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, true)
+	ref := w.image("v1")
+	w.signAll(ref)
+	w.mustAllow(ref)
+	w.now = w.now.Add(8 * 24 * time.Hour) // past the 7-day validity
+	w.store.mu.Lock()
+	vsaBefore := 0
+	w.store.mu.Unlock()
+	if err := w.promote(ref); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range w.prodReferrers(ref.DigestStr()) {
+		if r.ArtifactType != "" || true {
+			vsaBefore++
+		}
+	}
+	// signature, spdx, hardening, vuln, the first and the new summary
+	if vsaBefore != 6 {
+		t.Errorf("prod holds %d referrers, want 6 (a second summary)", vsaBefore)
+	}
+	var why string
+	for _, e := range w.store.audit {
+		if e.Action == "decision" {
+			why = e.Details["why"]
+		}
+	}
+	if !strings.Contains(why, "expired") {
+		t.Errorf("re-decision audit says %q, want the expiry", why)
+	}
+}
+
+func rejected(rs []policyRejected, bundle, reason string) bool {
+	return slices.ContainsFunc(rs, func(r policyRejected) bool {
+		return r.Bundle == bundle && strings.Contains(r.Reason, reason)
+	})
+}
