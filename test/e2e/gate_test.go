@@ -194,14 +194,21 @@ func TestGatePromotesCompliantDeniesTheRest(t *testing.T) {
 		if code, out := run("promote", ref.String(), "--dry-run"); code == 0 || !strings.Contains(out, "refusing to promote") || !strings.Contains(out, "vulnerabilities.max_severity") {
 			t.Fatalf("promote of a denied digest: exit %d\n%s", code, out)
 		}
-		code, out := run("promote", ref.String(), "--override-reason", "SEC-42: x/text only parses constant input")
+		if code, out := run("promote", ref.String(), "--override-reason", "SEC-42: x/text only parses constant input"); code == 0 || !strings.Contains(out, "--actor") {
+			t.Fatalf("an override without --actor: exit %d\n%s", code, out)
+		}
+		code, out := run("promote", ref.String(), "--override-reason", "SEC-42: x/text only parses constant input", "--actor", "jane@example.test")
 		if code != 0 || !strings.Contains(out, "promoted: ") || !strings.Contains(out, prodTag("manual:v3.0.0").String()) {
 			t.Fatalf("override: exit %d\n%s", code, out)
 		}
 		if desc, err := remote.Head(prodTag("manual:v3.0.0")); err != nil || desc.Digest.String() != ref.DigestStr() {
 			t.Fatalf("prod tag after override: %v %v", desc, err)
 		}
-		if _, exp := run("audit", "export", "--action", "override"); !strings.Contains(exp, `"reason":"SEC-42: x/text only parses constant input"`) || !strings.Contains(exp, `"actor":"cli:`) {
+		// The intent is audited before anything is copied, the outcome after
+		// the tag.
+		_, exp := run("audit", "export", "--action", "override")
+		intent, done := strings.Index(exp, `"phase":"intent"`), strings.Index(exp, `"phase":"done"`)
+		if !strings.Contains(exp, `"reason":"SEC-42: x/text only parses constant input"`) || !strings.Contains(exp, `"actor":"cli:jane@example.test"`) || intent < 0 || done < intent {
 			t.Fatalf("override audit:\n%s", exp)
 		}
 	})
