@@ -16,7 +16,7 @@ import (
 )
 
 // InputVersion names the input document's schema (docs/policy-input.schema.json).
-const InputVersion = "https://attestd.dev/policy-input/v1"
+const InputVersion = "https://attestd.dev/policy-input/v2"
 
 // Input is everything a policy sees about one image. The gate fills it
 // only from attestations that verified; nothing unverified is in it.
@@ -58,7 +58,18 @@ type Subject struct {
 	Hardening       *HardeningFacts  `json:"hardening,omitempty"`
 	Vulnerabilities *VulnFacts       `json:"vulnerabilities,omitempty"`
 	Provenance      *ProvenanceFacts `json:"provenance,omitempty"`
-	BaseImage       string           `json:"baseImage,omitempty"`
+	// Claims are what attestd was told and nobody verified: OCI labels the
+	// image author set, the builder the configuration maps a repository to.
+	// A rule never takes them as proof unless the policy says so
+	// (accept_claims).
+	Claims *Claims `json:"claims,omitempty"`
+}
+
+// Claims are told, not verified.
+type Claims struct {
+	SourceRepositories []string `json:"sourceRepositories,omitempty"` // label org.opencontainers.image.source
+	BaseImage          string   `json:"baseImage,omitempty"`          // label org.opencontainers.image.base.name
+	BuilderID          string   `json:"builderId,omitempty"`          // analysis.builders' mapping by repository or pusher
 }
 
 // Signed is who signed a verified attestation.
@@ -108,10 +119,24 @@ func (v VulnFacts) gate(sev string) int {
 	return n
 }
 
-// ProvenanceFacts come from the verified SLSA provenance.
+// ProvenanceFacts come from a verified SLSA provenance: a builder's own
+// (signed by an identity allowed to sign provenance) when there is one,
+// else attestd's observed-image provenance.
 type ProvenanceFacts struct {
-	BuilderID          string   `json:"builderId"`
+	// BuilderID is the builder's; for attestd's observed-image provenance
+	// it is attestd's observer ID (any configured mapping is a claim:
+	// claims.builderId).
+	BuilderID string `json:"builderId"`
+	BuildType string `json:"buildType,omitempty"`
+	// Observed is set for attestd's observed-image provenance: attestd saw
+	// the image in a registry, it did not build it.
+	Observed bool   `json:"observed"`
+	Signer   Signed `json:"signer"`
+	// SourceRepositories and BaseImages are the resolved dependencies a
+	// builder's own provenance lists (git sources; base images as
+	// name:tag), never labels.
 	SourceRepositories []string `json:"sourceRepositories,omitempty"`
+	BaseImages         []string `json:"baseImages,omitempty"`
 }
 
 // Violation is one failed rule.
@@ -158,7 +183,7 @@ func (p *Policy) Evaluate(ctx context.Context, in Input) Decision {
 		add("input", "", "no subjects: nothing was verified")
 	}
 	for _, s := range in.Subjects {
-		p.subjectRules(s, add)
+		p.subjectRules(s, in.Time, add)
 	}
 	if len(p.tagRes) > 0 && !slices.ContainsFunc(in.Image.Tags, func(t string) bool {
 		return slices.ContainsFunc(p.tagRes, func(re *regexp.Regexp) bool { return re.MatchString(t) })
@@ -201,7 +226,7 @@ func orNone(xs []string) string {
 
 // subjectRules checks one subject. An index carries the signature and
 // provenance; each platform (or a single image) carries everything.
-func (p *Policy) subjectRules(s Subject, add func(rule, subject, format string, args ...any)) {
+func (p *Policy) subjectRules(s Subject, now time.Time, add func(rule, subject, format string, args ...any)) {
 	content := s.Kind != KindIndex
 	for _, pt := range p.Require {
 		if !content && pt != Aliases["signature"] && pt != Aliases["provenance"] {
@@ -216,26 +241,47 @@ func (p *Policy) subjectRules(s Subject, add func(rule, subject, format string, 
 			add("signers", s.Digest, "%s is signed by %s (issuer %s), who may not sign it", alias(pt), a.Subject, a.Issuer)
 		}
 	}
-	if len(p.Provenance.BuilderIDs)+len(p.Provenance.SourceRepositories) > 0 {
+	claims := s.Claims
+	if claims == nil {
+		claims = &Claims{}
+	}
+	if len(p.Provenance.BuilderIDs) > 0 {
 		switch pv := s.Provenance; {
 		case pv == nil:
-			add("provenance", s.Digest, "no verified provenance to check the builder and source against")
-		default:
-			if len(p.Provenance.BuilderIDs) > 0 && !slices.Contains(p.Provenance.BuilderIDs, pv.BuilderID) {
-				add("provenance.builder_ids", s.Digest, "built by %q, not one of %s", pv.BuilderID, strings.Join(p.Provenance.BuilderIDs, ", "))
+			add("provenance", s.Digest, "no verified provenance to check the builder against")
+		case !slices.Contains(p.Provenance.BuilderIDs, pv.BuilderID):
+			note := ""
+			if pv.Observed && claims.BuilderID != "" {
+				note = fmt.Sprintf(" (the configuration maps this repository to %q: a claim, not proof; require provenance your builder signs)", claims.BuilderID)
 			}
-			if len(p.Provenance.SourceRepositories) > 0 && !slices.ContainsFunc(pv.SourceRepositories, func(r string) bool { return globAny(p.Provenance.SourceRepositories, r) }) {
-				add("provenance.source_repositories", s.Digest, "source %s is not one of %s", orNone(pv.SourceRepositories), strings.Join(p.Provenance.SourceRepositories, ", "))
-			}
+			add("provenance.builder_ids", s.Digest, "built by %q, not one of %s%s", pv.BuilderID, strings.Join(p.Provenance.BuilderIDs, ", "), note)
+		}
+	}
+	if globs := p.Provenance.SourceRepositories; len(globs) > 0 {
+		var observed []string
+		if s.Provenance != nil {
+			observed = s.Provenance.SourceRepositories
+		}
+		ok := slices.ContainsFunc(observed, func(r string) bool { return globAny(globs, r) })
+		if !ok && p.acceptsClaim(ClaimSourceRepositories) {
+			ok = slices.ContainsFunc(claims.SourceRepositories, func(r string) bool { return globAny(globs, r) })
+		}
+		if !ok {
+			add("provenance.source_repositories", s.Digest, "source %s is not one of %s%s", orNone(observed), strings.Join(globs, ", "),
+				claimNote(claims.SourceRepositories, p.acceptsClaim(ClaimSourceRepositories), ClaimSourceRepositories))
 		}
 	}
 	if !content {
 		return
 	}
-	if vp := p.Vulnerabilities; vp.MaxSeverity != "" || len(vp.MaxCounts) > 0 {
+	if vp := p.Vulnerabilities; vp.MaxSeverity != "" || len(vp.MaxCounts) > 0 || vp.MaxAge > 0 {
 		if v := s.Vulnerabilities; v == nil {
 			add("vulnerabilities", s.Digest, "no verified vulnerability report")
 		} else {
+			if age := now.Sub(v.ScannedAt); vp.MaxAge > 0 && age > time.Duration(vp.MaxAge) {
+				add("vulnerabilities.max_age", s.Digest, "the scan finished %s ago (%s), more than %s: rescan (attestd vulndb rescan) or raise the limit",
+					age.Round(time.Minute), v.ScannedAt.UTC().Format(time.RFC3339), time.Duration(vp.MaxAge))
+			}
 			if vp.MaxSeverity != "" {
 				var over []string
 				for _, sev := range severities[severityRank(vp.MaxSeverity)+1:] {
@@ -276,13 +322,35 @@ func (p *Policy) subjectRules(s Subject, add func(rule, subject, format string, 
 			}
 		}
 	}
-	if len(p.BaseImages) > 0 && !globAny(p.BaseImages, s.BaseImage) {
-		b := s.BaseImage
-		if b == "" {
-			b = "unknown (no org.opencontainers.image.base.name label)"
+	if len(p.BaseImages) > 0 {
+		var observed []string
+		if s.Provenance != nil {
+			observed = s.Provenance.BaseImages
 		}
-		add("base_images", s.Digest, "base image %s is not one of %s", b, strings.Join(p.BaseImages, ", "))
+		ok := slices.ContainsFunc(observed, func(b string) bool { return globAny(p.BaseImages, b) })
+		if !ok && p.acceptsClaim(ClaimBaseImages) {
+			ok = globAny(p.BaseImages, claims.BaseImage)
+		}
+		if !ok {
+			var claimed []string
+			if claims.BaseImage != "" {
+				claimed = []string{claims.BaseImage}
+			}
+			add("base_images", s.Digest, "base image %s is not one of %s%s", orNone(observed), strings.Join(p.BaseImages, ", "),
+				claimNote(claimed, p.acceptsClaim(ClaimBaseImages), ClaimBaseImages))
+		}
 	}
+}
+
+// claimNote says what was only claimed, and whether the policy took it.
+func claimNote(claimed []string, accepted bool, rule string) string {
+	switch {
+	case len(claimed) == 0:
+		return " (no signed provenance of a builder lists one, and no label claims one)"
+	case accepted:
+		return fmt.Sprintf(" (claimed by label: %s, which does not match either)", strings.Join(claimed, ", "))
+	}
+	return fmt.Sprintf(" (a label claims %s, but labels are not proof: sign provenance with your builder, or accept the claim with accept_claims: [%s])", strings.Join(claimed, ", "), rule)
 }
 
 func globAny(globs []string, s string) bool {

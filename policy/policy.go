@@ -72,6 +72,9 @@ type Policy struct {
 	Vulnerabilities Vulnerabilities `yaml:"vulnerabilities" json:"vulnerabilities"`
 	Hardening       Hardening       `yaml:"hardening" json:"hardening"`
 	BaseImages      []string        `yaml:"base_images" json:"baseImages"`
+	// AcceptClaims lists rules that may also be met by what was only told
+	// (labels): source_repositories, base_images. Default none.
+	AcceptClaims []string `yaml:"accept_claims" json:"acceptClaims,omitempty"`
 	Tags            Tags            `yaml:"tags" json:"tags"`
 	Rego            []RegoModule    `yaml:"rego" json:"rego"`
 	VSA             VSA             `yaml:"vsa" json:"vsa"`
@@ -100,12 +103,23 @@ type Provenance struct {
 	SourceRepositories []string `yaml:"source_repositories" json:"sourceRepositories,omitempty"` // globs
 }
 
+// Claims a policy may accept as meeting a rule (AcceptClaims).
+const (
+	ClaimSourceRepositories = "source_repositories"
+	ClaimBaseImages         = "base_images"
+)
+
+func (p *Policy) acceptsClaim(rule string) bool { return slices.Contains(p.AcceptClaims, rule) }
+
 // Vulnerabilities are thresholds over the verified vulnerability report.
 // Findings of Unknown severity count as the severity the scan gated them
 // as (unknownAs).
 type Vulnerabilities struct {
 	MaxSeverity string         `yaml:"max_severity" json:"maxSeverity,omitempty"` // highest allowed: none, negligible, low, medium, high, critical
 	MaxCounts   map[string]int `yaml:"max_counts" json:"maxCounts,omitempty"`
+	// MaxAge is how old the deciding scan may be (e.g. 24h): an older one
+	// denies until a rescan. Zero: any age.
+	MaxAge Duration `yaml:"max_age" json:"maxAge,omitempty"`
 }
 
 // Hardening lists checks that must pass.
@@ -250,6 +264,14 @@ func Load(ctx context.Context, data []byte, files map[string][]byte) (*Policy, e
 		if n < 0 {
 			bad("vulnerabilities.max_counts."+k, "must be ≥ 0")
 		}
+	}
+	for i, c := range p.AcceptClaims {
+		if c != ClaimSourceRepositories && c != ClaimBaseImages {
+			bad(fmt.Sprintf("accept_claims[%d]", i), "%q: use %s or %s", c, ClaimSourceRepositories, ClaimBaseImages)
+		}
+	}
+	if p.Vulnerabilities.MaxAge < 0 {
+		bad("vulnerabilities.max_age", "must be positive")
 	}
 	for i, g := range p.BaseImages {
 		if _, err := path.Match(g, ""); err != nil {

@@ -50,8 +50,7 @@ func good() Input {
 			Digest: "sha256:aa", Kind: KindImage, Attestations: atts,
 			Hardening:       &HardeningFacts{Passed: []string{"nonroot-user", "no-secrets-in-config"}},
 			Vulnerabilities: &VulnFacts{Medium: 2, UnknownAs: "high"},
-			Provenance:      &ProvenanceFacts{BuilderID: "https://attestd.dev/builder/observer-only"},
-			BaseImage:       "gcr.io/distroless/static",
+			Provenance:      &ProvenanceFacts{BuilderID: "https://attestd.dev/builder/observer-only", BaseImages: []string{"gcr.io/distroless/static:nonroot"}},
 		}},
 	}
 }
@@ -94,7 +93,11 @@ func TestEachRuleDenies(t *testing.T) {
 			in.Subjects[0].Hardening = &HardeningFacts{Passed: []string{"no-secrets-in-config"}, Failed: []string{"nonroot-user"}}
 		}, "hardening.required: sha256:aa: check nonroot-user failed"},
 		{"builder", func(in *Input) { in.Subjects[0].Provenance.BuilderID = "https://ci.evil" }, `provenance.builder_ids: sha256:aa: built by "https://ci.evil"`},
-		{"base image", func(in *Input) { in.Subjects[0].BaseImage = "" }, "base_images: sha256:aa: base image unknown"},
+		{"base image", func(in *Input) { in.Subjects[0].Provenance.BaseImages = nil }, "base_images: sha256:aa: base image none is not one of"},
+		{"base image only claimed", func(in *Input) {
+			in.Subjects[0].Provenance.BaseImages = nil
+			in.Subjects[0].Claims = &Claims{BaseImage: "gcr.io/distroless/static:nonroot"}
+		}, "a label claims gcr.io/distroless/static:nonroot, but labels are not proof"},
 		{"tag", func(in *Input) { in.Image.Tags = []string{"latest"} }, "tags.allow: sha256:aa: no tag matches v\\d+\\.\\d+\\.\\d+ (tags: latest)"},
 		{"no subjects", func(in *Input) { in.Subjects = nil }, "input: no subjects"},
 	} {
@@ -407,5 +410,23 @@ deny contains msg if {
 	// With the fact present and clean, the safe rules allow.
 	if d := p.Evaluate(context.Background(), good()); !d.Allow {
 		t.Fatal(reasons(d))
+	}
+}
+
+// vulnerabilities.max_age: a scan older than the limit denies until a
+// rescan; accept_claims names only the rules that can take a claim.
+func TestMaxAgeAndAcceptClaims(t *testing.T) {
+	p := load(t, strings.Replace(base, "  max_severity: medium\n", "  max_severity: medium\n  max_age: 24h\n", 1), nil)
+	in := good()
+	in.Subjects[0].Vulnerabilities.ScannedAt = in.Time.Add(-23 * time.Hour)
+	if d := p.Evaluate(context.Background(), in); !d.Allow {
+		t.Fatalf("a 23 h old scan denied:\n%s", reasons(d))
+	}
+	in.Subjects[0].Vulnerabilities.ScannedAt = in.Time.Add(-25 * time.Hour)
+	if d := p.Evaluate(context.Background(), in); d.Allow || !strings.Contains(reasons(d), "vulnerabilities.max_age: sha256:aa: the scan finished 25h0m0s ago") {
+		t.Fatalf("a 25 h old scan:\n%s", reasons(d))
+	}
+	if _, err := Load(context.Background(), []byte(base+"accept_claims: [builder_ids]\n"), nil); err == nil || !strings.Contains(err.Error(), "accept_claims[0]") {
+		t.Fatalf("accept_claims: [builder_ids] loaded: %v", err)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/attestd/attestd/attest"
 	"github.com/attestd/attestd/attest/pipeline"
 	"github.com/attestd/attestd/attest/slsa"
+	"github.com/attestd/attestd/policy/promote"
 )
 
 // The attack suite: each case is someone with write access to the staging
@@ -427,4 +428,161 @@ func rejected(rs []policyRejected, bundle, reason string) bool {
 	return slices.ContainsFunc(rs, func(r policyRejected) bool {
 		return r.Bundle == bundle && strings.Contains(r.Reason, reason)
 	})
+}
+
+// Finding 3: labels the image author sets are claims. attestd's observed
+// provenance (written by attest/slsa, read back here) puts the label
+// source, the label base image and the configured builder mapping under
+// claims; a rule on sources needs a builder's own signed provenance, or an
+// explicit accept_claims.
+func TestLabelsAreClaims(t *testing.T) {
+	t.Parallel()
+	const sourcePolicy = testPolicy + `provenance:
+  source_repositories: ["https://github.com/acme/*"]
+base_images: ["gcr.io/distroless/*"]
+`
+	w := newWorld(t, sourcePolicy, true)
+	ref := w.image("v1")
+	w.signAll(ref)
+	observed, err := slsa.Statement(slsa.Input{
+		Subjects: []slsa.Subject{{Name: w.stage.String(), Digest: ref.DigestStr()}}, Repository: w.stage.String(),
+		Labels:    map[string]string{slsa.LabelSource: "https://github.com/acme/app", slsa.LabelBaseName: "gcr.io/distroless/static:nonroot"},
+		BuilderID: "https://ci.acme.example/builders/main", ObservedAt: w.now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.attach(ref, slsa.PredicateType, w.bundle(attestd, observed))
+	d := w.mustDeny(ref, "a label claims https://github.com/acme/app, but labels are not proof")
+	if !slices.ContainsFunc(d.Reasons, func(r string) bool { return strings.Contains(r, "base_images") }) {
+		t.Errorf("reasons %q: want the base image denied too", d.Reasons)
+	}
+	s := w.input(ref).Subjects[0]
+	if p := s.Provenance; p == nil || !p.Observed || p.BuilderID != slsa.ObserverBuilderID || len(p.SourceRepositories) != 0 {
+		t.Errorf("observed provenance facts = %+v", p)
+	}
+	if c := s.Claims; c == nil || c.BuilderID != "https://ci.acme.example/builders/main" || c.BaseImage != "gcr.io/distroless/static:nonroot" || len(c.SourceRepositories) != 1 {
+		t.Errorf("claims = %+v", c)
+	}
+
+	// The policy may accept the claims, explicitly.
+	w.setPolicy(sourcePolicy + "accept_claims: [source_repositories, base_images]\n")
+	w.mustAllow(ref)
+
+	// Or a builder's own provenance, signed by the CI identity allowed to
+	// sign provenance, proves it; the same signed by mallory does not.
+	w.setPolicy(sourcePolicy)
+	builder := map[string]any{
+		"buildDefinition": map[string]any{"buildType": "https://ci.acme.example/build/v1", "resolvedDependencies": []any{
+			map[string]any{"uri": "git+https://github.com/acme/app@refs/heads/main", "digest": map[string]string{"gitCommit": strings.Repeat("a", 40)}},
+			map[string]any{"uri": "pkg:docker/gcr.io/distroless/static@nonroot?platform=linux%2Famd64"},
+		}},
+		"runDetails": map[string]any{"builder": map[string]any{"id": "https://ci.acme.example/builders/main"}},
+	}
+	w.sign(mallory, ref, slsa.PredicateType, builder)
+	w.mustDeny(ref, "labels are not proof")
+	w.sign(ci, ref, slsa.PredicateType, builder)
+	w.mustAllow(ref)
+	if p := w.input(ref).Subjects[0].Provenance; p.Observed || p.Signer.Subject != ci || p.BaseImages[0] != "gcr.io/distroless/static:nonroot" {
+		t.Errorf("builder provenance facts = %+v", p)
+	}
+}
+
+// Finding 5: the summary says what was verified, from which bundles, and
+// the true result: FAILED carries no verified levels, and a warn-mode
+// policy that lets violations through still says FAILED.
+func TestSummaryStatesTheTruth(t *testing.T) {
+	t.Parallel()
+	type vsa struct {
+		Predicate struct {
+			Result string   `json:"verificationResult"`
+			Levels []string `json:"verifiedLevels"`
+			Inputs []struct {
+				URI    string            `json:"uri"`
+				Digest map[string]string `json:"digest"`
+			} `json:"inputAttestations"`
+		} `json:"predicate"`
+	}
+	last := func(w *world) vsa {
+		var v vsa
+		if err := json.Unmarshal(w.vsas[len(w.vsas)-1], &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	w := newWorld(t, testPolicy, true)
+	ref := w.image("v1")
+	bundles := []name.Digest{
+		w.sign(attestd, ref, attest.PredicateSignature, nil),
+		w.sign(attestd, ref, attest.PredicateSPDX, sbom),
+		w.sign(attestd, ref, attest.PredicateHardening, hardening("pass")),
+		w.sign(attestd, ref, attest.PredicateVulnCosign, vulnReport(0, w.now.Add(-time.Minute))),
+	}
+	w.mustAllow(ref)
+	v := last(w)
+	if v.Predicate.Result != "PASSED" || !slices.Equal(v.Predicate.Levels, []string{"SLSA_BUILD_LEVEL_1"}) || len(v.Predicate.Inputs) != len(bundles) {
+		t.Fatalf("allow: %+v", v.Predicate)
+	}
+	for _, b := range bundles {
+		if !slices.ContainsFunc(v.Predicate.Inputs, func(in struct {
+			URI    string            `json:"uri"`
+			Digest map[string]string `json:"digest"`
+		}) bool {
+			return in.URI == w.stage.String()+"@"+b.DigestStr() || strings.HasSuffix(in.URI, "@"+b.DigestStr())
+		}) {
+			t.Errorf("input %s missing from %+v", b.DigestStr(), v.Predicate.Inputs)
+		}
+	}
+
+	bad := w.image("v2")
+	w.sign(attestd, bad, attest.PredicateSignature, nil)
+	w.mustDeny(bad, "no verified spdx")
+	if v := last(w); v.Predicate.Result != "FAILED" || len(v.Predicate.Levels) != 0 {
+		t.Errorf("deny: %+v", v.Predicate)
+	}
+
+	w.setPolicy(strings.Replace(testPolicy, "name: attack-suite", "name: attack-suite\nmode: warn", 1))
+	if d := w.evaluate(bad); !d.Allow || len(d.Warnings) == 0 {
+		t.Fatalf("warn mode: %+v", d)
+	}
+	if v := last(w); v.Predicate.Result != "FAILED" || len(v.Predicate.Levels) != 0 {
+		t.Errorf("warn mode with violations: %+v", v.Predicate)
+	}
+}
+
+// Finding 6: an override is audited as intent before anything is copied
+// and as outcome after the tag; it still copies only the verified closure.
+func TestOverrideAuditedBeforeTheCopy(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, true)
+	ref := w.image("v1")
+	w.sign(attestd, ref, attest.PredicateSignature, nil)
+	forged := w.sign(mallory, ref, attest.PredicateHardening, hardening("pass"))
+	w.mustDeny(ref, "no verified spdx")
+	ev, err := w.gate.Check(w.ctx, w.target(ref), []string{"v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := w.gate.Plan(w.ctx, ev, []promote.Edge{{Src: w.stage.String() + "@" + ref.DigestStr(), Dst: w.prod.Tag("v1").String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.gate.Run(w.ctx, plan, &Override{Reason: "INC-1: hotfix", Actor: "cli:jane"}); err != nil {
+		t.Fatal(err)
+	}
+	var phases []string
+	for _, e := range w.store.audit {
+		if e.Action == "override" {
+			phases = append(phases, e.Details["phase"]+" "+e.Actor)
+		}
+	}
+	if !slices.Equal(phases, []string{"intent cli:jane", "done cli:jane"}) {
+		t.Errorf("override audit = %q", phases)
+	}
+	if w.inProd("v1") != ref.DigestStr() || w.prodHas(forged.DigestStr()) {
+		t.Error("the override did not promote exactly the verified closure")
+	}
+	if !strings.Contains(plan.String(), "skip: rejected "+forged.DigestStr()) {
+		t.Errorf("the plan does not say what it leaves behind:\n%s", plan)
+	}
 }

@@ -65,7 +65,7 @@ func (g *Gate) input(ev *Evaluation, tags []string, now time.Time) (policy.Input
 			// Several verified reports of one type (a digest analysed again):
 			// every one is read, and the facts combine to the worst case.
 			for _, e := range res.All[pt] {
-				if err := addFacts(&ps, pt, e.Predicate); err != nil {
+				if err := addFacts(&ps, pt, e.Predicate, policy.Signed{Issuer: e.Issuer, Subject: e.Subject}); err != nil {
 					// Verified but unreadable: no fact of this type stands
 					// (not even another report's), so a rule needing it
 					// denies; say why.
@@ -81,7 +81,7 @@ func (g *Gate) input(ev *Evaluation, tags []string, now time.Time) (policy.Input
 }
 
 // addFacts reads the facts a policy uses out of one verified predicate.
-func addFacts(s *policy.Subject, predicateType string, pred json.RawMessage) error {
+func addFacts(s *policy.Subject, predicateType string, pred json.RawMessage, signer policy.Signed) error {
 	switch predicateType {
 	case attest.PredicateHardening:
 		var r harden.Report
@@ -106,37 +106,16 @@ func addFacts(s *policy.Subject, predicateType string, pred json.RawMessage) err
 		h.Passed = slices.DeleteFunc(h.Passed, func(id string) bool { return slices.Contains(h.Failed, id) })
 		s.Hardening = h
 	case slsa.PredicateType:
-		var p struct {
-			BuildDefinition struct {
-				ExternalParameters struct {
-					Labels map[string]string `json:"labels"`
-				} `json:"externalParameters"`
-				ResolvedDependencies []struct {
-					URI string `json:"uri"`
-				} `json:"resolvedDependencies"`
-			} `json:"buildDefinition"`
-			RunDetails struct {
-				Builder struct {
-					ID string `json:"id"`
-				} `json:"builder"`
-			} `json:"runDetails"`
-		}
-		if err := json.Unmarshal(pred, &p); err != nil {
+		pf, claims, err := readProvenance(pred)
+		if err != nil {
 			return err
 		}
-		pf := &policy.ProvenanceFacts{BuilderID: p.RunDetails.Builder.ID}
-		for _, d := range p.BuildDefinition.ResolvedDependencies {
-			if u, ok := strings.CutPrefix(d.URI, "git+"); ok {
-				u, _, _ = strings.Cut(u, "@")
-				pf.SourceRepositories = append(pf.SourceRepositories, u)
-			}
+		pf.Signer = signer
+		if s.Provenance == nil || (s.Provenance.Observed && !pf.Observed) {
+			s.Provenance = pf // a builder's own provenance outranks attestd's observation
 		}
-		if src := p.BuildDefinition.ExternalParameters.Labels["org.opencontainers.image.source"]; src != "" && !slices.Contains(pf.SourceRepositories, src) {
-			pf.SourceRepositories = append(pf.SourceRepositories, src)
-		}
-		s.Provenance = pf
-		if s.BaseImage == "" {
-			s.BaseImage = p.BuildDefinition.ExternalParameters.Labels[harden.LabelBaseName]
+		if claims != nil {
+			s.Claims = mergeClaims(s.Claims, claims)
 		}
 	case attest.PredicateSPDX:
 		var p struct {
@@ -156,7 +135,7 @@ func dropFacts(s *policy.Subject, predicateType string) {
 	case attest.PredicateHardening:
 		s.Hardening = nil
 	case slsa.PredicateType:
-		s.Provenance, s.BaseImage = nil, ""
+		s.Provenance, s.Claims = nil, nil
 	case attest.PredicateSPDX:
 		s.SBOM = nil
 	}
@@ -261,4 +240,92 @@ func readVulnPredicate(pred json.RawMessage, now time.Time) (*policy.VulnFacts, 
 	}
 	slices.Sort(v.Findings)
 	return v, nil
+}
+
+// readProvenance reads a verified SLSA provenance. attestd's own
+// observed-image provenance yields only what attestd observed — its
+// observer ID as the builder — and the rest as claims: labels (source,
+// base image) and the builder the configuration maps the repository to. A
+// builder's own provenance yields its builder ID and the git sources and
+// base images it lists as resolved dependencies, except any it marks as
+// claimed from labels.
+func readProvenance(pred json.RawMessage) (*policy.ProvenanceFacts, *policy.Claims, error) {
+	var p struct {
+		BuildDefinition struct {
+			BuildType          string `json:"buildType"`
+			ExternalParameters struct {
+				Labels map[string]string `json:"labels"`
+			} `json:"externalParameters"`
+			ResolvedDependencies []struct {
+				URI         string            `json:"uri"`
+				Annotations map[string]any    `json:"annotations"`
+				Digest      map[string]string `json:"digest"`
+			} `json:"resolvedDependencies"`
+		} `json:"buildDefinition"`
+		RunDetails struct {
+			Builder struct {
+				ID string `json:"id"`
+			} `json:"builder"`
+		} `json:"runDetails"`
+	}
+	if err := json.Unmarshal(pred, &p); err != nil {
+		return nil, nil, err
+	}
+	bd := p.BuildDefinition
+	pf := &policy.ProvenanceFacts{BuilderID: p.RunDetails.Builder.ID, BuildType: bd.BuildType}
+	if pf.BuilderID == "" {
+		return nil, nil, errors.New("no runDetails.builder.id")
+	}
+	labels := bd.ExternalParameters.Labels
+	if bd.BuildType == slsa.BuildType {
+		pf.Observed = true
+		c := &policy.Claims{BaseImage: labels[slsa.LabelBaseName]}
+		if src := labels[slsa.LabelSource]; src != "" {
+			c.SourceRepositories = []string{src}
+		}
+		if pf.BuilderID != slsa.ObserverBuilderID {
+			c.BuilderID, pf.BuilderID = pf.BuilderID, slsa.ObserverBuilderID
+		}
+		return pf, c, nil
+	}
+	for _, d := range bd.ResolvedDependencies {
+		if _, claimed := d.Annotations["attestd.dev/claimedBy"]; claimed {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(d.URI, "git+"):
+			u, _, _ := strings.Cut(strings.TrimPrefix(d.URI, "git+"), "@")
+			if !slices.Contains(pf.SourceRepositories, u) {
+				pf.SourceRepositories = append(pf.SourceRepositories, u)
+			}
+		case strings.HasPrefix(d.URI, "pkg:docker/"):
+			ref, _, _ := strings.Cut(strings.TrimPrefix(d.URI, "pkg:docker/"), "?")
+			if n, v, ok := strings.Cut(ref, "@"); ok {
+				ref = n + ":" + v
+			}
+			pf.BaseImages = append(pf.BaseImages, ref)
+		case strings.HasPrefix(d.URI, "oci://"):
+			pf.BaseImages = append(pf.BaseImages, strings.TrimPrefix(d.URI, "oci://"))
+		}
+	}
+	return pf, nil, nil
+}
+
+func mergeClaims(a, b *policy.Claims) *policy.Claims {
+	if a == nil {
+		return b
+	}
+	out := *a
+	for _, s := range b.SourceRepositories {
+		if !slices.Contains(out.SourceRepositories, s) {
+			out.SourceRepositories = append(out.SourceRepositories, s)
+		}
+	}
+	if out.BaseImage == "" {
+		out.BaseImage = b.BaseImage
+	}
+	if out.BuilderID == "" {
+		out.BuilderID = b.BuilderID
+	}
+	return &out
 }

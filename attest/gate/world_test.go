@@ -82,6 +82,7 @@ type world struct {
 	gate  *Gate
 	pol   *policy.Policy
 	now   time.Time
+	vsas  [][]byte // the summaries signed, in order
 }
 
 func newWorld(t *testing.T, policyYAML string, referrersAPI bool) *world {
@@ -320,6 +321,9 @@ func (s vsaSigner) AttestStatement(_ context.Context, ref, predicateType string,
 		return err
 	}
 	s.w.attach(d, predicateType, s.w.bundle(attestd, st))
+	s.w.store.mu.Lock()
+	s.w.vsas = append(s.w.vsas, st)
+	s.w.store.mu.Unlock()
 	return nil
 }
 
