@@ -74,10 +74,10 @@ type Policy struct {
 	BaseImages      []string        `yaml:"base_images" json:"baseImages"`
 	// AcceptClaims lists rules that may also be met by what was only told
 	// (labels): source_repositories, base_images. Default none.
-	AcceptClaims []string `yaml:"accept_claims" json:"acceptClaims,omitempty"`
-	Tags            Tags            `yaml:"tags" json:"tags"`
-	Rego            []RegoModule    `yaml:"rego" json:"rego"`
-	VSA             VSA             `yaml:"vsa" json:"vsa"`
+	AcceptClaims []string     `yaml:"accept_claims" json:"acceptClaims,omitempty"`
+	Tags         Tags         `yaml:"tags" json:"tags"`
+	Rego         []RegoModule `yaml:"rego" json:"rego"`
+	VSA          VSA          `yaml:"vsa" json:"vsa"`
 
 	digest   string
 	tagRes   []*regexp.Regexp
