@@ -61,7 +61,7 @@ as the gate does — or against an input document (docs/policy-input.schema.json
 					return usageError{fmt.Errorf("--input %s: %w (schema: docs/policy-input.schema.json)", input, err)}
 				}
 				if in.Version != policy.InputVersion {
-					return usageError{fmt.Errorf("--input %s: version %q, want %q", input, in.Version, policy.InputVersion)}
+					return usageError{fmt.Errorf("--input %s: version %q, want %q (from v1: subjects[].baseImage is claims.baseImage now, label sources moved from provenance.sourceRepositories to claims.sourceRepositories; docs/policy.md, \"Policy input v2\")", input, in.Version, policy.InputVersion)}
 				}
 			} else {
 				cfg, err := r.loadConfig(cmd)

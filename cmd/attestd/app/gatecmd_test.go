@@ -12,7 +12,7 @@ require: [signature, vuln]
 vulnerabilities: {max_severity: medium}
 `
 
-const testInput = `{"version": "https://attestd.dev/policy-input/v1", "time": "2026-11-24T00:00:00Z",
+const testInput = `{"version": "https://attestd.dev/policy-input/v2", "time": "2026-11-24T00:00:00Z",
  "image": {"ref": "r.example/app@sha256:aa", "registry": "r.example", "repository": "app", "digest": "sha256:aa", "tags": ["v1"]},
  "subjects": [{"digest": "sha256:aa", "kind": "image",
    "attestations": {"https://sigstore.dev/cosign/sign/v1": {"issuer": "https://issuer.example", "subject": "attestd@example.com"},
@@ -31,7 +31,7 @@ func TestPolicyTestCommand(t *testing.T) {
 		t.Fatalf("deny: exit %d\n%s", code, out)
 	}
 	// Bad input: a clear usage error.
-	code, _, stderr = run(t, "policy", "test", "--policy", pol, "--input", writeFile(t, `{"version": "https://attestd.dev/policy-input/v1", "imagez": {}}`))
+	code, _, stderr = run(t, "policy", "test", "--policy", pol, "--input", writeFile(t, `{"version": "https://attestd.dev/policy-input/v2", "imagez": {}}`))
 	if code != ExitUsage || !strings.Contains(stderr, `unknown field "imagez"`) {
 		t.Fatalf("bad input: exit %d: %s", code, stderr)
 	}
