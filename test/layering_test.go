@@ -22,7 +22,7 @@ var allowed = map[string][]string{
 	// L2
 	"attest/gate":     {"attest", "attest/pipeline", "attest/slsa", "attest/verify", "policy", "policy/promote", "sbom/harden", "sbom/vuln", "store", "store/registry"},
 	"attest/attach":   {"attest", "attest/analyze", "attest/pipeline", "attest/sign", "store", "store/registry"},
-	"attest/analyze":  {"attest", "attest/slsa", "sbom", "sbom/harden", "sbom/vuln", "store", "store/layers", "store/registry"},
+	"attest/analyze":  {"attest", "attest/pipeline", "attest/slsa", "sbom", "sbom/harden", "sbom/vuln", "store", "store/layers", "store/registry"},
 	"attest/pipeline": {"attest", "attest/watch", "sbom", "sbom/harden", "sbom/vuln", "policy", "policy/promote", "store"},
 	// L1
 	"attest/slsa":    {"attest"},

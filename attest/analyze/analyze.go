@@ -22,6 +22,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/sync/errgroup"
+
 	"github.com/attestd/attestd/attest"
 	"github.com/attestd/attestd/attest/slsa"
 	"github.com/attestd/attestd/sbom"
@@ -30,10 +35,6 @@ import (
 	"github.com/attestd/attestd/store"
 	"github.com/attestd/attestd/store/layers"
 	"github.com/attestd/attestd/store/registry"
-	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/types"
-	"golang.org/x/sync/errgroup"
 )
 
 // Kinds of artifacts, as recorded in store.Artifact.Kind.

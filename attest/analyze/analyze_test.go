@@ -16,12 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/attestd/attestd/attest/analyze"
-	"github.com/attestd/attestd/sbom"
-	"github.com/attestd/attestd/sbom/harden"
-	"github.com/attestd/attestd/store"
-	"github.com/attestd/attestd/store/layers"
-	"github.com/attestd/attestd/store/registry"
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -29,6 +23,13 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/attestd/attestd/attest/analyze"
+	"github.com/attestd/attestd/sbom"
+	"github.com/attestd/attestd/sbom/harden"
+	"github.com/attestd/attestd/store"
+	"github.com/attestd/attestd/store/layers"
+	"github.com/attestd/attestd/store/registry"
 )
 
 // memBlobs is a content-addressed map standing in for the store's blobs bucket.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -28,6 +27,8 @@ type Evaluation struct {
 	// Inputs are the bundles the facts were read from: the verification
 	// summary's inputAttestations.
 	Inputs []slsa.VSAAttestation
+
+	manifest []byte // as resolved, when the target carried it
 }
 
 // Ref is host/repo@digest.
@@ -44,17 +45,7 @@ type Verified struct {
 // Evaluate is the pipeline's evaluate stage: verify, decide, and sign the
 // decision as a SLSA verification summary attached to the digest.
 func (g *Gate) Evaluate(ctx context.Context, t *pipeline.Target) (pipeline.Decision, error) {
-	host, repo, digest, err := store.SplitRef(t.Ref)
-	if err != nil {
-		return pipeline.Decision{}, pipeline.Permanent(err)
-	}
-	if g.o.Store == nil {
-		return pipeline.Decision{}, errors.New("gate: no store")
-	}
-	tags, err := g.o.Store.TagsOf(ctx, host+"/"+repo, digest)
-	if err != nil {
-		return pipeline.Decision{}, err
-	}
+	tags := t.Tags // as resolved when the job started
 	ev, err := g.Check(ctx, t, tags)
 	if err != nil {
 		return pipeline.Decision{}, err
@@ -93,7 +84,7 @@ func (g *Gate) Check(ctx context.Context, t *pipeline.Target, tags []string) (*E
 	}
 	ectx, cancel := context.WithTimeout(ctx, g.o.Timeout)
 	defer cancel()
-	ev := &Evaluation{Registry: host, Repository: repo, Digest: digest, MediaType: t.MediaType}
+	ev := &Evaluation{Registry: host, Repository: repo, Digest: digest, MediaType: t.MediaType, manifest: t.Manifest}
 	now := g.o.Now().UTC()
 	subjects := []Verified{{Digest: digest, Kind: policy.KindImage}}
 	if len(t.Children) > 0 {

@@ -41,7 +41,6 @@ type Attester interface {
 // (*store.DB). Check and Plan need none.
 type Store interface {
 	Image(ctx context.Context, ref string) (*store.Record, error)
-	TagsOf(ctx context.Context, repo, digest string) ([]string, error)
 	Audit(ctx context.Context, e store.AuditEntry) error
 }
 

@@ -258,7 +258,9 @@ func (w *world) target(ref name.Digest) *pipeline.Target {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	t := &pipeline.Target{Ref: ref.String(), MediaType: string(mt)}
+	raw, _, _ := w.rc.Manifest(w.ctx, ref)
+	tags, _ := w.store.tagsOf(w.stage.String(), ref.DigestStr())
+	t := &pipeline.Target{Ref: ref.String(), MediaType: string(mt), Manifest: raw, Tags: tags}
 	if mt.IsIndex() {
 		raw, _, _ := w.rc.Manifest(w.ctx, ref)
 		kids, err := registry.ChildrenOf(raw, mt)
@@ -364,7 +366,7 @@ func (m *memStore) Image(_ context.Context, ref string) (*store.Record, error) {
 	return &c, nil
 }
 
-func (m *memStore) TagsOf(_ context.Context, repo, digest string) ([]string, error) {
+func (m *memStore) tagsOf(repo, digest string) ([]string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return append([]string(nil), m.tags[repo+"@"+digest]...), nil

@@ -17,6 +17,8 @@ type Target struct {
 	// could not tell apart): the job ends after resolve and no later stage
 	// runs.
 	NotImage string
+	// Manifest is Ref's manifest as resolved (digest-checked).
+	Manifest []byte
 	// Tags pointing at Ref when the job started (from intake's tag history).
 	Tags []string
 	// Source is the intake source that reported Ref; Pusher who pushed it,

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/spf13/cobra"
 
+	"github.com/attestd/attestd/attest/analyze"
 	"github.com/attestd/attestd/attest/gate"
 	"github.com/attestd/attestd/attest/pipeline"
 	"github.com/attestd/attestd/attest/sign"
@@ -110,7 +111,7 @@ func (r *runner) imageInput(ctx context.Context, cfg *configs.Config, pol *polic
 	if err != nil {
 		return policy.Input{}, err
 	}
-	t, err := resolver{rc}.Resolve(ctx, res.digest.String())
+	t, err := analyze.NewResolver(rc, nil).Resolve(ctx, res.digest.String())
 	if err != nil {
 		return policy.Input{}, err
 	}
@@ -241,7 +242,7 @@ outcome after the tag.`,
 			if err != nil {
 				return err
 			}
-			t, err := resolver{rc}.Resolve(ctx, rec.Ref)
+			t, err := analyze.NewResolver(rc, nil).Resolve(ctx, rec.Ref)
 			if err != nil {
 				return err
 			}

@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -10,7 +9,6 @@ import (
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/sigstore/sigstore-go/pkg/root"
 
 	"github.com/attestd/attestd/attest/analyze"
@@ -65,48 +63,6 @@ func registryClient(cfg *configs.Config, log *slog.Logger) (*registry.Client, er
 	return registry.New(opts...)
 }
 
-// resolver is the pipeline's Resolver on the registry client: the digest must
-// still exist, and an index's platform children are recorded.
-type resolver struct{ c *registry.Client }
-
-var _ pipeline.Resolver = resolver{}
-
-func (r resolver) Resolve(ctx context.Context, ref string) (*pipeline.Target, error) {
-	parsed, err := r.c.ParseReference(ref)
-	if err != nil {
-		return nil, pipeline.Permanent(err)
-	}
-	d, ok := parsed.(name.Digest)
-	if !ok {
-		return nil, pipeline.Permanent(fmt.Errorf("resolve %s: jobs address images by digest", ref))
-	}
-	// One GET: the manifest (digest-checked by ggcr) gives the media type,
-	// the platform children and whether it is an image at all.
-	raw, mt, err := r.c.Manifest(ctx, d)
-	if registry.IsNotFound(err) {
-		return nil, pipeline.Permanent(fmt.Errorf("%s is gone from the registry: %w", ref, err))
-	}
-	if err != nil {
-		return nil, err
-	}
-	t := &pipeline.Target{Ref: ref, MediaType: string(mt)}
-	switch {
-	case mt.IsImage():
-		t.NotImage = notImage(raw)
-	case mt.IsIndex():
-		kids, err := registry.ChildrenOf(raw, mt)
-		if err != nil {
-			return nil, pipeline.Permanent(fmt.Errorf("index %s: %w", ref, err))
-		}
-		for _, k := range kids {
-			t.Children = append(t.Children, store.Child{Digest: k.Digest.String(), Platform: k.Platform})
-		}
-	default:
-		t.NotImage = "media type " + string(mt)
-	}
-	return t, nil
-}
-
 // newPipeline wires the stages: resolve and analyse always; sign when
 // signing.* is set; evaluate when gate.policy is set too; promote when
 // gate.promotion has rules. A stage that is not configured is reported as
@@ -121,7 +77,7 @@ func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Cli
 	if err != nil {
 		return nil, err
 	}
-	stages := pipeline.Stages{Resolver: resolver{rc}, Analyzer: analyzerStage{an, db}}
+	stages := pipeline.Stages{Resolver: analyze.NewResolver(rc, db), Analyzer: analyze.Stage{Analyzer: an}}
 	if cfg.Signing.Enabled() {
 		k, err := newSigner(cfg, rc, log)
 		if err != nil {
@@ -159,39 +115,6 @@ func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Cli
 	})
 }
 
-// imageConfigTypes are the config media types of runnable images.
-var imageConfigTypes = map[string]bool{
-	"application/vnd.oci.image.config.v1+json":       true,
-	"application/vnd.docker.container.image.v1+json": true,
-}
-
-// notImage says why a manifest is a referrer artifact rather than an image
-// ("" for an image): it names a subject, declares an artifactType, or its
-// config is not an image config (cosign bundles use the empty config).
-func notImage(raw []byte) string {
-	var m struct {
-		ArtifactType string `json:"artifactType"`
-		Subject      *struct {
-			Digest string `json:"digest"`
-		} `json:"subject"`
-		Config struct {
-			MediaType string `json:"mediaType"`
-		} `json:"config"`
-	}
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return "unreadable manifest: " + err.Error()
-	}
-	switch {
-	case m.Subject != nil:
-		return "it refers to " + m.Subject.Digest + " (a signature, attestation or SBOM)"
-	case m.ArtifactType != "":
-		return "artifact type " + m.ArtifactType
-	case !imageConfigTypes[m.Config.MediaType]:
-		return "config media type " + m.Config.MediaType
-	}
-	return ""
-}
-
 // newAnalyzer builds the analysis stage on the layer cache under data_dir.
 func newAnalyzer(cfg *configs.Config, db *store.DB, rc *registry.Client, vs analyze.VulnScanner, log *slog.Logger) (*analyze.Analyzer, error) {
 	cache, err := layers.Open(filepath.Join(cfg.DataDir, "cache", "layers"), int64(cfg.Analysis.LayerCache))
@@ -225,34 +148,6 @@ func newAnalyzer(cfg *configs.Config, db *store.DB, rc *registry.Client, vs anal
 		return nil, fmt.Errorf("analysis work dir: %w", err)
 	}
 	return a, nil
-}
-
-// analyzerStage adapts analyze.Analyzer to the pipeline, adding the tags
-// intake recorded for the digest.
-type analyzerStage struct {
-	a  *analyze.Analyzer
-	db *store.DB
-}
-
-func (s analyzerStage) Analyze(ctx context.Context, t *pipeline.Target) (*pipeline.Analysis, error) {
-	host, repo, digest, err := store.SplitRef(t.Ref)
-	if err != nil {
-		return nil, pipeline.Permanent(err)
-	}
-	tags, err := s.db.TagsOf(ctx, host+"/"+repo, digest)
-	if err != nil {
-		return nil, err
-	}
-	res, err := s.a.Analyze(ctx, analyze.Request{
-		Ref: t.Ref, MediaType: t.MediaType, Children: t.Children, Tags: tags, Source: t.Source, Pusher: t.Pusher,
-	})
-	if registry.IsNotFound(err) {
-		return nil, pipeline.Permanent(err)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return &pipeline.Analysis{Artifacts: res.Artifacts, Facts: res.Facts}, nil
 }
 
 // signingTrust is the signing config and trusted root: files, or the
