@@ -496,6 +496,10 @@ func TestAttestStatementFindsOwnBundle(t *testing.T) {
 				if all, verified := bundlesOf(t, rc, ours, d, testPredType); all != 1 || verified != 1 {
 					t.Fatalf("after signing: %d bundles, %d verify; want 1, 1", all, verified)
 				}
+				// The gate prefers reports of the signer's own identity.
+				if own := ours.k.IsOwn(testIssuer, testIdentity); own == keyed || ours.k.IsOwn(testIssuer, "mallory@evil.test") {
+					t.Errorf("IsOwn(our identity) = %v, want %v; another identity must never be ours", own, !keyed)
+				}
 				// The same session, and a new one (a retried job, with a new
 				// ephemeral key and certificate for the same identity).
 				second, _ := ours.k.Session()

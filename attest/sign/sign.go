@@ -26,6 +26,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -35,6 +36,7 @@ import (
 	ctypes "github.com/sigstore/cosign/v2/pkg/types"
 	protobundle "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
 	sgbundle "github.com/sigstore/sigstore-go/pkg/bundle"
+	"github.com/sigstore/sigstore-go/pkg/fulcio/certificate"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	sgsign "github.com/sigstore/sigstore-go/pkg/sign"
 	"github.com/sigstore/sigstore-go/pkg/tuf"
@@ -174,6 +176,21 @@ type Keyless struct {
 	classic bool                         // cosign's classic .sig/.att layout instead of bundles (WithFormat)
 	reg     *registry.Client
 	log     *slog.Logger
+	// identity is the issuer and SAN of the last certificate a session got
+	// from Fulcio (shared by copies of the signer).
+	identity *atomic.Pointer[[2]string]
+}
+
+// IsOwn reports whether issuer and subject are this signer's keyless
+// identity, as the certificates it got from Fulcio name it. It knows only
+// once a session has fetched a certificate (false before, and for a key
+// pair): the gate uses it to prefer attestd's own reports, never to trust.
+func (k *Keyless) IsOwn(issuer, subject string) bool {
+	if k.identity == nil {
+		return false
+	}
+	id := k.identity.Load()
+	return id != nil && id[0] == issuer && id[1] == subject
 }
 
 // NewKeyless loads the signing config (which Fulcio, Rekor and TSA to use)
@@ -207,7 +224,7 @@ func newKeyless(sc *root.SigningConfig, tr *root.TrustedRoot, tokens TokenSource
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Keyless{opts: opts, trusted: tr, tokens: tokens, reg: reg, log: log}, nil
+	return &Keyless{opts: opts, trusted: tr, tokens: tokens, reg: reg, log: log, identity: &atomic.Pointer[[2]string]{}}, nil
 }
 
 // LoadTrust reads a private or air-gapped Sigstore's signing_config.json
@@ -389,7 +406,7 @@ func (k *Keyless) Session() (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ephemeral key: %w", err)
 	}
-	return &Session{k: k, keypair: kp, certs: &certCache{inner: k.opts.CertificateProvider, tokens: k.tokens}}, nil
+	return &Session{k: k, keypair: kp, certs: &certCache{inner: k.opts.CertificateProvider, tokens: k.tokens, identity: k.identity}}, nil
 }
 
 // certMargin is how much validity a reused certificate must have left for
@@ -399,8 +416,9 @@ const certMargin = 2 * time.Minute
 // certCache is a CertificateProvider that asks Fulcio once per session and
 // hands the same certificate out while it is valid long enough.
 type certCache struct {
-	inner  sgsign.CertificateProvider
-	tokens TokenSource
+	inner    sgsign.CertificateProvider
+	tokens   TokenSource
+	identity *atomic.Pointer[[2]string] // set to each certificate's issuer and SAN
 
 	mu       sync.Mutex
 	der      []byte
@@ -428,6 +446,9 @@ func (c *certCache) GetCertificate(ctx context.Context, kp sgsign.Keypair, _ *sg
 	}
 	c.der, c.notAfter = der, cert.NotAfter
 	c.fetched++
+	if sum, err := certificate.SummarizeCertificate(cert); err == nil && c.identity != nil {
+		c.identity.Store(&[2]string{sum.Issuer, sum.SubjectAlternativeName})
+	}
 	return der, nil
 }
 

@@ -92,6 +92,7 @@ func newGateWith(cfg *configs.Config, pol *policy.Policy, db gate.Store, rc *reg
 		Timeout: time.Duration(cfg.Gate.Timeout), Version: version, Logger: log}
 	if k != nil {
 		o.Attester = attach.Attester{Signer: k, Audit: db}
+		o.Own = k.IsOwn
 	}
 	return gate.New(o)
 }
