@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/attestd/attestd/attest"
@@ -84,19 +83,11 @@ func (g *Gate) input(ev *Evaluation, tags []string, now time.Time) (policy.Input
 func addFacts(s *policy.Subject, predicateType string, pred json.RawMessage, signer policy.Signed) error {
 	switch predicateType {
 	case attest.PredicateHardening:
-		var r harden.Report
-		if err := json.Unmarshal(pred, &r); err != nil {
+		passed, failed, err := harden.ReadReport(pred)
+		if err != nil {
 			return err
 		}
-		h := &policy.HardeningFacts{Passed: []string{}, Failed: []string{}}
-		for _, c := range r.Checks {
-			switch c.Status {
-			case harden.Pass:
-				h.Passed = append(h.Passed, c.ID)
-			case harden.Fail:
-				h.Failed = append(h.Failed, c.ID)
-			}
-		}
+		h := &policy.HardeningFacts{Passed: passed, Failed: failed}
 		if prev := s.Hardening; prev != nil { // worst case: failed anywhere, passed everywhere
 			h.Failed = append(h.Failed, prev.Failed...)
 			h.Passed = slices.DeleteFunc(h.Passed, func(id string) bool { return !slices.Contains(prev.Passed, id) })
@@ -106,9 +97,15 @@ func addFacts(s *policy.Subject, predicateType string, pred json.RawMessage, sig
 		h.Passed = slices.DeleteFunc(h.Passed, func(id string) bool { return slices.Contains(h.Failed, id) })
 		s.Hardening = h
 	case slsa.PredicateType:
-		pf, claims, err := readProvenance(pred)
+		r, err := slsa.ReadProvenance(pred)
 		if err != nil {
 			return err
+		}
+		pf := &policy.ProvenanceFacts{BuilderID: r.BuilderID, BuildType: r.BuildType, Observed: r.Observed,
+			SourceRepositories: r.Sources, BaseImages: r.BaseImages}
+		var claims *policy.Claims
+		if r.Observed {
+			claims = &policy.Claims{SourceRepositories: r.ClaimedSources, BaseImage: r.ClaimedBaseImage, BuilderID: r.ClaimedBuilderID}
 		}
 		pf.Signer = signer
 		if s.Provenance == nil || (s.Provenance.Observed && !pf.Observed) {
@@ -175,49 +172,14 @@ func (g *Gate) vulnFacts(evs []verify.Evidence, now time.Time, reject func(verif
 // exception has expired since the scan: an expiry never waits for a
 // re-scan.
 func readVulnPredicate(pred json.RawMessage, now time.Time) (*policy.VulnFacts, error) {
-	var p struct {
-		Invocation struct {
-			Parameters struct {
-				Counts     vuln.Counts        `json:"counts"`
-				Suppressed []vuln.Suppression `json:"suppressed"`
-			} `json:"parameters"`
-		} `json:"invocation"`
-		Scanner struct {
-			DB struct {
-				URI string `json:"uri"`
-			} `json:"db"`
-			Result struct {
-				Matches []struct {
-					Vulnerability struct {
-						ID string `json:"id"`
-					} `json:"vulnerability"`
-					Artifact struct {
-						Name    string `json:"name"`
-						Version string `json:"version"`
-					} `json:"artifact"`
-				} `json:"matches"`
-			} `json:"result"`
-		} `json:"scanner"`
-		Metadata struct {
-			ScanFinishedOn time.Time `json:"scanFinishedOn"`
-		} `json:"metadata"`
-	}
-	if err := json.Unmarshal(pred, &p); err != nil {
+	r, err := vuln.ReadPredicate(pred)
+	if err != nil {
 		return nil, err
 	}
-	c := p.Invocation.Parameters.Counts
-	if c.UnknownAs == "" {
-		return nil, errors.New("no counts in invocation.parameters (not written by attestd?)")
-	}
-	if p.Metadata.ScanFinishedOn.IsZero() {
-		return nil, errors.New("no metadata.scanFinishedOn")
-	}
+	c := r.Counts
 	v := &policy.VulnFacts{Critical: c.Critical, High: c.High, Medium: c.Medium, Low: c.Low, Negligible: c.Negligible,
-		Unknown: c.Unknown, UnknownAs: c.UnknownAs, DB: p.Scanner.DB.URI, ScannedAt: p.Metadata.ScanFinishedOn, Findings: []string{}}
-	for _, m := range p.Scanner.Result.Matches {
-		v.Findings = append(v.Findings, m.Vulnerability.ID+" "+m.Artifact.Name+"@"+m.Artifact.Version)
-	}
-	for _, sp := range p.Invocation.Parameters.Suppressed {
+		Unknown: c.Unknown, UnknownAs: c.UnknownAs, DB: r.DB, ScannedAt: r.Finished, Findings: r.Findings}
+	for _, sp := range r.Suppressed {
 		exp, err := time.Parse(time.RFC3339, sp.Expires)
 		if sp.By != "exception" || err != nil || now.Before(exp) {
 			continue
@@ -240,75 +202,6 @@ func readVulnPredicate(pred json.RawMessage, now time.Time) (*policy.VulnFacts, 
 	}
 	slices.Sort(v.Findings)
 	return v, nil
-}
-
-// readProvenance reads a verified SLSA provenance. attestd's own
-// observed-image provenance yields only what attestd observed — its
-// observer ID as the builder — and the rest as claims: labels (source,
-// base image) and the builder the configuration maps the repository to. A
-// builder's own provenance yields its builder ID and the git sources and
-// base images it lists as resolved dependencies, except any it marks as
-// claimed from labels.
-func readProvenance(pred json.RawMessage) (*policy.ProvenanceFacts, *policy.Claims, error) {
-	var p struct {
-		BuildDefinition struct {
-			BuildType          string `json:"buildType"`
-			ExternalParameters struct {
-				Labels map[string]string `json:"labels"`
-			} `json:"externalParameters"`
-			ResolvedDependencies []struct {
-				URI         string            `json:"uri"`
-				Annotations map[string]any    `json:"annotations"`
-				Digest      map[string]string `json:"digest"`
-			} `json:"resolvedDependencies"`
-		} `json:"buildDefinition"`
-		RunDetails struct {
-			Builder struct {
-				ID string `json:"id"`
-			} `json:"builder"`
-		} `json:"runDetails"`
-	}
-	if err := json.Unmarshal(pred, &p); err != nil {
-		return nil, nil, err
-	}
-	bd := p.BuildDefinition
-	pf := &policy.ProvenanceFacts{BuilderID: p.RunDetails.Builder.ID, BuildType: bd.BuildType}
-	if pf.BuilderID == "" {
-		return nil, nil, errors.New("no runDetails.builder.id")
-	}
-	labels := bd.ExternalParameters.Labels
-	if bd.BuildType == slsa.BuildType {
-		pf.Observed = true
-		c := &policy.Claims{BaseImage: labels[slsa.LabelBaseName]}
-		if src := labels[slsa.LabelSource]; src != "" {
-			c.SourceRepositories = []string{src}
-		}
-		if pf.BuilderID != slsa.ObserverBuilderID {
-			c.BuilderID, pf.BuilderID = pf.BuilderID, slsa.ObserverBuilderID
-		}
-		return pf, c, nil
-	}
-	for _, d := range bd.ResolvedDependencies {
-		if _, claimed := d.Annotations["attestd.dev/claimedBy"]; claimed {
-			continue
-		}
-		switch {
-		case strings.HasPrefix(d.URI, "git+"):
-			u, _, _ := strings.Cut(strings.TrimPrefix(d.URI, "git+"), "@")
-			if !slices.Contains(pf.SourceRepositories, u) {
-				pf.SourceRepositories = append(pf.SourceRepositories, u)
-			}
-		case strings.HasPrefix(d.URI, "pkg:docker/"):
-			ref, _, _ := strings.Cut(strings.TrimPrefix(d.URI, "pkg:docker/"), "?")
-			if n, v, ok := strings.Cut(ref, "@"); ok {
-				ref = n + ":" + v
-			}
-			pf.BaseImages = append(pf.BaseImages, ref)
-		case strings.HasPrefix(d.URI, "oci://"):
-			pf.BaseImages = append(pf.BaseImages, strings.TrimPrefix(d.URI, "oci://"))
-		}
-	}
-	return pf, nil, nil
 }
 
 func mergeClaims(a, b *policy.Claims) *policy.Claims {

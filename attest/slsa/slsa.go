@@ -18,6 +18,7 @@ package slsa
 
 import (
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path"
@@ -225,8 +226,11 @@ func structFromProto(p *prov.Provenance) (*structpb.Struct, error) {
 	return s, nil
 }
 
+// claimedBy annotates a resolved dependency attestd only was told about.
+const claimedBy = "attestd.dev/claimedBy"
+
 func claimed(label string) *structpb.Struct {
-	s, _ := structpb.NewStruct(map[string]any{"attestd.dev/claimedBy": "label " + label})
+	s, _ := structpb.NewStruct(map[string]any{claimedBy: "label " + label})
 	return s
 }
 
@@ -292,4 +296,86 @@ func BuilderFor(mappings []Builder, repository, pusher string) string {
 		return m.ID
 	}
 	return ""
+}
+
+// Read is what a policy may use of a verified SLSA provenance, split into
+// what the provenance's author observed and what it was told.
+type Read struct {
+	BuilderID string
+	BuildType string
+	// Observed is set for attestd's observed-image provenance: BuilderID is
+	// then ObserverBuilderID, whatever the configuration mapped; the
+	// mapping and the labels are claims.
+	Observed bool
+	// Sources (git, without the revision) and BaseImages (name:tag) are a
+	// builder's resolved dependencies, except those it marks as claimed.
+	Sources, BaseImages []string
+	// ClaimedSources, ClaimedBaseImage and ClaimedBuilderID are what
+	// attestd was told: OCI labels, the configured builder mapping.
+	ClaimedSources   []string
+	ClaimedBaseImage string
+	ClaimedBuilderID string
+}
+
+// ReadProvenance reads a provenance predicate (JSON): attestd's own as
+// Statement writes it, or a builder's.
+func ReadProvenance(pred []byte) (*Read, error) {
+	var p struct {
+		BuildDefinition struct {
+			BuildType          string `json:"buildType"`
+			ExternalParameters struct {
+				Labels map[string]string `json:"labels"`
+			} `json:"externalParameters"`
+			ResolvedDependencies []struct {
+				URI         string         `json:"uri"`
+				Annotations map[string]any `json:"annotations"`
+			} `json:"resolvedDependencies"`
+		} `json:"buildDefinition"`
+		RunDetails struct {
+			Builder struct {
+				ID string `json:"id"`
+			} `json:"builder"`
+		} `json:"runDetails"`
+	}
+	if err := json.Unmarshal(pred, &p); err != nil {
+		return nil, fmt.Errorf("slsa provenance: %w", err)
+	}
+	bd := p.BuildDefinition
+	r := &Read{BuilderID: p.RunDetails.Builder.ID, BuildType: bd.BuildType}
+	if r.BuilderID == "" {
+		return nil, errors.New("slsa provenance: no runDetails.builder.id")
+	}
+	if bd.BuildType == BuildType {
+		labels := bd.ExternalParameters.Labels
+		r.Observed = true
+		r.ClaimedBaseImage = labels[LabelBaseName]
+		if src := labels[LabelSource]; src != "" {
+			r.ClaimedSources = []string{src}
+		}
+		if r.BuilderID != ObserverBuilderID {
+			r.ClaimedBuilderID, r.BuilderID = r.BuilderID, ObserverBuilderID
+		}
+		return r, nil
+	}
+	for _, d := range bd.ResolvedDependencies {
+		if _, claimed := d.Annotations[claimedBy]; claimed {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(d.URI, "git+"):
+			u, _, _ := strings.Cut(strings.TrimPrefix(d.URI, "git+"), "@")
+			if !slices.Contains(r.Sources, u) {
+				r.Sources = append(r.Sources, u)
+			}
+		case strings.HasPrefix(d.URI, "pkg:docker/"):
+			ref, _, _ := strings.Cut(strings.TrimPrefix(d.URI, "pkg:docker/"), "?")
+			if n, v, ok := strings.Cut(ref, "@"); ok {
+				ref = n + ":" + v
+			}
+			r.BaseImages = append(r.BaseImages, ref)
+		case strings.HasPrefix(d.URI, "oci://"):
+			r.BaseImages = append(r.BaseImages, strings.TrimPrefix(d.URI, "oci://"))
+		}
+	}
+	return r, nil
 }

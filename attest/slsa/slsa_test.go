@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 var digestA = "sha256:" + strings.Repeat("a", 64)
@@ -119,5 +121,53 @@ func TestBuilderFor(t *testing.T) {
 		if got := BuilderFor(m, tc.repo, tc.pusher); got != tc.want {
 			t.Errorf("BuilderFor(%q, %q) = %q, want %q", tc.repo, tc.pusher, got, tc.want)
 		}
+	}
+}
+
+// TestReadProvenanceRoundTrip: attestd's own provenance reads back as an
+// observation — the observer builder, no sources — with the labels and the
+// configured builder as claims; a builder's own provenance yields its
+// sources and base images, except what it marks as claimed.
+func TestReadProvenanceRoundTrip(t *testing.T) {
+	st, err := Statement(Input{
+		Subjects:   []Subject{{Name: "r.example/app", Digest: "sha256:" + strings.Repeat("a", 64)}},
+		Repository: "r.example/app",
+		Labels:     map[string]string{LabelSource: "https://github.com/acme/app", LabelRevision: strings.Repeat("b", 40), LabelBaseName: "debian:12"},
+		BuilderID:  "https://ci.acme.example/builders/main", ObservedAt: time.Now(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pred, err := Predicate(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := ReadProvenance(pred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Read{BuilderID: ObserverBuilderID, BuildType: BuildType, Observed: true,
+		ClaimedSources: []string{"https://github.com/acme/app"}, ClaimedBaseImage: "debian:12", ClaimedBuilderID: "https://ci.acme.example/builders/main"}
+	if diff := cmp.Diff(want, r); diff != "" {
+		t.Errorf("observed (-want +got):\n%s", diff)
+	}
+
+	builder := `{"buildDefinition":{"buildType":"https://ci.example/v1","resolvedDependencies":[
+	  {"uri":"git+https://github.com/acme/app@refs/heads/main"},
+	  {"uri":"pkg:docker/gcr.io/distroless/static@nonroot?platform=linux%2Famd64"},
+	  {"uri":"oci://cgr.dev/chainguard/static:latest"},
+	  {"uri":"git+https://github.com/evil/app","annotations":{"attestd.dev/claimedBy":"label x"}}]},
+	 "runDetails":{"builder":{"id":"https://ci.example/builder"}}}`
+	r, err = ReadProvenance([]byte(builder))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = &Read{BuilderID: "https://ci.example/builder", BuildType: "https://ci.example/v1",
+		Sources: []string{"https://github.com/acme/app"}, BaseImages: []string{"gcr.io/distroless/static:nonroot", "cgr.dev/chainguard/static:latest"}}
+	if diff := cmp.Diff(want, r); diff != "" {
+		t.Errorf("builder (-want +got):\n%s", diff)
+	}
+	if _, err := ReadProvenance([]byte(`{"runDetails":{}}`)); err == nil {
+		t.Error("a provenance without a builder id was read")
 	}
 }

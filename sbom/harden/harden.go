@@ -17,6 +17,7 @@ import (
 	"context"
 	"debug/buildinfo"
 	"debug/elf"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -882,3 +883,32 @@ func DefaultMinGoVersion() string {
 }
 
 func buildGoVersion() string { return runtime.Version() }
+
+// ReadReport reads a hardening predicate (a Report, as Run wrote and the
+// gate verified) and returns the IDs of the checks that passed and failed.
+// A check without an ID or with a status Run never writes makes the whole
+// report unreadable: a reader must not guess at a security fact.
+func ReadReport(pred []byte) (passed, failed []string, err error) {
+	var r Report
+	if err := json.Unmarshal(pred, &r); err != nil {
+		return nil, nil, fmt.Errorf("hardening report: %w", err)
+	}
+	if len(r.Checks) == 0 {
+		return nil, nil, errors.New("hardening report: no checks")
+	}
+	passed, failed = []string{}, []string{}
+	for i, c := range r.Checks {
+		switch {
+		case c.ID == "":
+			return nil, nil, fmt.Errorf("hardening report: checks[%d] has no id", i)
+		case c.Status == Pass:
+			passed = append(passed, c.ID)
+		case c.Status == Fail:
+			failed = append(failed, c.ID)
+		case c.Status == NotApplicable:
+		default:
+			return nil, nil, fmt.Errorf("hardening report: check %s has status %q", c.ID, c.Status)
+		}
+	}
+	return passed, failed, nil
+}

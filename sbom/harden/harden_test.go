@@ -3,6 +3,7 @@ package harden
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -358,5 +359,24 @@ func TestDocsListEveryCheck(t *testing.T) {
 			return
 		}
 		t.Errorf("%s is out of date with Checks(): run go test ./sbom/harden -run TestDocs -update", path)
+	}
+}
+
+// TestReadReportRoundTrip: what Run writes, ReadReport reads back; what it
+// never writes is refused.
+func TestReadReportRoundTrip(t *testing.T) {
+	rep := &Report{Checks: []Result{{ID: "nonroot-user", Status: Pass}, {ID: "no-shell", Status: Fail}, {ID: "healthcheck", Status: NotApplicable}}}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	passed, failed, err := ReadReport(b)
+	if err != nil || !slices.Equal(passed, []string{"nonroot-user"}) || !slices.Equal(failed, []string{"no-shell"}) {
+		t.Fatalf("ReadReport = %v, %v, %v", passed, failed, err)
+	}
+	for _, bad := range []string{`{}`, `{"checks":[{"status":"pass"}]}`, `{"checks":[{"id":"x","status":"passed"}]}`, `[`} {
+		if _, _, err := ReadReport([]byte(bad)); err == nil {
+			t.Errorf("ReadReport(%s) accepted", bad)
+		}
 	}
 }

@@ -2,7 +2,9 @@ package vuln
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -61,4 +63,64 @@ func dbURI(st Status) string {
 		u += "?from=" + st.From
 	}
 	return u
+}
+
+// Read is what a policy may use of a vuln/v1 predicate attestd wrote.
+type Read struct {
+	Counts     Counts
+	Suppressed []Suppression
+	// Findings are "ID package@version", sorted and unique (Report.Findings).
+	Findings []string
+	DB       string // the database's URI (grype-db:<digest>…)
+	Finished time.Time
+}
+
+// ReadPredicate reads a vuln/v1 predicate written by Report.Predicate. One
+// without attestd's counts (another scanner's) or without a finish time
+// is refused: the gate must not guess at counts or at a scan's age.
+func ReadPredicate(pred []byte) (*Read, error) {
+	var p struct {
+		Invocation struct {
+			Parameters struct {
+				Counts     Counts        `json:"counts"`
+				Suppressed []Suppression `json:"suppressed"`
+			} `json:"parameters"`
+		} `json:"invocation"`
+		Scanner struct {
+			DB struct {
+				URI string `json:"uri"`
+			} `json:"db"`
+			Result struct {
+				Matches []struct {
+					Vulnerability struct {
+						ID string `json:"id"`
+					} `json:"vulnerability"`
+					Artifact struct {
+						Name    string `json:"name"`
+						Version string `json:"version"`
+					} `json:"artifact"`
+				} `json:"matches"`
+			} `json:"result"`
+		} `json:"scanner"`
+		Metadata struct {
+			ScanFinishedOn time.Time `json:"scanFinishedOn"`
+		} `json:"metadata"`
+	}
+	if err := json.Unmarshal(pred, &p); err != nil {
+		return nil, fmt.Errorf("vuln predicate: %w", err)
+	}
+	r := &Read{Counts: p.Invocation.Parameters.Counts, Suppressed: p.Invocation.Parameters.Suppressed,
+		DB: p.Scanner.DB.URI, Finished: p.Metadata.ScanFinishedOn, Findings: []string{}}
+	switch {
+	case r.Counts.UnknownAs == "":
+		return nil, errors.New("vuln predicate: no counts in invocation.parameters (not written by attestd?)")
+	case r.Finished.IsZero():
+		return nil, errors.New("vuln predicate: no metadata.scanFinishedOn")
+	}
+	for _, m := range p.Scanner.Result.Matches {
+		r.Findings = append(r.Findings, m.Vulnerability.ID+" "+m.Artifact.Name+"@"+m.Artifact.Version)
+	}
+	slices.Sort(r.Findings)
+	r.Findings = slices.Compact(r.Findings)
+	return r, nil
 }

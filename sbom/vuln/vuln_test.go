@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -301,5 +302,37 @@ func TestReopensWhenDatabaseReplaced(t *testing.T) {
 	r, err = s.Scan(context.Background(), sbom)
 	if err != nil || len(r.Document.Matches) != 1 || r.DB.Digest == before {
 		t.Fatalf("after import: %v %v, db %s (was %s)", ids(r), err, r.DB.Digest, before)
+	}
+}
+
+// TestPredicateRoundTrip: a real scan's predicate, as Report.Predicate
+// writes it, reads back with ReadPredicate to the same counts, findings,
+// database and finish time.
+func TestPredicateRoundTrip(t *testing.T) {
+	in := installed(t)
+	s, err := NewScanner(Options{DB: in, MaxAge: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r, err := s.Scan(context.Background(), Input{SBOM: cdx("golang.org/x/text@v0.3.5")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pred, err := r.Predicate("https://attestd.dev/run", "event", "builder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadPredicate(pred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Counts != r.Counts || !got.Finished.Equal(r.Finished) || got.DB != dbURI(r.DB) || !slices.Equal(got.Findings, r.Findings()) {
+		t.Errorf("read back %+v\nwrote counts %+v, finished %s, findings %v", got, r.Counts, r.Finished, r.Findings())
+	}
+	for _, bad := range []string{`{}`, `{"invocation":{"parameters":{"counts":{"unknownAs":"high"}}}}`, `[`} {
+		if _, err := ReadPredicate([]byte(bad)); err == nil {
+			t.Errorf("ReadPredicate(%s) accepted", bad)
+		}
 	}
 }

@@ -1,0 +1,48 @@
+package gate
+
+import (
+	"encoding/json"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/attestd/attestd/attest"
+	"github.com/attestd/attestd/policy"
+)
+
+// TestFactsWorstCase: two verified hardening reports combine to the worst
+// case; a finding an exception suppressed counts again once the exception
+// expired; an unreadable report fails its type.
+func TestFactsWorstCase(t *testing.T) {
+	var s policy.Subject
+	for _, r := range []string{
+		`{"checks":[{"id":"nonroot-user","status":"pass"},{"id":"healthcheck","status":"pass"}]}`,
+		`{"checks":[{"id":"nonroot-user","status":"fail"},{"id":"healthcheck","status":"pass"}]}`,
+	} {
+		if err := addFacts(&s, attest.PredicateHardening, json.RawMessage(r), policy.Signed{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !slices.Equal(s.Hardening.Failed, []string{"nonroot-user"}) || !slices.Equal(s.Hardening.Passed, []string{"healthcheck"}) {
+		t.Fatalf("hardening = %+v", s.Hardening)
+	}
+
+	now := time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC)
+	v, err := readVulnPredicate(json.RawMessage(`{"invocation":{"parameters":{"counts":{"high":1,"unknownAs":"high"},"suppressed":[
+	  {"vulnerability":"CVE-1","package":"p","version":"1","severity":"critical","by":"exception","expires":"2026-11-20T00:00:00Z"},
+	  {"vulnerability":"CVE-2","package":"p","version":"1","severity":"critical","by":"exception","expires":"2026-12-20T00:00:00Z"}]}},
+	 "scanner":{"result":{"matches":[{"vulnerability":{"id":"CVE-3"},"artifact":{"name":"p","version":"1"}}]}},
+	 "metadata":{"scanFinishedOn":"2026-11-10T00:00:00Z"}}`), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.High != 1 || v.Critical != 1 || len(v.Findings) != 2 {
+		t.Fatalf("vulns = %+v", v)
+	}
+	if _, err := readVulnPredicate(json.RawMessage(`{"invocation":{}}`), now); err == nil {
+		t.Fatal("a vuln predicate without counts was accepted")
+	}
+	if err := addFacts(&s, attest.PredicateHardening, json.RawMessage(`{"checks":[{"id":"x","status":"maybe"}]}`), policy.Signed{}); err == nil {
+		t.Fatal("a hardening report with an unknown status was accepted")
+	}
+}
