@@ -398,20 +398,18 @@ func TestStaleDecisionIsSignedAnew(t *testing.T) {
 	w.signAll(ref)
 	w.mustAllow(ref)
 	w.now = w.now.Add(8 * 24 * time.Hour) // past the 7-day validity
-	w.store.mu.Lock()
-	vsaBefore := 0
-	w.store.mu.Unlock()
 	if err := w.promote(ref); err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range w.prodReferrers(ref.DigestStr()) {
-		if r.ArtifactType != "" || true {
-			vsaBefore++
-		}
+	if len(w.vsaBundles) != 2 {
+		t.Fatalf("%d summaries signed, want the evaluation's and a new one", len(w.vsaBundles))
 	}
-	// signature, spdx, hardening, vuln, the first and the new summary
-	if vsaBefore != 6 {
-		t.Errorf("prod holds %d referrers, want 6 (a second summary)", vsaBefore)
+	// signature, spdx, hardening, vuln and the summary in force: the new one.
+	if n := len(w.prodReferrers(ref.DigestStr())); n != 5 {
+		t.Errorf("prod holds %d referrers, want 5", n)
+	}
+	if w.prodHas(w.vsaBundles[0]) || !w.prodHas(w.vsaBundles[1]) {
+		t.Errorf("prod has the expired summary or lacks the new one")
 	}
 	var why string
 	for _, e := range w.store.audit {

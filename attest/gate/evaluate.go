@@ -27,6 +27,9 @@ type Evaluation struct {
 	// Inputs are the bundles the facts were read from: the verification
 	// summary's inputAttestations.
 	Inputs []slsa.VSAAttestation
+	// VSA is the verification summary in force (the sha256 of its
+	// statement): of the summaries attached, a promotion copies this one.
+	VSA string
 
 	manifest []byte // as resolved, when the target carried it
 }

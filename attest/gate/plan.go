@@ -14,6 +14,7 @@ import (
 
 	"github.com/attestd/attestd/attest"
 	"github.com/attestd/attestd/attest/pipeline"
+	"github.com/attestd/attestd/attest/slsa"
 	"github.com/attestd/attestd/policy/promote"
 )
 
@@ -144,7 +145,7 @@ func (g *Gate) Plan(ctx context.Context, ev *Evaluation, edges []promote.Edge) (
 		return nil, pipeline.Permanent(fmt.Errorf("%s is a %s but was evaluated with %d platforms", ev.Ref(), mt, len(ev.Subjects)-1))
 	}
 	for _, s := range ev.Subjects {
-		if err := g.planReferrers(ctx, repo, s, p); err != nil {
+		if err := g.planReferrers(ctx, repo, s, ev.VSA, p); err != nil {
 			return nil, err
 		}
 	}
@@ -211,10 +212,11 @@ func (g *Gate) checkAttestationManifest(ctx context.Context, d name.Digest) erro
 	return nil
 }
 
-// planReferrers adds what verified for s: bundle referrers, the documents
-// of verified document references, and classic tags whose every layer
+// planReferrers adds what verified for s: bundle referrers (of the
+// verification summaries only vsa, the one in force), the documents of
+// verified document references, and classic tags whose every layer
 // verified.
-func (g *Gate) planReferrers(ctx context.Context, repo name.Repository, s Verified, p *Plan) error {
+func (g *Gate) planReferrers(ctx context.Context, repo name.Repository, s Verified, vsa string, p *Plan) error {
 	res := s.Result
 	verifiedLayers := map[string]bool{}
 	for _, pt := range sortedTypes(res.All) {
@@ -224,6 +226,10 @@ func (g *Gate) planReferrers(ctx context.Context, repo name.Repository, s Verifi
 				continue
 			}
 			if !isDigest(e.Bundle) || p.planned(e.Bundle) {
+				continue
+			}
+			if pt == slsa.VSAPredicateType && (e.Statement == "" || e.Statement != vsa) {
+				p.Skipped = append(p.Skipped, Item{Digest: e.Bundle, Subject: s.Digest, Kind: pt, Why: "a verification summary of another decision"})
 				continue
 			}
 			p.Referrers = append(p.Referrers, Item{Digest: e.Bundle, Subject: s.Digest, Kind: pt})

@@ -12,6 +12,7 @@ import (
 
 	"github.com/attestd/attestd/attest/pipeline"
 	"github.com/attestd/attestd/attest/slsa"
+	"github.com/attestd/attestd/attest/verify"
 	"github.com/attestd/attestd/policy"
 	"github.com/attestd/attestd/policy/promote"
 	"github.com/attestd/attestd/store"
@@ -80,22 +81,40 @@ func (g *Gate) Recheck(ctx context.Context, t *pipeline.Target, rec *store.Recor
 		stale = "no verification summary was recorded"
 	case g.o.Now().After(rec.Decision.Time.Add(validity)):
 		stale = fmt.Sprintf("its verification summary expired at %s", rec.Decision.Time.Add(validity).UTC().Format(time.RFC3339))
-	case !hasVSA(ev):
+	case !hasVSA(ev, rec.Decision.VSA):
 		stale = "its verification summary is no longer attached"
 	}
 	if stale == "" {
+		ev.VSA = rec.Decision.VSA
 		return ev, nil
 	}
-	if _, err := g.signVSA(ctx, ev); err != nil {
+	vsa, err := g.signVSA(ctx, ev)
+	if err != nil {
 		return nil, fmt.Errorf("verification summary: %w", err)
 	}
 	g.auditRedecided(ctx, rec, ev, stale)
-	// The closure must include the summary just attached.
-	return g.Check(ctx, t, rec.Decision.Tags)
+	// The closure must include the summary just attached; and the decision
+	// must still allow on what is attached now.
+	ev, err = g.Check(ctx, t, rec.Decision.Tags)
+	if err != nil {
+		return nil, err
+	}
+	if !ev.Decision.Allow {
+		out := decisionOf(ev.Decision, rec.Decision.Tags, "")
+		return nil, pipeline.Permanent(fmt.Errorf("the decision no longer holds: %s", strings.Join(out.Reasons, "; ")))
+	}
+	if !hasVSA(ev, vsa) {
+		return nil, errors.New("the verification summary just signed does not verify: promotion stopped")
+	}
+	ev.VSA = vsa
+	return ev, nil
 }
 
-func hasVSA(ev *Evaluation) bool {
-	return len(ev.Subjects) > 0 && len(ev.Subjects[0].Result.All[slsa.VSAPredicateType]) > 0
+// hasVSA reports whether the summary whose statement digest is vsa
+// verified for ev's digest.
+func hasVSA(ev *Evaluation, vsa string) bool {
+	return vsa != "" && len(ev.Subjects) > 0 && slices.ContainsFunc(ev.Subjects[0].Result.All[slsa.VSAPredicateType],
+		func(e verify.Evidence) bool { return e.Statement == vsa })
 }
 
 func (g *Gate) auditRedecided(ctx context.Context, rec *store.Record, ev *Evaluation, why string) {

@@ -83,6 +83,8 @@ type world struct {
 	pol   *policy.Policy
 	now   time.Time
 	vsas  [][]byte // the summaries signed, in order
+	// vsaBundles are their bundles' manifest digests.
+	vsaBundles []string
 }
 
 func newWorld(t *testing.T, policyYAML string, referrersAPI bool) *world {
@@ -322,9 +324,10 @@ func (s vsaSigner) AttestStatement(_ context.Context, ref, predicateType string,
 	if err != nil {
 		return err
 	}
-	s.w.attach(d, predicateType, s.w.bundle(attestd, st))
+	b := s.w.attach(d, predicateType, s.w.bundle(attestd, st))
 	s.w.store.mu.Lock()
 	s.w.vsas = append(s.w.vsas, st)
+	s.w.vsaBundles = append(s.w.vsaBundles, b.DigestStr())
 	s.w.store.mu.Unlock()
 	return nil
 }

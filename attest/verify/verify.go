@@ -9,6 +9,7 @@ package verify
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -119,6 +120,9 @@ type Evidence struct {
 	// evidence is a layer of; empty for a bundle referrer, whose manifest
 	// digest is Bundle.
 	Classic string
+	// Statement is the sha256 of the signed in-toto statement (the DSSE
+	// payload), "" for a classic image signature.
+	Statement string
 }
 
 // Rejection is a bundle that did not verify, and why.
@@ -219,6 +223,7 @@ func (v *Verifier) entities(digest string, ents []entity) (Result, error) {
 			res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: "not an in-toto statement (message signature)"})
 			continue
 		default:
+			ev.Statement = statementDigest(e.SignedEntity)
 			predicateType = out.Statement.PredicateType
 			if p := out.Statement.GetPredicate(); p != nil {
 				if ev.Predicate, err = protojson.Marshal(p); err != nil {
@@ -239,6 +244,20 @@ func (v *Verifier) entities(digest string, ents []entity) (Result, error) {
 		res.Verified[predicateType] = ev
 	}
 	return res, nil
+}
+
+// statementDigest is the sha256 of an envelope's payload ("" if none).
+func statementDigest(e sgverify.SignedEntity) string {
+	sc, err := e.SignatureContent()
+	if err != nil || sc.EnvelopeContent() == nil || sc.EnvelopeContent().RawEnvelope() == nil {
+		return ""
+	}
+	payload, err := base64.StdEncoding.DecodeString(sc.EnvelopeContent().RawEnvelope().Payload)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(payload)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // allows says why cert may not sign predicateType ("" when an expected

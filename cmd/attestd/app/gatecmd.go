@@ -252,6 +252,9 @@ outcome after the tag.`,
 				ev, err = g.Recheck(ctx, t, rec)
 			default:
 				ev, err = g.Check(ctx, t, tags)
+				if err == nil && rec.Decision != nil {
+					ev.VSA = rec.Decision.VSA // the summary of the stored decision travels with it
+				}
 				if err == nil && allowed && !ev.Decision.Allow {
 					printDecision(r.stdout, ev.Decision)
 					return errors.New("the decision no longer holds: promoting would refuse")
