@@ -163,8 +163,10 @@ func TestClassicFormat(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n, m := len(layers(tag(".sig"))), len(layers(tag(".att"))); n != 1 || m != len(allTypes) || sess.Certificates() != 0 {
-		t.Errorf("after re-signing: %d signatures, %d attestations, %d certificates requested; want 1, %d, 0", n, m, sess.Certificates(), len(allTypes))
+	// Re-signing adds nothing; telling its own signatures from anyone
+	// else's costs the session one certificate (its identity), no more.
+	if n, m := len(layers(tag(".sig"))), len(layers(tag(".att"))); n != 1 || m != len(allTypes) || sess.Certificates() > 1 {
+		t.Errorf("after re-signing: %d signatures, %d attestations, %d certificates requested; want 1, %d, at most 1", n, m, sess.Certificates(), len(allTypes))
 	}
 
 	// attestd's own verifier reads the classic layout too.
