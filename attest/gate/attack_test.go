@@ -1,6 +1,7 @@
 package gate
 
 import (
+	"bytes"
 	"encoding/json"
 	"slices"
 	"strings"
@@ -582,5 +583,50 @@ func TestOverrideAuditedBeforeTheCopy(t *testing.T) {
 	}
 	if !strings.Contains(plan.String(), "skip: rejected "+forged.DigestStr()) {
 		t.Errorf("the plan does not say what it leaves behind:\n%s", plan)
+	}
+}
+
+// A manifest that reads as an image and as an index (no mediaType field,
+// both config/layers and manifests) is evaluated as an image; before the
+// promotion the same bytes are pushed again as an index. The copy refuses
+// what is not served as the evaluated media type: the unevaluated child
+// never reaches prod. (Found by review.)
+func TestAttackMediaTypeFlip(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, true)
+	clean, _ := random.Image(512, 1)
+	evil, _ := random.Image(256, 1)
+	ed, _ := evil.Digest()
+	for _, img := range []v1.Image{clean, evil} {
+		d, _ := img.Digest()
+		if err := remote.Write(w.stage.Digest(d.String()), img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cm, _ := clean.Manifest()
+	esz, _ := evil.Size()
+	raw, _ := json.Marshal(map[string]any{"schemaVersion": 2, "config": cm.Config, "layers": cm.Layers,
+		"manifests": []v1.Descriptor{{MediaType: types.DockerManifestSchema2, Digest: ed, Size: esz, Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}}})
+	h, _, _ := v1.SHA256(bytes.NewReader(raw))
+	ref := w.stage.Digest(h.String())
+	if err := w.rc.PutManifest(w.ctx, ref, raw, types.DockerManifestSchema2); err != nil {
+		t.Fatal(err)
+	}
+	w.store.tag(w.stage.String(), ref.DigestStr(), "v1")
+	w.signAll(ref)
+	tgt := w.target(ref) // resolved once, carried to every stage
+	d, err := w.gate.Evaluate(w.ctx, tgt)
+	if err != nil || !d.Allow {
+		t.Fatal(err, d)
+	}
+	w.store.decide(ref, d)
+	if err := w.rc.PutManifest(w.ctx, ref, raw, types.OCIImageIndex); err != nil { // mallory: same bytes, now an index
+		t.Fatal(err)
+	}
+	if err := w.gate.Promote(w.ctx, tgt); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("promote = %v, want a refusal", err)
+	}
+	if w.prodHas(ed.String()) || w.inProd("v1") != "" {
+		t.Errorf("the unevaluated child or the tag reached prod")
 	}
 }

@@ -49,6 +49,8 @@ type Item struct {
 	Subject string `json:"subject,omitempty"` // the digest it refers to
 	Kind    string `json:"kind"`              // platform, attestation-manifest, a predicate type, document, classic
 	Tag     string `json:"tag,omitempty"`     // classic: the tag name
+	// MediaType is what a child must be served as (from the index).
+	MediaType types.MediaType `json:"mediaType,omitempty"`
 	Why     string `json:"why,omitempty"`     // skipped: why
 }
 
@@ -165,14 +167,14 @@ func (g *Gate) planChildren(ctx context.Context, repo name.Repository, ev *Evalu
 		d := m.Digest.String()
 		switch {
 		case evaluated[d] && m.MediaType.IsImage():
-			p.Manifests = append(p.Manifests, Item{Digest: d, Kind: "platform"})
+			p.Manifests = append(p.Manifests, Item{Digest: d, Kind: "platform", MediaType: m.MediaType})
 		case evaluated[d]:
 			return pipeline.Permanent(fmt.Errorf("index %s: child %s is a %s: only image manifests are promoted", ev.Ref(), d, m.MediaType))
 		case m.Annotations[refTypeAnnotation] == "attestation-manifest" && evaluated[m.Annotations[refDigestAnnotation]]:
 			if err := g.checkAttestationManifest(ctx, repo.Digest(d)); err != nil {
 				return pipeline.Permanent(fmt.Errorf("index %s: child %s claims to be an attestation manifest: %w", ev.Ref(), d, err))
 			}
-			p.Manifests = append(p.Manifests, Item{Digest: d, Subject: m.Annotations[refDigestAnnotation], Kind: "attestation-manifest"})
+			p.Manifests = append(p.Manifests, Item{Digest: d, Subject: m.Annotations[refDigestAnnotation], Kind: "attestation-manifest", MediaType: m.MediaType})
 		default:
 			plat := "no platform"
 			if m.Platform != nil {

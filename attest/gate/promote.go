@@ -211,7 +211,7 @@ func edgesString(es []promote.Edge) string {
 func (g *Gate) copyClosure(ctx context.Context, src, dst name.Repository, plan *Plan) error {
 	rc := g.o.Registry
 	for _, it := range plan.Manifests {
-		if _, err := rc.Copy(ctx, src.Digest(it.Digest), dst); err != nil {
+		if _, err := rc.CopyImage(ctx, src.Digest(it.Digest), dst, it.MediaType); err != nil {
 			return fmt.Errorf("%s %s: %w", it.Kind, it.Digest, err)
 		}
 	}
@@ -219,16 +219,16 @@ func (g *Gate) copyClosure(ctx context.Context, src, dst name.Repository, plan *
 		if err := rc.PutManifest(ctx, dst.Digest(plan.Digest), plan.Raw, plan.MediaType); err != nil {
 			return err
 		}
-	} else if _, err := rc.Copy(ctx, src.Digest(plan.Digest), dst); err != nil {
+	} else if _, err := rc.CopyImage(ctx, src.Digest(plan.Digest), dst, plan.MediaType); err != nil {
 		return err
 	}
 	for _, it := range plan.Referrers {
-		if _, err := rc.Copy(ctx, src.Digest(it.Digest), dst); err != nil {
+		if _, err := rc.CopyImage(ctx, src.Digest(it.Digest), dst, ""); err != nil {
 			return fmt.Errorf("referrer %s of %s: %w", it.Digest, it.Subject, err)
 		}
 	}
 	for _, it := range plan.Classic {
-		if _, err := rc.Copy(ctx, src.Digest(it.Digest), dst); err != nil {
+		if _, err := rc.CopyImage(ctx, src.Digest(it.Digest), dst, ""); err != nil {
 			return fmt.Errorf("%s of %s: %w", it.Tag, it.Subject, err)
 		}
 		if err := rc.Tag(ctx, dst.Digest(it.Digest), dst.Tag(it.Tag)); err != nil {
@@ -248,6 +248,11 @@ func (g *Gate) checkDestination(ctx context.Context, dst name.Repository, plan *
 		if it.Kind == "platform" {
 			subjects = append(subjects, it.Digest)
 		}
+	}
+	if _, desc, err := g.o.Registry.Resolve(ctx, dst.Digest(plan.Digest)); err != nil {
+		return err
+	} else if desc.MediaType != plan.MediaType {
+		return fmt.Errorf("%s serves %s as %s, but %s was evaluated: promotion stopped before the tag", dst, plan.Digest, desc.MediaType, plan.MediaType)
 	}
 	for i, s := range subjects {
 		res, err := g.o.Verifier.Verify(ctx, dst.Digest(s).String())

@@ -533,6 +533,37 @@ func (c *Client) Copy(ctx context.Context, src name.Digest, dst name.Repository)
 	return to, nil
 }
 
+// CopyImage copies the image manifest src (by digest) with its config and
+// layers into dst, refusing anything the registry serves as another media
+// type than want ("" : any image manifest type) — an index above all,
+// whose children nobody asked to copy. The check and the copy read one
+// response, so the manifest cannot change type between them.
+func (c *Client) CopyImage(ctx context.Context, src name.Digest, dst name.Repository, want types.MediaType) (name.Digest, error) {
+	ctx, cancel := withTimeout(ctx, CopyTimeout)
+	defer cancel()
+	opts := c.RemoteOptions(ctx)
+	desc, err := remote.Get(src, opts...)
+	if err != nil {
+		return name.Digest{}, fmt.Errorf("copy %s: %w", src, err)
+	}
+	if !desc.MediaType.IsImage() || (want != "" && desc.MediaType != want) {
+		w := string(want)
+		if w == "" {
+			w = "an image manifest"
+		}
+		return name.Digest{}, fmt.Errorf("copy %s: the registry serves it as %s, not %s: refused", src, desc.MediaType, w)
+	}
+	img, err := desc.Image()
+	if err != nil {
+		return name.Digest{}, fmt.Errorf("copy %s: %w", src, err)
+	}
+	to := dst.Digest(desc.Digest.String())
+	if err := remote.Write(to, img, opts...); err != nil {
+		return name.Digest{}, fmt.Errorf("copy %s to %s: %w", src, dst, err)
+	}
+	return to, nil
+}
+
 // CopyTag copies what tag names in its repository into dst under the same
 // tag name (Copy, then Tag). A tag that does not exist is no error: it
 // reports false.
