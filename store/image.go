@@ -88,6 +88,9 @@ type Decision struct {
 	Tags []string `json:"tags,omitempty"`
 	// VSA is the digest of the signed verification summary statement.
 	VSA string `json:"vsa,omitempty"`
+	// Inputs are the bundles (manifest digests) the decision's facts came
+	// from: a promotion refuses when one of them is gone.
+	Inputs []string `json:"inputs,omitempty"`
 }
 
 // Child is one platform manifest of an image index.

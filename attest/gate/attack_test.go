@@ -21,6 +21,7 @@ import (
 	"github.com/attestd/attestd/attest/pipeline"
 	"github.com/attestd/attestd/attest/slsa"
 	"github.com/attestd/attestd/policy/promote"
+	"github.com/attestd/attestd/store"
 )
 
 // The attack suite: each case is someone with write access to the staging
@@ -628,5 +629,41 @@ func TestAttackMediaTypeFlip(t *testing.T) {
 	}
 	if w.prodHas(ed.String()) || w.inProd("v1") != "" {
 		t.Errorf("the unevaluated child or the tag reached prod")
+	}
+}
+
+// Deleting one of the reports a decision rested on — here the newer of two
+// scans, so an older clean-looking one would decide — refuses the
+// promotion; and a rescan attestd recorded since (new findings against a
+// newer database, not yet signed) counts at promotion. (Found by review.)
+func TestDecisionInputsAndRescans(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, true)
+	ref := w.image("v1")
+	w.sign(attestd, ref, attest.PredicateSignature, nil)
+	w.sign(attestd, ref, attest.PredicateSPDX, sbom)
+	w.sign(attestd, ref, attest.PredicateHardening, hardening("pass"))
+	w.sign(attestd, ref, attest.PredicateVulnCosign, vulnReport(0, w.now.Add(-2*time.Hour)))
+	newer := w.sign(attestd, ref, attest.PredicateVulnCosign, vulnReport(0, w.now.Add(-time.Minute)))
+	w.mustAllow(ref)
+	if err := remote.Delete(newer); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.promote(ref); err == nil || !strings.Contains(err.Error(), "gone") || !strings.Contains(err.Error(), newer.DigestStr()) {
+		t.Fatalf("promote after an input was deleted = %v, want a refusal naming it", err)
+	}
+
+	ref2 := w.image("v2")
+	w.signAll(ref2)
+	w.mustAllow(ref2)
+	w.store.mu.Lock()
+	w.store.recs[ref2.String()].Facts = []store.Facts{{Subject: ref2.DigestStr(),
+		Vulns: &store.VulnCounts{Critical: 1, UnknownAs: "high", ScannedAt: w.now, Findings: []string{"CVE-2026-1 libx@1"}}}}
+	w.store.mu.Unlock()
+	if err := w.promote(ref2); err == nil || !strings.Contains(err.Error(), "critical 1") {
+		t.Fatalf("promote after a rescan recorded a critical finding = %v, want a refusal", err)
+	}
+	if w.inProd("v1") != "" || w.inProd("v2") != "" {
+		t.Error("a tag reached prod")
 	}
 }

@@ -58,6 +58,9 @@ func (g *Gate) Evaluate(ctx context.Context, t *pipeline.Target) (pipeline.Decis
 		return pipeline.Decision{}, fmt.Errorf("verification summary: %w", err)
 	}
 	out := decisionOf(ev.Decision, tags, vsa)
+	for _, in := range ev.Inputs {
+		out.Inputs = append(out.Inputs, in.Digest)
+	}
 	g.o.Logger.InfoContext(ctx, "evaluated", "digest", t.Ref, "allow", out.Allow, "mode", ev.Decision.Mode, "policy", ev.Decision.PolicyDigest, "reasons", len(out.Reasons))
 	return out, nil
 }

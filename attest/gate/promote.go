@@ -66,7 +66,14 @@ func (g *Gate) Recheck(ctx context.Context, t *pipeline.Target, rec *store.Recor
 	if err != nil {
 		return nil, err
 	}
+	g.withRecorded(ctx, ev, rec)
 	d := ev.Decision
+	if gone := goneInputs(ev, rec.Decision.Inputs); len(gone) > 0 {
+		d.Allow = false
+		d.Violations = append(d.Violations, policy.Violation{Rule: "inputs", Subject: rec.Digest,
+			Message: fmt.Sprintf("attestations the decision rested on are gone or no longer verify: %s (re-evaluate: attestd requeue)", strings.Join(gone, ", "))})
+		ev.Decision = d
+	}
 	if !d.Allow {
 		out := decisionOf(d, rec.Decision.Tags, "")
 		g.auditRedecided(ctx, rec, ev, "denied at promotion")
@@ -99,6 +106,7 @@ func (g *Gate) Recheck(ctx context.Context, t *pipeline.Target, rec *store.Recor
 	if err != nil {
 		return nil, err
 	}
+	g.withRecorded(ctx, ev, rec)
 	if !ev.Decision.Allow {
 		out := decisionOf(ev.Decision, rec.Decision.Tags, "")
 		return nil, pipeline.Permanent(fmt.Errorf("the decision no longer holds: %s", strings.Join(out.Reasons, "; ")))
@@ -112,6 +120,57 @@ func (g *Gate) Recheck(ctx context.Context, t *pipeline.Target, rec *store.Recor
 
 // hasVSA reports whether the summary whose statement digest is vsa
 // verified for ev's digest.
+// goneInputs lists the decision's input bundles that did not verify now.
+func goneInputs(ev *Evaluation, inputs []string) []string {
+	have := map[string]bool{}
+	for _, s := range ev.Subjects {
+		for _, evs := range s.Result.All {
+			for _, e := range evs {
+				have[e.Bundle] = true
+			}
+		}
+	}
+	var gone []string
+	for _, in := range inputs {
+		if !have[in] {
+			gone = append(gone, in)
+		}
+	}
+	return gone
+}
+
+// withRecorded folds what attestd itself recorded since the signed scan
+// — a rescan's findings against a newer database (store.RecordRescan) —
+// into the input as the worst case of both, and decides again. It can only
+// deny more: local records never stand in for a signed report that is
+// missing.
+func (g *Gate) withRecorded(ctx context.Context, ev *Evaluation, rec *store.Record) {
+	changed := false
+	for i := range ev.Input.Subjects {
+		s := &ev.Input.Subjects[i]
+		v := s.Vulnerabilities
+		if v == nil {
+			continue
+		}
+		for _, f := range rec.Facts {
+			if f.Subject != s.Digest || f.Vulns == nil || !f.Vulns.ScannedAt.After(v.ScannedAt) {
+				continue
+			}
+			r := f.Vulns
+			w := *v
+			w.Critical, w.High, w.Medium = max(w.Critical, r.Critical), max(w.High, r.High), max(w.Medium, r.Medium)
+			w.Low, w.Negligible, w.Unknown = max(w.Low, r.Low), max(w.Negligible, r.Negligible), max(w.Unknown, r.Unknown)
+			w.Findings = slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(w.Findings), r.Findings...))))
+			if w.Critical != v.Critical || w.High != v.High || w.Medium != v.Medium || w.Low != v.Low || w.Negligible != v.Negligible || w.Unknown != v.Unknown {
+				s.Vulnerabilities, changed = &w, true
+			}
+		}
+	}
+	if changed {
+		ev.Decision = g.o.Policy.Evaluate(ctx, ev.Input)
+	}
+}
+
 func hasVSA(ev *Evaluation, vsa string) bool {
 	return vsa != "" && len(ev.Subjects) > 0 && slices.ContainsFunc(ev.Subjects[0].Result.All[slsa.VSAPredicateType],
 		func(e verify.Evidence) bool { return e.Statement == vsa })
