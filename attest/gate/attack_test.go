@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	sgbundle "github.com/sigstore/sigstore-go/pkg/bundle"
 
 	"github.com/attestd/attestd/attest"
 	"github.com/attestd/attestd/attest/pipeline"
@@ -665,5 +666,70 @@ func TestDecisionInputsAndRescans(t *testing.T) {
 	}
 	if w.inProd("v1") != "" || w.inProd("v2") != "" {
 		t.Error("a tag reached prod")
+	}
+}
+
+// A verified bundle wrapped again in other manifests — under a false
+// predicate-type annotation, or with a config blob of the attacker's — is
+// copied once, as one attestation; a wrapper with a config nobody signed
+// is rejected. (Found by review.)
+func TestAttackRewrappedBundle(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, true)
+	ref := w.image("v1")
+	w.sign(attestd, ref, attest.PredicateSPDX, sbom)
+	w.sign(attestd, ref, attest.PredicateHardening, hardening("pass"))
+	w.sign(attestd, ref, attest.PredicateVulnCosign, vulnReport(0, w.now.Add(-time.Minute)))
+	b := w.bundle(attestd, w.statement(ref.DigestStr(), attest.PredicateSignature, nil))
+	first := w.attach(ref, attest.PredicateSignature, b)
+	second := w.attach(ref, attest.PredicateVulnCosign, b) // same bundle, a lying annotation
+	mt, _ := sgbundle.MediaTypeString("0.3")
+	odd, err := w.rc.PushArtifact(w.ctx, ref, mt, mt, b, nil) // config: the artifact type, not the empty config
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.mustAllow(ref)
+	if !rejected(w.input(ref).Subjects[0].Rejected, odd.DigestStr(), "not the empty config") {
+		t.Error("a wrapper with another config is not rejected")
+	}
+	if err := w.promote(ref); err != nil {
+		t.Fatal(err)
+	}
+	keep, drop := first, second
+	if second.DigestStr() < first.DigestStr() {
+		keep, drop = second, first
+	}
+	if !w.prodHas(keep.DigestStr()) || w.prodHas(drop.DigestStr()) || w.prodHas(odd.DigestStr()) {
+		t.Errorf("prod: %s %v, %s %v, %s %v; want only the first wrapper", keep.DigestStr(), w.prodHas(keep.DigestStr()),
+			drop.DigestStr(), w.prodHas(drop.DigestStr()), odd.DigestStr(), w.prodHas(odd.DigestStr()))
+	}
+}
+
+// A classic signature tag image that names a subject (it would become a
+// referrer of that digest in prod) is not copied, though every layer in it
+// verifies; nor is one whose layer list repeats a verified layer.
+func TestAttackClassicTagWithSubject(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, false)
+	ref := w.image("v1")
+	other := w.image("")
+	w.signAll(ref)
+	layer := static.NewLayer([]byte(`{}`), "application/vnd.dev.cosign.simplesigning.v1+json")
+	img, _ := mutate.Append(empty.Image, mutate.Addendum{Layer: layer})
+	od, _ := remote.Head(other)
+	img = mutate.Subject(img, *od).(v1.Image)
+	tag := w.stage.Tag("sha256-" + strings.TrimPrefix(ref.DigestStr(), "sha256:") + ".att")
+	if err := remote.Write(tag, img); err != nil {
+		t.Fatal(err)
+	}
+	w.mustAllow(ref)
+	if err := w.promote(ref); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := remote.Head(w.prod.Tag(tag.TagStr())); err == nil {
+		t.Error("the classic tag image reached prod")
+	}
+	if n := len(w.prodReferrers(other.DigestStr())); n != 0 {
+		t.Errorf("prod lists %d referrers of another digest", n)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/attestd/attestd/attest"
 	"github.com/attestd/attestd/attest/pipeline"
 	"github.com/attestd/attestd/attest/slsa"
+	"github.com/attestd/attestd/attest/verify"
 	"github.com/attestd/attestd/policy/promote"
 )
 
@@ -51,7 +52,7 @@ type Item struct {
 	Tag     string `json:"tag,omitempty"`     // classic: the tag name
 	// MediaType is what a child must be served as (from the index).
 	MediaType types.MediaType `json:"mediaType,omitempty"`
-	Why     string `json:"why,omitempty"`     // skipped: why
+	Why       string          `json:"why,omitempty"` // skipped: why
 }
 
 func (it Item) String() string {
@@ -171,7 +172,7 @@ func (g *Gate) planChildren(ctx context.Context, repo name.Repository, ev *Evalu
 		case evaluated[d]:
 			return pipeline.Permanent(fmt.Errorf("index %s: child %s is a %s: only image manifests are promoted", ev.Ref(), d, m.MediaType))
 		case m.Annotations[refTypeAnnotation] == "attestation-manifest" && evaluated[m.Annotations[refDigestAnnotation]]:
-			if err := g.checkAttestationManifest(ctx, repo.Digest(d)); err != nil {
+			if err := g.checkAttestationManifest(ctx, repo.Digest(d), m.Annotations[refDigestAnnotation]); err != nil {
 				return pipeline.Permanent(fmt.Errorf("index %s: child %s claims to be an attestation manifest: %w", ev.Ref(), d, err))
 			}
 			p.Manifests = append(p.Manifests, Item{Digest: d, Subject: m.Annotations[refDigestAnnotation], Kind: "attestation-manifest", MediaType: m.MediaType})
@@ -190,8 +191,11 @@ func (g *Gate) planChildren(ctx context.Context, repo name.Repository, ev *Evalu
 }
 
 // checkAttestationManifest makes sure d is an image manifest whose every
-// layer is an in-toto statement: nothing a runtime could run.
-func (g *Gate) checkAttestationManifest(ctx context.Context, d name.Digest) error {
+// layer is an in-toto statement — nothing a runtime could run — and that
+// refers, if to anything, to its platform. Its statements are BuildKit's
+// unsigned claims: copied as part of the index that was evaluated, never
+// read as facts.
+func (g *Gate) checkAttestationManifest(ctx context.Context, d name.Digest, platform string) error {
 	raw, mt, err := g.o.Registry.Manifest(ctx, d)
 	if err != nil {
 		return err
@@ -205,6 +209,9 @@ func (g *Gate) checkAttestationManifest(ctx context.Context, d name.Digest) erro
 	}
 	if len(m.Layers) == 0 {
 		return fmt.Errorf("no layers")
+	}
+	if m.Subject != nil && m.Subject.Digest.String() != platform {
+		return fmt.Errorf("it names %s as its subject, not the platform %s", m.Subject.Digest, platform)
 	}
 	for _, l := range m.Layers {
 		if string(l.MediaType) != inTotoLayer {
@@ -221,8 +228,11 @@ func (g *Gate) checkAttestationManifest(ctx context.Context, d name.Digest) erro
 func (g *Gate) planReferrers(ctx context.Context, repo name.Repository, s Verified, vsa string, p *Plan) error {
 	res := s.Result
 	verifiedLayers := map[string]bool{}
+	statements := map[string]string{} // statement digest → the wrapper copied
 	for _, pt := range sortedTypes(res.All) {
-		for _, e := range res.All[pt] {
+		evs := slices.Clone(res.All[pt])
+		slices.SortFunc(evs, func(a, b verify.Evidence) int { return strings.Compare(a.Bundle, b.Bundle) })
+		for _, e := range evs {
 			if e.Classic != "" {
 				verifiedLayers[e.Classic+"\x00"+e.Bundle] = true
 				continue
@@ -230,6 +240,13 @@ func (g *Gate) planReferrers(ctx context.Context, repo name.Repository, s Verifi
 			if !isDigest(e.Bundle) || p.planned(e.Bundle) {
 				continue
 			}
+			if first, dup := statements[e.Statement]; dup && e.Statement != "" {
+				// The same signed statement in another manifest: one copy
+				// is the attestation, the others are someone's wrappers.
+				p.Skipped = append(p.Skipped, Item{Digest: e.Bundle, Subject: s.Digest, Kind: pt, Why: "another manifest of the statement in " + first})
+				continue
+			}
+			statements[e.Statement] = e.Bundle
 			if pt == slsa.VSAPredicateType && (e.Statement == "" || e.Statement != vsa) {
 				p.Skipped = append(p.Skipped, Item{Digest: e.Bundle, Subject: s.Digest, Kind: pt, Why: "a verification summary of another decision"})
 				continue
@@ -251,20 +268,51 @@ func (g *Gate) planReferrers(ctx context.Context, repo name.Repository, s Verifi
 	}
 	for _, ct := range res.Classic {
 		var bad []string
+		seen := map[string]bool{}
 		for _, l := range ct.Layers {
-			if !verifiedLayers[ct.Tag+"\x00"+l] {
+			if !verifiedLayers[ct.Tag+"\x00"+l] || seen[l] {
 				bad = append(bad, l)
 			}
+			seen[l] = true
 		}
 		it := Item{Digest: ct.Manifest, Subject: s.Digest, Kind: "classic", Tag: ct.Tag}
 		if len(bad) > 0 {
-			it.Why = fmt.Sprintf("layers %s did not verify for an allowed signer", strings.Join(bad, ", "))
+			it.Why = fmt.Sprintf("layers %s did not verify for an allowed signer (or appear twice)", strings.Join(bad, ", "))
+			p.Skipped = append(p.Skipped, it)
+			continue
+		}
+		if why, err := g.classicShape(ctx, repo.Digest(ct.Manifest)); err != nil {
+			return err
+		} else if why != "" {
+			it.Why = why
 			p.Skipped = append(p.Skipped, it)
 			continue
 		}
 		p.Classic = append(p.Classic, it)
 	}
 	return nil
+}
+
+// classicShape says why a classic tag image is not copied as it is ("":
+// it is): cosign writes no subject and no manifest annotations there, so
+// either would be content nobody signed (a subject would make the copy a
+// referrer of another digest in the destination).
+func (g *Gate) classicShape(ctx context.Context, d name.Digest) (string, error) {
+	raw, _, err := g.o.Registry.Manifest(ctx, d)
+	if err != nil {
+		return "", err
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return "unreadable manifest: " + err.Error(), nil
+	}
+	switch {
+	case m.Subject != nil:
+		return "the tag image names a subject (" + m.Subject.Digest.String() + "): cosign writes none", nil
+	case len(m.Annotations) > 0:
+		return "the tag image carries manifest annotations: cosign writes none", nil
+	}
+	return "", nil
 }
 
 // planDocument checks the artifact a verified document reference names:

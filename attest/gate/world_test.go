@@ -1,6 +1,7 @@
 package gate
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -20,6 +21,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	protobundle "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
 	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
 	protodsse "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
@@ -212,15 +215,41 @@ func (w *world) statement(digest, predicateType string, predicate any) []byte {
 	return st
 }
 
-// attach pushes a bundle as a referrer of subject, the way cosign does.
+// attach pushes a bundle as a referrer of subject, the way cosign does:
+// the empty config, one bundle layer, the predicate type annotation.
 func (w *world) attach(subject name.Digest, predicateType string, bundle []byte) name.Digest {
 	w.t.Helper()
 	mt, _ := sgbundle.MediaTypeString("0.3")
-	d, err := w.rc.PushArtifact(w.ctx, subject, mt, mt, bundle, map[string]string{"dev.sigstore.bundle.predicateType": predicateType})
+	cfg := static.NewLayer([]byte("{}"), "application/vnd.oci.empty.v1+json")
+	layer := static.NewLayer(bundle, types.MediaType(mt))
+	for _, l := range []v1.Layer{cfg, layer} {
+		if err := remote.WriteLayer(subject.Context(), l); err != nil {
+			w.t.Fatal(err)
+		}
+	}
+	desc, err := remote.Head(subject)
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	return d
+	cd, _ := cfg.Digest()
+	ld, _ := layer.Digest()
+	raw, _ := json.Marshal(v1.Manifest{SchemaVersion: 2, MediaType: types.OCIManifestSchema1,
+		Config:      v1.Descriptor{MediaType: "application/vnd.oci.empty.v1+json", Digest: cd, Size: 2},
+		Layers:      []v1.Descriptor{{MediaType: types.MediaType(mt), Digest: ld, Size: int64(len(bundle))}},
+		Subject:     &v1.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size},
+		Annotations: map[string]string{"dev.sigstore.bundle.predicateType": predicateType},
+	})
+	// cosign's manifest carries artifactType too.
+	var m map[string]any
+	_ = json.Unmarshal(raw, &m)
+	m["artifactType"] = mt
+	raw, _ = json.Marshal(m)
+	h, _, _ := v1.SHA256(bytes.NewReader(raw))
+	ref := subject.Context().Digest(h.String())
+	if err := w.rc.PutManifest(w.ctx, ref, raw, types.OCIManifestSchema1); err != nil {
+		w.t.Fatal(err)
+	}
+	return ref
 }
 
 // sign has identity sign predicate about subject and attaches it.

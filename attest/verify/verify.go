@@ -33,6 +33,13 @@ import (
 // maxBundleBytes bounds one bundle read from the registry.
 const maxBundleBytes = 64 << 20
 
+// The empty config every bundle artifact carries (cosign writes it): a
+// wrapper with any other config carries content nobody signed.
+const (
+	emptyConfigType   = "application/vnd.oci.empty.v1+json"
+	emptyConfigDigest = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a" // sha256("{}")
+)
+
 // Identity is an expected signer: the OIDC issuer and the certificate's
 // subject (SAN), each exact or as a regular expression, and the predicate
 // types it may sign (none: every type).
@@ -353,8 +360,8 @@ func (v *Verifier) fetchBundle(ctx context.Context, subject name.Digest, desc v1
 	if len(m.Layers) != 1 {
 		return nil, fmt.Errorf("bundle manifest has %d layers, want 1", len(m.Layers))
 	}
-	if mt := string(m.Config.MediaType); mt == "application/vnd.oci.image.config.v1+json" || mt == "application/vnd.docker.container.image.v1+json" {
-		return nil, fmt.Errorf("a runnable image (config %s), not a bundle artifact", mt)
+	if m.Config.MediaType != emptyConfigType || m.Config.Digest.String() != emptyConfigDigest {
+		return nil, fmt.Errorf("bundle manifest's config is %s %s, not the empty config %s a bundle artifact carries", m.Config.MediaType, m.Config.Digest, emptyConfigType)
 	}
 	if want, _ := sgbundle.MediaTypeString("0.3"); string(m.Layers[0].MediaType) != want {
 		return nil, fmt.Errorf("bundle layer media type is %s, want %s", m.Layers[0].MediaType, want)
