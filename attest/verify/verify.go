@@ -30,8 +30,17 @@ import (
 	"github.com/attestd/attestd/store/registry"
 )
 
-// maxBundleBytes bounds one bundle read from the registry.
-const maxBundleBytes = 64 << 20
+// Bounds on what the registry (anyone who can push) makes the verifier read
+// for one digest: bundles past them are rejected, never read.
+const (
+	// MaxBundles is how many bundle referrers are read.
+	MaxBundles = 1024
+	// maxBundleBytes bounds one bundle, maxBundlesBytes all of them.
+	maxBundleBytes  = 64 << 20
+	maxBundlesBytes = 256 << 20
+	// maxBundleManifest bounds a bundle's manifest.
+	maxBundleManifest = 64 << 10
+)
 
 // The empty config every bundle artifact carries (cosign writes it): a
 // wrapper with any other config carries content nobody signed.
@@ -312,8 +321,18 @@ func (v *Verifier) Verify(ctx context.Context, ref string) (Result, error) {
 	}
 	var ents []entity
 	var bad []Rejection
-	for _, desc := range refs {
-		b, err := v.fetchBundle(ctx, d, desc)
+	var total int64
+	for i, desc := range refs {
+		switch {
+		case i >= MaxBundles:
+			bad = append(bad, Rejection{Bundle: desc.Digest.String(), Reason: fmt.Sprintf("more than %d bundles are attached: only the first %d (in listing order) are read", MaxBundles, MaxBundles)})
+			continue
+		case desc.Size > maxBundleManifest:
+			bad = append(bad, Rejection{Bundle: desc.Digest.String(), Reason: fmt.Sprintf("manifest of %d bytes: a bundle's is under %d", desc.Size, maxBundleManifest)})
+			continue
+		}
+		b, size, err := v.fetchBundle(ctx, d, desc, maxBundlesBytes-total)
+		total += size
 		if err != nil {
 			bad = append(bad, Rejection{Bundle: desc.Digest.String(), Reason: err.Error()})
 			continue
@@ -340,44 +359,47 @@ func (v *Verifier) Verify(ctx context.Context, ref string) (Result, error) {
 // fallback tag anyone with write access can rewrite) that places another
 // digest's referrer here is refused, so nothing copied with subject can
 // refer to something else.
-func (v *Verifier) fetchBundle(ctx context.Context, subject name.Digest, desc v1.Descriptor) (*sgbundle.Bundle, error) {
+func (v *Verifier) fetchBundle(ctx context.Context, subject name.Digest, desc v1.Descriptor, budget int64) (*sgbundle.Bundle, int64, error) {
 	repo := subject.Context()
 	raw, _, err := v.reg.Manifest(ctx, repo.Digest(desc.Digest.String()))
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	m, err := v1.ParseManifest(strings.NewReader(string(raw)))
 	if err != nil {
-		return nil, fmt.Errorf("bundle manifest: %w", err)
+		return nil, 0, fmt.Errorf("bundle manifest: %w", err)
 	}
 	if m.Subject == nil || m.Subject.Digest.String() != subject.DigestStr() {
 		got := "none"
 		if m.Subject != nil {
 			got = m.Subject.Digest.String()
 		}
-		return nil, fmt.Errorf("bundle manifest's subject is %s, not %s", got, subject.DigestStr())
+		return nil, 0, fmt.Errorf("bundle manifest's subject is %s, not %s", got, subject.DigestStr())
 	}
 	if len(m.Layers) != 1 {
-		return nil, fmt.Errorf("bundle manifest has %d layers, want 1", len(m.Layers))
+		return nil, 0, fmt.Errorf("bundle manifest has %d layers, want 1", len(m.Layers))
 	}
 	if m.Config.MediaType != emptyConfigType || m.Config.Digest.String() != emptyConfigDigest {
-		return nil, fmt.Errorf("bundle manifest's config is %s %s, not the empty config %s a bundle artifact carries", m.Config.MediaType, m.Config.Digest, emptyConfigType)
+		return nil, 0, fmt.Errorf("bundle manifest's config is %s %s, not the empty config %s a bundle artifact carries", m.Config.MediaType, m.Config.Digest, emptyConfigType)
 	}
 	if want, _ := sgbundle.MediaTypeString("0.3"); string(m.Layers[0].MediaType) != want {
-		return nil, fmt.Errorf("bundle layer media type is %s, want %s", m.Layers[0].MediaType, want)
+		return nil, 0, fmt.Errorf("bundle layer media type is %s, want %s", m.Layers[0].MediaType, want)
+	}
+	if m.Layers[0].Size > min(maxBundleBytes, budget) {
+		return nil, 0, fmt.Errorf("bundle of %d bytes: over the %d bytes read per bundle, or the %d per digest", m.Layers[0].Size, maxBundleBytes, maxBundlesBytes)
 	}
 	rc, err := v.reg.Blob(ctx, repo, m.Layers[0].Digest.String())
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer rc.Close()
-	data, err := io.ReadAll(io.LimitReader(rc, maxBundleBytes))
+	data, err := io.ReadAll(io.LimitReader(rc, m.Layers[0].Size+1))
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	var b sgbundle.Bundle
 	if err := b.UnmarshalJSON(data); err != nil {
-		return nil, fmt.Errorf("bundle: %w", err)
+		return nil, 0, fmt.Errorf("bundle: %w", err)
 	}
-	return &b, nil
+	return &b, int64(len(data)), nil
 }
