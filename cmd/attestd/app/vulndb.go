@@ -236,7 +236,7 @@ when the database changes (analysis.vulnerabilities.rescan_interval).`,
 				return err
 			}
 			defer db.Close()
-			sum, err := rescan(cmd.Context(), db, sc, vulnInstallation(cfg), &r.vulnMetrics, log)
+			sum, err := analyze.Rescan(cmd.Context(), db, sc, vulnInstallation(cfg), func(n int) { r.vulnMetrics.add(&r.vulnMetrics.rescanNew, "new", n) }, log)
 			if err != nil {
 				return err
 			}
