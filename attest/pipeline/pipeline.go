@@ -62,6 +62,9 @@ type Options struct {
 	Logger *slog.Logger
 	// OnJobDone, if set, is called after a job's outcome is durable (tests, metrics).
 	OnJobDone func(j *store.Job, err error)
+	// OnStage, if set, is called after each call of a stage with its
+	// result and how long it took (metrics): one hook for every stage.
+	OnStage func(stage string, err error, took time.Duration)
 }
 
 // Pipeline runs jobs. Construct with New.
@@ -261,7 +264,9 @@ func (p *Pipeline) advance(ctx context.Context, ref string, log *slog.Logger) er
 	if rec.State.Final() {
 		return nil
 	}
+	start := time.Now()
 	t, err := p.stages.Resolver.Resolve(ctx, ref)
+	p.observe(StageResolve, start, err)
 	if err != nil {
 		return p.stageFailed(ctx, rec, StageResolve, err)
 	}
@@ -321,7 +326,9 @@ func (p *Pipeline) next(rec *store.Record) (string, runFunc) {
 		}
 		return StageAnalyse, func(ctx context.Context, rec *store.Record, t *Target) (store.State, func(*store.Record), error) {
 			t.Source, t.Pusher = rec.Source, rec.Pusher
+			start := time.Now()
 			an, err := s.Analyzer.Analyze(ctx, t)
+			p.observe(StageAnalyse, start, err)
 			if err != nil {
 				return "", nil, err
 			}
@@ -339,14 +346,19 @@ func (p *Pipeline) next(rec *store.Record) (string, runFunc) {
 		}
 		return StageSign, func(ctx context.Context, rec *store.Record, t *Target) (store.State, func(*store.Record), error) {
 			t.Source, t.Pusher, t.Artifacts = rec.Source, rec.Pusher, rec.Artifacts
-			return store.StateAttested, nil, s.Signer.Sign(ctx, t)
+			start := time.Now()
+			err := s.Signer.Sign(ctx, t)
+			p.observe(StageSign, start, err)
+			return store.StateAttested, nil, err
 		}
 	case store.StateAttested:
 		if s.Evaluator == nil {
 			return StageEvaluate, nil
 		}
 		return StageEvaluate, func(ctx context.Context, _ *store.Record, t *Target) (store.State, func(*store.Record), error) {
+			start := time.Now()
 			d, err := s.Evaluator.Evaluate(ctx, t)
+			p.observe(StageEvaluate, start, err)
 			if err != nil {
 				return "", nil, err
 			}
@@ -365,8 +377,18 @@ func (p *Pipeline) next(rec *store.Record) (string, runFunc) {
 			return StagePromote, nil
 		}
 		return StagePromote, func(ctx context.Context, _ *store.Record, t *Target) (store.State, func(*store.Record), error) {
-			return store.StatePromoted, nil, s.Promoter.Promote(ctx, t)
+			start := time.Now()
+			err := s.Promoter.Promote(ctx, t)
+			p.observe(StagePromote, start, err)
+			return store.StatePromoted, nil, err
 		}
+	}
+}
+
+// observe reports one stage call to Options.OnStage.
+func (p *Pipeline) observe(stage string, start time.Time, err error) {
+	if p.o.OnStage != nil {
+		p.o.OnStage(stage, err, time.Since(start))
 	}
 }
 

@@ -143,7 +143,13 @@ func TestProcessStates(t *testing.T) {
 			t.Parallel()
 			db := openDB(t)
 			s := &stage{allow: tc.allow}
-			p, err := New(db, tc.stages(s), Options{})
+			var mu sync.Mutex
+			var observed []string
+			p, err := New(db, tc.stages(s), Options{OnStage: func(stage string, err error, _ time.Duration) {
+				mu.Lock()
+				defer mu.Unlock()
+				observed = append(observed, stage)
+			}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -158,6 +164,12 @@ func TestProcessStates(t *testing.T) {
 			if diff := cmp.Diff(tc.calls, s.got()); diff != "" {
 				t.Errorf("calls (-want +got):\n%s", diff)
 			}
+			// The one hook observes exactly the stage calls made.
+			mu.Lock()
+			if diff := cmp.Diff(tc.calls, observed); diff != "" {
+				t.Errorf("OnStage (-want +got):\n%s", diff)
+			}
+			mu.Unlock()
 			got := map[string]store.StageStatus{}
 			for k, v := range rec.Stages {
 				got[k] = v.Status

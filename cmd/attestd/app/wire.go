@@ -95,7 +95,6 @@ func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Cli
 			}
 		}
 	}
-	stages = r.stageMetrics.instrument(stages)
 	if r.wrapStages != nil {
 		stages = r.wrapStages(stages)
 	}
@@ -112,6 +111,7 @@ func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Cli
 		Grace:       timeDuration(cfg.Jobs.ShutdownGrace),
 		Logger:      log,
 		OnJobDone:   done,
+		OnStage:     r.stageMetrics.observe,
 	})
 }
 
