@@ -501,7 +501,8 @@ func (c *Client) artifactType(ctx context.Context, ref name.Digest) (string, err
 
 // Copy copies src (by digest) into the repository dst under the same digest:
 // every platform child and every layer, mounting blobs across repositories
-// when both live on one registry. It writes no tag; see Tag.
+// when both live on one registry. It writes no tag; see Tag. The gate
+// copies with CopyImage and PutManifest instead: exactly what it planned.
 func (c *Client) Copy(ctx context.Context, src name.Digest, dst name.Repository) (name.Digest, error) {
 	ctx, cancel := withTimeout(ctx, CopyTimeout)
 	defer cancel()
@@ -510,25 +511,16 @@ func (c *Client) Copy(ctx context.Context, src name.Digest, dst name.Repository)
 	if err != nil {
 		return name.Digest{}, fmt.Errorf("copy %s: %w", src, err)
 	}
+	if !desc.MediaType.IsIndex() {
+		return writeImage(desc, src, dst, opts)
+	}
+	idx, err := desc.ImageIndex()
+	if err != nil {
+		return name.Digest{}, fmt.Errorf("copy %s: %w", src, err)
+	}
 	to := dst.Digest(desc.Digest.String())
-	switch {
-	case desc.MediaType.IsIndex():
-		idx, err := desc.ImageIndex()
-		if err != nil {
-			return name.Digest{}, fmt.Errorf("copy %s: %w", src, err)
-		}
-		err = remote.WriteIndex(to, idx, opts...)
-		if err != nil {
-			return name.Digest{}, fmt.Errorf("copy %s to %s: %w", src, dst, err)
-		}
-	default:
-		img, err := desc.Image()
-		if err != nil {
-			return name.Digest{}, fmt.Errorf("copy %s: %w", src, err)
-		}
-		if err := remote.Write(to, img, opts...); err != nil {
-			return name.Digest{}, fmt.Errorf("copy %s to %s: %w", src, dst, err)
-		}
+	if err := remote.WriteIndex(to, idx, opts...); err != nil {
+		return name.Digest{}, fmt.Errorf("copy %s to %s: %w", src, dst, err)
 	}
 	return to, nil
 }
@@ -553,6 +545,11 @@ func (c *Client) CopyImage(ctx context.Context, src name.Digest, dst name.Reposi
 		}
 		return name.Digest{}, fmt.Errorf("copy %s: the registry serves it as %s, not %s: refused", src, desc.MediaType, w)
 	}
+	return writeImage(desc, src, dst, opts)
+}
+
+// writeImage writes the image desc describes into dst under its digest.
+func writeImage(desc *remote.Descriptor, src name.Digest, dst name.Repository, opts []remote.Option) (name.Digest, error) {
 	img, err := desc.Image()
 	if err != nil {
 		return name.Digest{}, fmt.Errorf("copy %s: %w", src, err)
@@ -562,24 +559,6 @@ func (c *Client) CopyImage(ctx context.Context, src name.Digest, dst name.Reposi
 		return name.Digest{}, fmt.Errorf("copy %s to %s: %w", src, dst, err)
 	}
 	return to, nil
-}
-
-// CopyTag copies what tag names in its repository into dst under the same
-// tag name (Copy, then Tag). A tag that does not exist is no error: it
-// reports false.
-func (c *Client) CopyTag(ctx context.Context, tag name.Tag, dst name.Repository) (bool, error) {
-	d, _, err := c.Resolve(ctx, tag)
-	if IsNotFound(err) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	to, err := c.Copy(ctx, d, dst)
-	if err != nil {
-		return false, err
-	}
-	return true, c.Tag(ctx, to, dst.Tag(tag.TagStr()))
 }
 
 // Tag points tag at the manifest already present as ref in the same repository.
