@@ -276,10 +276,16 @@ var sbom = map[string]any{"spdxVersion": "SPDX-2.3", "packages": []map[string]an
 // signature, SBOM, hardening (nonroot pass) and a clean vulnerability scan.
 func (w *world) signAll(subject name.Digest) {
 	w.t.Helper()
+	w.signWith(subject, vulnReport(0, w.now.Add(-time.Minute)))
+}
+
+// signWith is signAll with the given vulnerability report.
+func (w *world) signWith(subject name.Digest, vulns map[string]any) {
+	w.t.Helper()
 	w.sign(attestd, subject, attest.PredicateSignature, nil)
 	w.sign(attestd, subject, attest.PredicateSPDX, sbom)
 	w.sign(attestd, subject, attest.PredicateHardening, hardening("pass"))
-	w.sign(attestd, subject, attest.PredicateVulnCosign, vulnReport(0, w.now.Add(-time.Minute)))
+	w.sign(attestd, subject, attest.PredicateVulnCosign, vulns)
 }
 
 // target is what resolve hands the gate for ref.
