@@ -4,22 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/asn1"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
-	"errors"
 	"fmt"
-	"io"
-	"log"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -28,12 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/digitorus/timestamp"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-containerregistry/pkg/name"
-	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/secure-systems-lab/go-securesystemslib/dsse"
 	"github.com/sigstore/cosign/v2/pkg/cosign"
@@ -42,15 +26,13 @@ import (
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 	"github.com/sigstore/cosign/v2/pkg/oci/static"
 	ctypes "github.com/sigstore/cosign/v2/pkg/types"
-	prototrustroot "github.com/sigstore/protobuf-specs/gen/pb-go/trustroot/v1"
-	sgbundle "github.com/sigstore/sigstore-go/pkg/bundle"
 	"github.com/sigstore/sigstore-go/pkg/root"
-	"github.com/sigstore/sigstore-go/pkg/testing/ca"
 	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 	sigpayload "github.com/sigstore/sigstore/pkg/signature/payload"
 
+	"github.com/attestd/attestd/attest/sign/signtest"
 	"github.com/attestd/attestd/store/registry"
 )
 
@@ -58,141 +40,15 @@ import (
 // registry could pre-attach a bundle with attestd's (deterministic) payload
 // and predicate type but a signature that is not attestd's, and attestd took
 // it for its own — signed nothing, and counted the type as attached. These
-// tests run the real signing path offline: an in-process Fulcio and TSA
-// (certificates and timestamps from sigstore-go's testing CA), trust
-// material naming them, and ggcr's in-process registry.
+// tests run the real signing path offline on signtest: an in-process
+// Fulcio and TSA (certificates and timestamps from sigstore-go's testing
+// CA), trust material naming them, and ggcr's in-process registry.
 
 const (
-	testIssuer   = "https://issuer.attestd.test"
+	testIssuer   = signtest.Issuer
 	testIdentity = "attestd@example.test"
 	testPredType = "https://slsa.dev/provenance/v1"
 )
-
-// testSigstore is the in-process Fulcio and TSA with their trust material.
-type testSigstore struct {
-	sc *root.SigningConfig
-	tr *root.TrustedRoot
-}
-
-// pubOnly lets sigstore-go's testing CA certify a public key whose private
-// key it does not hold (it needs a crypto.Signer only for Public).
-type pubOnly struct{ pub crypto.PublicKey }
-
-func (p pubOnly) Public() crypto.PublicKey { return p.pub }
-func (pubOnly) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error) {
-	return nil, errors.New("public key only")
-}
-
-func newTestSigstore(t *testing.T) *testSigstore {
-	t.Helper()
-	rootCert, rootKey, err := ca.GenerateRootCa()
-	if err != nil {
-		t.Fatal(err)
-	}
-	inter, interKey, err := ca.GenerateFulcioIntermediate(rootCert, rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tsaInter, tsaInterKey, err := ca.GenerateTSAIntermediate(rootCert, rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tsaKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tsaLeaf, err := ca.GenerateTSALeafCert(time.Now().Add(-5*time.Minute), tsaKey, tsaInter, tsaInterKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	// Fulcio: a certificate for the request's key, naming the token's
-	// subject and issuer (the token is not verified: this is a test CA).
-	fulcio := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var claims struct{ Sub, Iss string }
-		parts := strings.Split(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "), ".")
-		if len(parts) != 3 {
-			http.Error(w, "no token", http.StatusUnauthorized)
-			return
-		}
-		raw, _ := base64.RawURLEncoding.DecodeString(parts[1])
-		var req struct {
-			PublicKeyRequest struct {
-				PublicKey struct{ Content string } `json:"publicKey"`
-			} `json:"publicKeyRequest"`
-		}
-		if json.Unmarshal(raw, &claims) != nil || json.NewDecoder(r.Body).Decode(&req) != nil {
-			http.Error(w, "bad request", http.StatusBadRequest)
-			return
-		}
-		pub, err := cryptoutils.UnmarshalPEMToPublicKey([]byte(req.PublicKeyRequest.PublicKey.Content))
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		leaf, err := ca.GenerateLeafCert(claims.Sub, claims.Iss, time.Now().Add(-time.Minute), pubOnly{pub}, inter, interKey)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		var chain []string
-		for _, c := range []*x509.Certificate{leaf, inter, rootCert} {
-			chain = append(chain, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})))
-		}
-		json.NewEncoder(w).Encode(map[string]any{"signedCertificateEmbeddedSct": map[string]any{"chain": map[string]any{"certificates": chain}}})
-	}))
-	t.Cleanup(fulcio.Close)
-
-	// TSA: an RFC 3161 response over the request's hash.
-	tsa := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-		req, err := timestamp.ParseRequest(body)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		ts := timestamp.Timestamp{HashAlgorithm: req.HashAlgorithm, HashedMessage: req.HashedMessage, Time: time.Now(),
-			Nonce: req.Nonce, Policy: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 57264, 2}}
-		resp, err := ts.CreateResponseWithOpts(tsaLeaf, tsaKey, crypto.SHA256)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", "application/timestamp-reply")
-		w.Write(resp)
-	}))
-	t.Cleanup(tsa.Close)
-
-	now := time.Now()
-	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01,
-		[]root.CertificateAuthority{&root.FulcioCertificateAuthority{Root: rootCert, Intermediates: []*x509.Certificate{inter},
-			ValidityPeriodStart: now.Add(-time.Hour), ValidityPeriodEnd: now.Add(time.Hour), URI: fulcio.URL}},
-		nil,
-		[]root.TimestampingAuthority{&root.SigstoreTimestampingAuthority{Root: rootCert, Intermediates: []*x509.Certificate{tsaInter},
-			Leaf: tsaLeaf, ValidityPeriodStart: now.Add(-time.Hour), ValidityPeriodEnd: now.Add(time.Hour), URI: tsa.URL}},
-		nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	all := root.ServiceConfiguration{Selector: prototrustroot.ServiceSelector_ALL}
-	sc, err := root.NewSigningConfig(root.SigningConfigMediaType02,
-		[]root.Service{{URL: fulcio.URL, MajorAPIVersion: 1, ValidityPeriodStart: now.Add(-time.Hour)}},
-		nil, nil, all,
-		[]root.Service{{URL: tsa.URL, MajorAPIVersion: 1, ValidityPeriodStart: now.Add(-time.Hour)}}, all)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testSigstore{sc: sc, tr: tr}
-}
-
-type staticToken string
-
-func (s staticToken) Token(context.Context) (string, error) { return string(s), nil }
-
-func tokenFor(subject string) staticToken {
-	claims, _ := json.Marshal(map[string]string{"sub": subject, "iss": testIssuer, "aud": "sigstore"})
-	return staticToken("eyJhbGciOiJub25lIn0." + base64.RawURLEncoding.EncodeToString(claims) + ".sig")
-}
 
 // signer is a signer under test and what verifies its signatures.
 type signer struct {
@@ -202,22 +58,18 @@ type signer struct {
 	tm     root.TrustedMaterial
 }
 
-// keyless signs as subject through the test Fulcio.
-func (ts *testSigstore) keyless(t *testing.T, rc *registry.Client, subject string, log *slog.Logger) signer {
+// keylessSigner signs as subject through the test Fulcio.
+func keylessSigner(t *testing.T, ts *signtest.Sigstore, rc *registry.Client, subject string, log *slog.Logger) signer {
 	t.Helper()
-	k, err := NewKeylessFromTrust(ts.sc, ts.tr, tokenFor(subject), rc, log)
+	k, err := NewKeylessFromTrust(ts.SigningConfig, ts.TrustedRoot, signtest.TokenFor(subject), rc, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := sgverify.NewShortCertificateIdentity(testIssuer, "", subject, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return signer{k: k, policy: sgverify.WithCertificateIdentity(id), tm: ts.tr}
+	return signer{k: k, policy: signtest.Policy(t, subject), tm: ts.TrustedRoot}
 }
 
-// keyed signs with a freshly generated cosign key file.
-func (ts *testSigstore) keyed(t *testing.T, rc *registry.Client, log *slog.Logger) signer {
+// keyedSigner signs with a freshly generated cosign key file.
+func keyedSigner(t *testing.T, ts *signtest.Sigstore, rc *registry.Client, log *slog.Logger) signer {
 	t.Helper()
 	pass := func(bool) ([]byte, error) { return []byte("test"), nil }
 	kb, err := cosign.GenerateKeyPair(pass)
@@ -228,7 +80,7 @@ func (ts *testSigstore) keyed(t *testing.T, rc *registry.Client, log *slog.Logge
 	if err := os.WriteFile(p, kb.PrivateBytes, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	k, err := NewKeyed(context.Background(), p, pass, ts.sc, ts.tr, rc, log)
+	k, err := NewKeyed(context.Background(), p, pass, ts.SigningConfig, ts.TrustedRoot, rc, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,39 +93,8 @@ func (ts *testSigstore) keyed(t *testing.T, rc *registry.Client, log *slog.Logge
 		t.Fatal(err)
 	}
 	key := root.NewExpiringKey(v, time.Time{}, time.Time{})
-	tm := root.TrustedMaterialCollection{ts.tr, root.NewTrustedPublicKeyMaterial(func(string) (root.TimeConstrainedVerifier, error) { return key, nil })}
+	tm := root.TrustedMaterialCollection{ts.TrustedRoot, root.NewTrustedPublicKeyMaterial(func(string) (root.TimeConstrainedVerifier, error) { return key, nil })}
 	return signer{k: k, policy: sgverify.WithKey(), tm: tm}
-}
-
-// newTestRegistry serves ggcr's registry (with or without the referrers API)
-// and returns its host and a client for it.
-func newTestRegistry(t *testing.T, referrers bool) (string, *registry.Client) {
-	t.Helper()
-	srv := httptest.NewServer(ggcrregistry.New(ggcrregistry.WithReferrersSupport(referrers), ggcrregistry.Logger(log.New(io.Discard, "", 0))))
-	t.Cleanup(srv.Close)
-	rc, err := registry.New(registry.WithRateLimit(0, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.TrimPrefix(srv.URL, "http://"), rc
-}
-
-// pushImage pushes a random image and returns its digest reference.
-func pushImage(t *testing.T, host string) name.Digest {
-	t.Helper()
-	img, err := random.Image(256, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tag, err := name.NewTag(host + "/app:v1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(tag, img); err != nil {
-		t.Fatal(err)
-	}
-	h, _ := img.Digest()
-	return tag.Context().Digest(h.String())
 }
 
 // logBuffer collects log output from concurrent writers.
@@ -295,49 +116,12 @@ func (l *logBuffer) String() string {
 }
 
 // bundlesOf counts the Sigstore bundles attached to d of predicateType, and
-// those among them that verify for s — checked here with sigstore-go
-// directly, not with the code under test.
+// those among them that verify for s — checked with sigstore-go directly,
+// not with the code under test (signtest.Bundles).
 func bundlesOf(t *testing.T, rc *registry.Client, s signer, d name.Digest, predicateType string) (all, verified int) {
 	t.Helper()
-	ctx := context.Background()
-	mt, _ := sgbundle.MediaTypeString("0.3")
-	refs, err := rc.Referrers(ctx, d, mt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := sgverify.NewVerifier(s.tm, sgverify.WithSignedTimestamps(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, _ := v1.NewHash(d.DigestStr())
-	digest, _ := hex.DecodeString(h.Hex)
-	for _, r := range refs {
-		mref := d.Context().Digest(r.Digest.String())
-		raw, _, err := rc.Manifest(ctx, mref)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, err := v1.ParseManifest(bytes.NewReader(raw))
-		if err != nil || m.Annotations["dev.sigstore.bundle.predicateType"] != predicateType || len(m.Layers) != 1 {
-			continue
-		}
-		all++
-		rc2, err := rc.Blob(ctx, d.Context(), m.Layers[0].Digest.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, _ := io.ReadAll(rc2)
-		rc2.Close()
-		var b sgbundle.Bundle
-		if b.UnmarshalJSON(data) != nil {
-			continue
-		}
-		res, err := v.Verify(&b, sgverify.NewPolicy(sgverify.WithArtifactDigest("sha256", digest), s.policy))
-		if err == nil && res.Statement.GetPredicateType() == predicateType {
-			verified++
-		}
-	}
-	return all, verified
+	all, ok := signtest.Bundles(t, rc, s.tm, s.policy, d, predicateType)
+	return all, len(ok)
 }
 
 // forgeBundle attaches, as attestd would, a bundle of payload whose DSSE
@@ -389,23 +173,23 @@ const (
 
 func TestAttestStatementIgnoresForgedBundle(t *testing.T) {
 	t.Parallel()
-	ts := newTestSigstore(t)
+	ts := signtest.New(t)
 	for _, keyed := range []bool{false, true} {
 		for _, f := range []forgery{otherSigner, garbage} {
 			for _, referrers := range []bool{true, false} {
 				t.Run(fmt.Sprintf("keyed=%v/%s/referrers=%v", keyed, f, referrers), func(t *testing.T) {
 					t.Parallel()
 					ctx := context.Background()
-					host, rc := newTestRegistry(t, referrers)
+					host, rc := signtest.NewRegistry(t, referrers)
 					var logs logBuffer
 					lg := slog.New(slog.NewTextHandler(&logs, nil))
 					var ours, attacker signer
 					if keyed {
-						ours, attacker = ts.keyed(t, rc, lg), ts.keyed(t, rc, nil)
+						ours, attacker = keyedSigner(t, ts, rc, lg), keyedSigner(t, ts, rc, nil)
 					} else {
-						ours, attacker = ts.keyless(t, rc, testIdentity, lg), ts.keyless(t, rc, "mallory@evil.test", nil)
+						ours, attacker = keylessSigner(t, ts, rc, testIdentity, lg), keylessSigner(t, ts, rc, "mallory@evil.test", nil)
 					}
-					d := pushImage(t, host)
+					d := signtest.PushImage(t, host)
 					payload, err := statement(d, testPredType, map[string]any{"builder": map[string]any{"id": "https://attestd.dev/builder"}})
 					if err != nil {
 						t.Fatal(err)
@@ -468,20 +252,20 @@ func TestAttestStatementIgnoresForgedBundle(t *testing.T) {
 
 func TestAttestStatementFindsOwnBundle(t *testing.T) {
 	t.Parallel()
-	ts := newTestSigstore(t)
+	ts := signtest.New(t)
 	for _, keyed := range []bool{false, true} {
 		for _, referrers := range []bool{true, false} {
 			t.Run(fmt.Sprintf("keyed=%v/referrers=%v", keyed, referrers), func(t *testing.T) {
 				t.Parallel()
 				ctx := context.Background()
-				host, rc := newTestRegistry(t, referrers)
+				host, rc := signtest.NewRegistry(t, referrers)
 				var ours signer
 				if keyed {
-					ours = ts.keyed(t, rc, nil)
+					ours = keyedSigner(t, ts, rc, nil)
 				} else {
-					ours = ts.keyless(t, rc, testIdentity, nil)
+					ours = keylessSigner(t, ts, rc, testIdentity, nil)
 				}
-				d := pushImage(t, host)
+				d := signtest.PushImage(t, host)
 				payload, err := statement(d, testPredType, map[string]any{"n": 1.0})
 				if err != nil {
 					t.Fatal(err)
@@ -600,20 +384,20 @@ func forgeClassic(t *testing.T, s signer, d name.Digest, predicateType string, p
 
 func TestClassicIgnoresForgedLayers(t *testing.T) {
 	t.Parallel()
-	ts := newTestSigstore(t)
+	ts := signtest.New(t)
 	for _, keyed := range []bool{false, true} {
 		for _, f := range []forgery{otherSigner, garbage} {
 			t.Run(fmt.Sprintf("keyed=%v/%s", keyed, f), func(t *testing.T) {
 				t.Parallel()
 				ctx := context.Background()
-				host, rc := newTestRegistry(t, true)
+				host, rc := signtest.NewRegistry(t, true)
 				var logs logBuffer
 				lg := slog.New(slog.NewTextHandler(&logs, nil))
 				var ours, attacker signer
 				if keyed {
-					ours, attacker = ts.keyed(t, rc, lg), ts.keyed(t, rc, nil)
+					ours, attacker = keyedSigner(t, ts, rc, lg), keyedSigner(t, ts, rc, nil)
 				} else {
-					ours, attacker = ts.keyless(t, rc, testIdentity, lg), ts.keyless(t, rc, "mallory@evil.test", nil)
+					ours, attacker = keylessSigner(t, ts, rc, testIdentity, lg), keylessSigner(t, ts, rc, "mallory@evil.test", nil)
 				}
 				var err error
 				for _, s := range []*signer{&ours, &attacker} {
@@ -621,7 +405,7 @@ func TestClassicIgnoresForgedLayers(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				d := pushImage(t, host)
+				d := signtest.PushImage(t, host)
 				payload, err := statement(d, testPredType, map[string]any{"n": 1.0})
 				if err != nil {
 					t.Fatal(err)
