@@ -136,7 +136,14 @@ func (s *Stage) Sign(ctx context.Context, t *pipeline.Target) error {
 			return sess.AttestStatement(gctx, repoName+"@"+a.Subject, pt, payload)
 		})
 	}
-	if err := g.Wait(); err != nil {
+	err = g.Wait()
+	// What was attached is audited whether or not the rest succeeded: a
+	// retry finds those signatures attached and makes (and audits) no new
+	// ones, so this is their only record.
+	if aerr := AuditWritten(context.WithoutCancel(ctx), s.db, t.Ref, repoName, sess.Written()); aerr != nil {
+		return errors.Join(err, aerr)
+	}
+	if err != nil {
 		if errors.Is(err, sign.ErrOtherFormat) {
 			return pipeline.Permanent(err) // a retry cannot help: the config or the image must change
 		}
@@ -173,9 +180,6 @@ func (s *Stage) Sign(ctx context.Context, t *pipeline.Target) error {
 				return fmt.Errorf("after pushing, document artifact %s is not among the referrers of %s", a, subj)
 			}
 		}
-	}
-	if err := AuditWritten(ctx, s.db, t.Ref, repoName, sess.Written()); err != nil {
-		return err
 	}
 	if err := s.db.Audit(ctx, store.AuditEntry{Actor: "pipeline", Action: "attestations.attached", Subject: t.Ref, Repo: repoName,
 		Digest: t.Ref[strings.LastIndex(t.Ref, "@")+1:], Details: map[string]string{
