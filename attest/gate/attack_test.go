@@ -693,9 +693,9 @@ func TestAttackRewrappedBundle(t *testing.T) {
 	}
 }
 
-// A classic signature tag image that names a subject (it would become a
-// referrer of that digest in prod) is not copied, though every layer in it
-// verifies; nor is one whose layer list repeats a verified layer.
+// A classic tag image that names another digest as its subject (it would
+// become a referrer of that digest in prod) is not copied. Its layer here
+// does not verify either; TestClassicShape checks the subject rule alone.
 func TestAttackClassicTagWithSubject(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, testPolicy, false)
@@ -719,5 +719,34 @@ func TestAttackClassicTagWithSubject(t *testing.T) {
 	}
 	if n := len(w.prodReferrers(other.DigestStr())); n != 0 {
 		t.Errorf("prod lists %d referrers of another digest", n)
+	}
+}
+
+// TestClassicShape: a classic tag image whose layers all verified is still
+// not copied when it names a subject or carries manifest annotations —
+// content nobody signed; the shape cosign writes passes.
+func TestClassicShape(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, true)
+	other := w.image("")
+	od, _ := remote.Head(other)
+	base, _ := mutate.Append(empty.Image, mutate.Addendum{Layer: static.NewLayer([]byte(`{}`), "application/vnd.dev.cosign.simplesigning.v1+json")})
+	for name, tc := range map[string]struct {
+		img  v1.Image
+		want string
+	}{
+		"as cosign writes it": {base, ""},
+		"with a subject":      {mutate.Subject(base, *od).(v1.Image), "names a subject"},
+		"with annotations":    {mutate.Annotations(base, map[string]string{"x": "y"}).(v1.Image), "manifest annotations"},
+	} {
+		d, _ := tc.img.Digest()
+		ref := w.stage.Digest(d.String())
+		if err := remote.Write(ref, tc.img); err != nil {
+			t.Fatal(err)
+		}
+		why, err := w.gate.classicShape(w.ctx, ref)
+		if err != nil || (tc.want == "") != (why == "") || !strings.Contains(why, tc.want) {
+			t.Errorf("%s: classicShape = %q, %v; want %q", name, why, err, tc.want)
+		}
 	}
 }

@@ -97,8 +97,3 @@ func New(o Options) (*Gate, error) {
 	}
 	return &Gate{o: o}, nil
 }
-
-// Policy is the policy the gate applies.
-func (g *Gate) Policy() *policy.Policy { return g.o.Policy }
-
-func isNotFound(err error) bool { return registry.IsNotFound(err) }

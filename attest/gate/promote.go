@@ -16,6 +16,7 @@ import (
 	"github.com/attestd/attestd/policy"
 	"github.com/attestd/attestd/policy/promote"
 	"github.com/attestd/attestd/store"
+	"github.com/attestd/attestd/store/registry"
 )
 
 // Override is a person promoting against (or without) the gate's decision.
@@ -325,7 +326,7 @@ func (g *Gate) checkDestination(ctx context.Context, dst name.Repository, plan *
 			}
 		}
 		refs, err := g.o.Registry.Referrers(ctx, dst.Digest(s), "")
-		if err != nil && !isNotFound(err) {
+		if err != nil && !registry.IsNotFound(err) {
 			return err
 		}
 		for _, r := range refs {
