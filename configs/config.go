@@ -152,8 +152,10 @@ type Signing struct {
 	// own OCI artifact referring to the image, and a document-ref
 	// attestation carrying its digest is signed instead.
 	MaxPayload Size `yaml:"max_payload"`
-	// Concurrency is how many signatures of one job are in flight at once
-	// (Rekor v2 answers after its next checkpoint, ~1 s).
+	// Concurrency is how many signatures of one job are in flight at once.
+	// Rekor v2 answers after its next checkpoint (~1 s), so a job whose
+	// signatures all fit in one go waits for one checkpoint, not several:
+	// the default covers every document of a two-platform index.
 	Concurrency int `yaml:"concurrency"`
 	// Format is how signatures are stored: "bundle" (Sigstore bundles as
 	// OCI referrers; cosign --new-bundle-format) or "classic" (cosign's
@@ -415,7 +417,7 @@ func Default() *Config {
 				RescanInterval: Duration(time.Hour),
 			},
 		},
-		Signing: Signing{Concurrency: 4, MaxPayload: 4 << 20, Format: "bundle"},
+		Signing: Signing{Concurrency: 16, MaxPayload: 4 << 20, Format: "bundle"},
 		Gate:    Gate{Timeout: Duration(2 * time.Minute)},
 	}
 }

@@ -77,10 +77,10 @@ func (k *Keyless) WithFormat(f Format) (*Keyless, error) {
 // checkFormat refuses to attach to d in one format when d carries
 // signatures in the other (once per subject and session).
 func (s *Session) checkFormat(ctx context.Context, d name.Digest) error {
-	s.mu.Lock()
-	done := s.formatChecked[d.DigestStr()]
-	s.mu.Unlock()
-	if done {
+	st := s.subject(d.DigestStr())
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.formatChecked {
 		return nil
 	}
 	if s.k.classic {
@@ -108,12 +108,7 @@ func (s *Session) checkFormat(ctx context.Context, d name.Digest) error {
 			}
 		}
 	}
-	s.mu.Lock()
-	if s.formatChecked == nil {
-		s.formatChecked = map[string]bool{}
-	}
-	s.formatChecked[d.DigestStr()] = true
-	s.mu.Unlock()
+	st.formatChecked = true
 	return nil
 }
 
@@ -289,7 +284,7 @@ func (s *Session) writeClassic(ctx context.Context, d name.Digest, tag name.Tag,
 	if err != nil {
 		return fmt.Errorf("attach %s (%s): %w", d, predicateType, err)
 	}
-	if err := remote.Write(tag, next, s.k.reg.RemoteOptions(ctx)...); err != nil {
+	if err := remote.Write(tag, next, s.reg.RemoteOptions(ctx)...); err != nil {
 		return fmt.Errorf("attach %s (%s) to %s: %w", d, predicateType, tag.TagStr(), err)
 	}
 	ldig, err := layer.Digest()

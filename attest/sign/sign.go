@@ -356,14 +356,60 @@ type Session struct {
 	k       *Keyless
 	keypair sgsign.Keypair
 	certs   *certCache
+	// reg writes for this session only: one handshake per repository for
+	// all its attachments (see registry.Client.Writes).
+	reg *registry.Client
 
 	// Attaching to one subject is serialised: on a registry without the
 	// referrers API, cosign updates the sha256-<hex> fallback index by
 	// read-modify-write, and concurrent writers lose each other's entries.
+	mu       sync.Mutex
+	subjects map[string]*sync.Mutex
+	before   map[string]*subjectState
+	written  []Written
+}
+
+// subjectState is what a session learns of a subject before its first
+// attachment, once for all of the session's goroutines: whether it carries
+// signatures in the other format, and which bundles were attached before
+// the session began (what a retried job finds done), and the statements
+// the session attached itself since. Missing reads the registry anew.
+type subjectState struct {
 	mu            sync.Mutex
-	subjects      map[string]*sync.Mutex
-	formatChecked map[string]bool // subjects checked for signatures in the other format
-	written       []Written
+	formatChecked bool
+	listed        bool
+	bundles       []bundleRef
+	attached      map[string]bool // predicate type + " " + payload sha256
+}
+
+func (s *Session) subject(digest string) *subjectState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.before == nil {
+		s.before = map[string]*subjectState{}
+	}
+	st := s.before[digest]
+	if st == nil {
+		st = &subjectState{}
+		s.before[digest] = st
+	}
+	return st
+}
+
+// attachedBefore lists the bundles attached to d when the session first
+// asked (an error is not remembered: the next caller asks again).
+func (s *Session) attachedBefore(ctx context.Context, d name.Digest) ([]bundleRef, error) {
+	st := s.subject(d.DigestStr())
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !st.listed {
+		bs, err := s.k.bundles(ctx, d)
+		if err != nil {
+			return nil, err
+		}
+		st.bundles, st.listed = bs, true
+	}
+	return st.bundles, nil
 }
 
 // Written is one signature the session made and attached, with its proofs:
@@ -400,13 +446,13 @@ func (s *Session) subjectLock(digest string) *sync.Mutex {
 // Session starts a signing session (one per job).
 func (k *Keyless) Session() (*Session, error) {
 	if k.key != nil {
-		return &Session{k: k, keypair: k.key}, nil
+		return &Session{k: k, keypair: k.key, reg: k.reg.Writes()}, nil
 	}
 	kp, err := sgsign.NewEphemeralKeypair(nil)
 	if err != nil {
 		return nil, fmt.Errorf("ephemeral key: %w", err)
 	}
-	return &Session{k: k, keypair: kp, certs: &certCache{inner: k.opts.CertificateProvider, tokens: k.tokens, identity: k.identity}}, nil
+	return &Session{k: k, keypair: kp, reg: k.reg.Writes(), certs: &certCache{inner: k.opts.CertificateProvider, tokens: k.tokens, identity: k.identity}}, nil
 }
 
 // certMargin is how much validity a reused certificate must have left for
@@ -557,9 +603,16 @@ func (s *Session) AttestStatement(ctx context.Context, ref, predicateType string
 	lock.Lock()
 	defer lock.Unlock()
 	if err := ociremote.WriteAttestationNewBundleFormat(d, bundle, predicateType,
-		ociremote.WithRemoteOptions(s.k.reg.RemoteOptions(ctx)...)); err != nil {
+		ociremote.WithRemoteOptions(s.reg.RemoteOptions(ctx)...)); err != nil {
 		return fmt.Errorf("attest %s (%s): attach: %w", ref, predicateType, err)
 	}
+	st := s.subject(d.DigestStr())
+	st.mu.Lock()
+	if st.attached == nil {
+		st.attached = map[string]bool{}
+	}
+	st.attached[predicateType+" "+hex.EncodeToString(sum[:])] = true
+	st.mu.Unlock()
 	w := Written{Subject: d.DigestStr(), PredicateType: predicateType}
 	bsum := sha256.Sum256(bundle)
 	w.Bundle = "sha256:" + hex.EncodeToString(bsum[:])
@@ -622,7 +675,7 @@ func (s *Session) PushDocument(ctx context.Context, ref, artifactType, mediaType
 	lock := s.subjectLock(d.DigestStr())
 	lock.Lock()
 	defer lock.Unlock()
-	return s.k.reg.PushArtifact(ctx, d, artifactType, mediaType, data, annotations)
+	return s.reg.PushArtifact(ctx, d, artifactType, mediaType, data, annotations)
 }
 
 // Missing returns the predicate types of want that no signature attached to
@@ -759,7 +812,14 @@ func payloadSHA256(raw []byte) string {
 // A bundle with our payload that does not verify is logged and ignored:
 // anyone who can write to the registry can attach one, to suppress signing.
 func (s *Session) attachedPayload(ctx context.Context, d name.Digest, predicateType, payloadSum string) (bool, error) {
-	bs, err := s.k.bundles(ctx, d)
+	st := s.subject(d.DigestStr())
+	st.mu.Lock()
+	mine := st.attached[predicateType+" "+payloadSum]
+	st.mu.Unlock()
+	if mine {
+		return true, nil
+	}
+	bs, err := s.attachedBefore(ctx, d)
 	if err != nil {
 		return false, err
 	}

@@ -31,6 +31,12 @@ import (
 	"golang.org/x/time/rate"
 )
 
+// DefaultRateLimit is the requests per second per registry host a Client
+// sends unless told otherwise: well above what a burst of jobs needs now that
+// each repository is handshaken once, and below what public registries
+// tolerate before answering 429 (which the transport then honours).
+const DefaultRateLimit = 200
+
 // Per-call deadlines. A call whose ctx has an earlier deadline keeps it.
 const (
 	ResolveTimeout = 30 * time.Second
@@ -42,6 +48,20 @@ const (
 // Client talks to OCI registries. Construct it with New; it is safe for
 // concurrent use and meant to be shared by the whole process.
 type Client struct {
+	*core
+	// pusher, when set (see Writes), carries one authenticated writer per
+	// repository across calls: no ping and no token exchange per write.
+	pusher *remote.Pusher
+}
+
+// reuseFor is how long one Puller (its pings, token exchanges and
+// per-repository fetchers) serves reads before a fresh one replaces it:
+// long enough that a burst of jobs pays one handshake per repository,
+// short enough that the set of repositories it holds stays bounded and a
+// rotated credential is picked up.
+const reuseFor = 10 * time.Minute
+
+type core struct {
 	transport *Transport
 	keychain  authn.Keychain
 	insecure  map[string]bool
@@ -51,6 +71,11 @@ type Client struct {
 	// referrers API (probed once): without it, referrers are read from
 	// the fallback tag directly instead of after a 404 every time.
 	referrersAPI sync.Map // host → bool
+
+	pullMu   sync.Mutex
+	puller   *remote.Puller
+	pullerAt time.Time
+	now      func() time.Time
 }
 
 type options struct {
@@ -140,7 +165,7 @@ func WithLogger(l *slog.Logger) Option {
 // New builds a Client.
 func New(opts ...Option) (*Client, error) {
 	o := options{
-		keychain: authn.DefaultKeychain, base: remote.DefaultTransport, rps: 50, burst: 100,
+		keychain: authn.DefaultKeychain, base: remote.DefaultTransport, rps: DefaultRateLimit, burst: 2 * DefaultRateLimit,
 		maxRetries: defaultMaxRetries, userAgent: "attestd", logger: slog.New(slog.DiscardHandler),
 	}
 	for _, opt := range opts {
@@ -148,10 +173,10 @@ func New(opts ...Option) (*Client, error) {
 			return nil, fmt.Errorf("registry client: %w", err)
 		}
 	}
-	c := &Client{
+	c := &Client{core: &core{
 		transport: newTransport(o.base, o.rps, o.burst, o.maxRetries, o.logger),
-		keychain:  o.keychain, insecure: map[string]bool{}, userAgent: o.userAgent, logger: o.logger,
-	}
+		keychain:  o.keychain, insecure: map[string]bool{}, userAgent: o.userAgent, logger: o.logger, now: time.Now,
+	}}
 	for h, rps := range o.hostRPS {
 		c.transport.hostRPS[h] = rate.Limit(rps)
 	}
@@ -162,17 +187,63 @@ func New(opts ...Option) (*Client, error) {
 }
 
 // RemoteOptions are the ggcr options for one call under ctx: the shared
-// transport and keychain, and ggcr's own retries switched off (the shared
-// transport retries, and two retry layers would multiply).
+// transport and keychain, ggcr's own retries switched off (the shared
+// transport retries, and two retry layers would multiply), and the shared
+// Puller, so reads pay the registry's ping and token exchange once per
+// repository instead of once per call. Writes reuse a Pusher only in a
+// client from Writes.
 func (c *Client) RemoteOptions(ctx context.Context) []remote.Option {
+	opts := append(c.baseOptions(), remote.WithContext(ctx))
+	if p := c.sharedPuller(); p != nil {
+		opts = append(opts, remote.Reuse(p))
+	}
+	if c.pusher != nil {
+		opts = append(opts, remote.Reuse(c.pusher))
+	}
+	return opts
+}
+
+func (c *core) baseOptions() []remote.Option {
 	return []remote.Option{
-		remote.WithContext(ctx),
 		remote.WithTransport(c.transport),
 		remote.WithAuthFromKeychain(c.keychain),
 		remote.WithUserAgent(c.userAgent),
 		remote.WithRetryPredicate(func(error) bool { return false }),
 		remote.WithRetryStatusCodes(),
 	}
+}
+
+// sharedPuller returns the process's Puller, replaced every reuseFor. A
+// Puller caches only authenticated transports, never content: what it
+// reads is always read anew.
+func (c *core) sharedPuller() *remote.Puller {
+	c.pullMu.Lock()
+	defer c.pullMu.Unlock()
+	if c.puller == nil || c.now().Sub(c.pullerAt) > reuseFor {
+		p, err := remote.NewPuller(c.baseOptions()...)
+		if err != nil {
+			return nil // the options are static: cannot happen; calls then handshake themselves
+		}
+		c.puller, c.pullerAt = p, c.now()
+	}
+	return c.puller
+}
+
+// Writes returns a client for one unit of work (a job's signing, one
+// promotion) whose writes share a Pusher: one handshake per repository for
+// all of them. A Pusher remembers what it has written and does not write
+// the same blob or digest manifest twice, so it must not outlive the
+// work: something deleted from the registry meanwhile would not be written
+// again. Everything else is shared with c.
+func (c *Client) Writes() *Client {
+	if c == nil {
+		return nil
+	}
+	p, err := remote.NewPusher(c.baseOptions()...)
+	if err != nil {
+		return c
+	}
+	return &Client{core: c.core, pusher: p}
 }
 
 // Responses counts the registry's responses by status code (see

@@ -366,3 +366,87 @@ func TestReferrersProbeOnce(t *testing.T) {
 		})
 	}
 }
+
+// pings counts the registry's "GET /v2/" handshakes among reqs.
+func pings(reqs []string) int {
+	n := 0
+	for _, r := range reqs {
+		if r == "GET /v2/" {
+			n++
+		}
+	}
+	return n
+}
+
+// TestHandshakeOncePerRepository: reads share one Puller and a Writes
+// client one Pusher, so a burst of calls pays the registry's ping once,
+// not once per call (it was ~37 % of all requests of a fleet run).
+func TestHandshakeOncePerRepository(t *testing.T) {
+	ctx := context.Background()
+	h, host := newRegistry(t, false)
+	c := newClient(t)
+	repo, err := c.ParseRepository(host + "/app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := random.Image(64, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dg, _ := img.Digest()
+	if err := remote.Write(repo.Digest(dg.String()), img); err != nil {
+		t.Fatal(err)
+	}
+	d := repo.Digest(dg.String())
+	before := len(h.requests())
+	for range 5 {
+		if _, _, err := c.Manifest(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Referrers(ctx, d, ""); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := c.Resolve(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := pings(h.requests()[before:]); n > 2 { // the puller's, and the referrers-API probe's
+		t.Errorf("15 reads pinged the registry %d times, want at most 2", n)
+	}
+
+	w := c.Writes()
+	before = len(h.requests())
+	for i := range 5 {
+		if _, err := w.PushArtifact(ctx, d, "application/vnd.test", "text/plain", []byte{byte(i)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := pings(h.requests()[before:]); n > 1 {
+		t.Errorf("5 writes of one Writes client pinged the registry %d times, want at most 1", n)
+	}
+	// A new unit of work gets its own Pusher: what the last one wrote is
+	// not assumed to be there still.
+	before = len(h.requests())
+	if _, err := c.Writes().PushArtifact(ctx, d, "application/vnd.test", "text/plain", []byte{0}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := pings(h.requests()[before:]); n != 1 {
+		t.Errorf("a new Writes client pinged %d times, want 1", n)
+	}
+}
+
+// TestPullerRotates: the shared Puller is replaced after reuseFor, so the
+// repositories it holds stay bounded and a rotated credential is used.
+func TestPullerRotates(t *testing.T) {
+	c := newClient(t)
+	now := time.Unix(1e9, 0)
+	c.now = func() time.Time { return now }
+	p := c.sharedPuller()
+	if c.sharedPuller() != p {
+		t.Fatal("a second call replaced the Puller")
+	}
+	now = now.Add(reuseFor + time.Second)
+	if c.sharedPuller() == p {
+		t.Error("the Puller outlived reuseFor")
+	}
+}
