@@ -750,3 +750,39 @@ func TestClassicShape(t *testing.T) {
 		}
 	}
 }
+
+// Verdicts are remembered by bundle content and subject, so the gate reads
+// and verifies a bundle once however often it decides; who signed is
+// judged every time, and the same bundle under another subject is
+// verified anew (and fails).
+func TestVerdictsRemembered(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, false)
+	ref := w.image("v1")
+	other := w.image("")
+	w.signAll(ref)
+	forged := w.sign(ci, ref, attest.PredicateVulnCosign, vulnReport(0, w.now.Add(time.Minute)))
+	first := w.input(ref)
+	before := w.blobGets.Load()
+	again := w.input(ref)
+	if n := w.blobGets.Load() - before; n != 0 {
+		t.Errorf("deciding again read %d bundle blobs, want 0 (verdicts remembered)", n)
+	}
+	for i, rej := range [][]policyRejected{first.Subjects[0].Rejected, again.Subjects[0].Rejected} {
+		if !rejected(rej, forged.DigestStr(), "may not sign "+attest.PredicateVulnCosign) {
+			t.Errorf("decision %d: the lesser signer's report is not rejected: %+v", i, rej)
+		}
+	}
+	// The very bundle that verified for ref, attached to other.
+	b := w.bundle(attestd, w.statement(ref.DigestStr(), attest.PredicateHardening, hardening("pass")))
+	w.attach(ref, attest.PredicateHardening, b)
+	w.input(ref)
+	moved := w.attach(other, attest.PredicateHardening, b)
+	if !rejected(w.input(other).Subjects[0].Rejected, moved.DigestStr(), "") {
+		t.Error("a bundle remembered as verified for one digest verified for another")
+	}
+	w.mustAllow(ref)
+	if err := w.promote(ref); err != nil {
+		t.Fatal(err)
+	}
+}

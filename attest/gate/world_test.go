@@ -10,9 +10,11 @@ import (
 	"encoding/json"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,11 +90,20 @@ type world struct {
 	vsas  [][]byte // the summaries signed, in order
 	// vsaBundles are their bundles' manifest digests.
 	vsaBundles []string
+	// blobGets counts the registry's blob reads.
+	blobGets *atomic.Int64
 }
 
 func newWorld(t *testing.T, policyYAML string, referrersAPI bool) *world {
 	t.Helper()
-	srv := httptest.NewServer(ggcrregistry.New(ggcrregistry.WithReferrersSupport(referrersAPI), ggcrregistry.Logger(log.New(io.Discard, "", 0))))
+	reg := ggcrregistry.New(ggcrregistry.WithReferrersSupport(referrersAPI), ggcrregistry.Logger(log.New(io.Discard, "", 0)))
+	blobGets := &atomic.Int64{}
+	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			blobGets.Add(1)
+		}
+		reg.ServeHTTP(rw, r)
+	}))
 	t.Cleanup(srv.Close)
 	vs, err := ca.NewVirtualSigstore()
 	if err != nil {
@@ -102,7 +113,7 @@ func newWorld(t *testing.T, policyYAML string, referrersAPI bool) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &world{t: t, ctx: context.Background(), vs: vs, rc: rc, host: strings.TrimPrefix(srv.URL, "http://"), store: newMemStore(), now: time.Now().UTC()}
+	w := &world{t: t, ctx: context.Background(), vs: vs, rc: rc, host: strings.TrimPrefix(srv.URL, "http://"), store: newMemStore(), now: time.Now().UTC(), blobGets: blobGets}
 	w.stage, _ = name.NewRepository(w.host + "/staging/app")
 	w.prod, _ = name.NewRepository(w.host + "/prod/app")
 	w.setPolicy(policyYAML)

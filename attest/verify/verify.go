@@ -25,6 +25,7 @@ import (
 	"github.com/sigstore/sigstore-go/pkg/fulcio/certificate"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/attestd/attestd/store/registry"
@@ -72,9 +73,10 @@ type Options struct {
 
 // Verifier verifies bundles for a set of acceptable identities.
 type Verifier struct {
-	v   *sgverify.Verifier
-	ids []allowed
-	reg *registry.Client
+	v     *sgverify.Verifier
+	ids   []allowed
+	reg   *registry.Client
+	cache *verdicts
 }
 
 // allowed is an expected identity and the predicate types it may sign.
@@ -111,7 +113,7 @@ func New(trusted root.TrustedMaterial, ids []Identity, reg *registry.Client, o O
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
-	v := &Verifier{v: sv, reg: reg}
+	v := &Verifier{v: sv, reg: reg, cache: &verdicts{max: maxVerdictBytes}}
 	for i, id := range ids {
 		ci, err := sgverify.NewShortCertificateIdentity(id.Issuer, id.IssuerRegex, id.Subject, id.SubjectRegex)
 		if err != nil {
@@ -197,6 +199,10 @@ type entity struct {
 	// classic is the classic tag image the entity was read from (nil: a
 	// bundle, labelled by its referrer manifest's digest).
 	classic *ClassicTag
+	// key remembers the verdict (see verdicts); verdict is one remembered,
+	// and then there is no SignedEntity to verify.
+	key     string
+	verdict *verdict
 }
 
 func (v *Verifier) entities(digest string, ents []entity) (Result, error) {
@@ -208,58 +214,72 @@ func (v *Verifier) entities(digest string, ents []entity) (Result, error) {
 	res := Result{Verified: map[string]Evidence{}, All: map[string][]Evidence{}}
 	for _, e := range ents {
 		label := e.label
-		artifact := raw
-		if e.simpleSigning != nil {
-			sum := sha256.Sum256(e.simpleSigning)
-			artifact = sum[:]
+		vd := e.verdict
+		if vd == nil {
+			vd = v.judge(digest, raw, e)
+			if e.key != "" {
+				v.cache.put(e.key, vd)
+			}
 		}
-		out, err := v.v.Verify(e.SignedEntity, sgverify.NewPolicy(sgverify.WithArtifactDigest(alg, artifact), sgverify.WithoutIdentitiesUnsafe()))
-		if err != nil {
-			res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: err.Error()})
+		if vd.reason != "" {
+			res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: vd.reason})
 			continue
 		}
-		if out.Signature == nil || out.Signature.Certificate == nil {
-			res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: "no certificate: attestd verifies keyless identities"})
-			continue
-		}
-		cert := *out.Signature.Certificate
-		ev := Evidence{Bundle: label, Subject: cert.SubjectAlternativeName, Issuer: cert.Issuer}
+		ev := Evidence{Bundle: label, Subject: vd.cert.SubjectAlternativeName, Issuer: vd.cert.Issuer,
+			PredicateType: vd.predicateType, Statement: vd.statement, Predicate: vd.predicate}
 		if e.classic != nil {
 			ev.Classic = e.classic.Tag
 		}
-		var predicateType string
-		switch {
-		case e.simpleSigning != nil:
-			if err := namesDigest(e.simpleSigning, digest); err != nil {
-				res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: err.Error()})
-				continue
-			}
-			predicateType = signaturePredicate
-		case out.Statement == nil:
-			res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: "not an in-toto statement (message signature)"})
-			continue
-		default:
-			ev.Statement = statementDigest(e.SignedEntity)
-			predicateType = out.Statement.PredicateType
-			if p := out.Statement.GetPredicate(); p != nil {
-				if ev.Predicate, err = protojson.Marshal(p); err != nil {
-					res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: "predicate: " + err.Error()})
-					continue
-				}
-			}
-		}
-		ev.PredicateType = predicateType
-		if reason := v.allows(cert, predicateType); reason != "" {
+		if reason := v.allows(vd.cert, vd.predicateType); reason != "" {
 			res.Rejected = append(res.Rejected, Rejection{Bundle: label, Reason: reason})
 			continue
 		}
-		res.All[predicateType] = append(res.All[predicateType], ev)
-		if prev, ok := res.Verified[predicateType]; ok && prev.Bundle < ev.Bundle {
+		res.All[vd.predicateType] = append(res.All[vd.predicateType], ev)
+		if prev, ok := res.Verified[vd.predicateType]; ok && prev.Bundle < ev.Bundle {
 			continue // several verified bundles of one type: keep one, deterministically
 		}
-		res.Verified[predicateType] = ev
+		res.Verified[vd.predicateType] = ev
 	}
 	return res, nil
+}
+
+// judge verifies one entity cryptographically for digest (raw: its bytes):
+// signature, certificate chain, time proof, transparency log, and that the
+// statement is about digest. Who signed is not judged here (allows is,
+// every time): the verdict depends only on the entity's bytes, the digest
+// and the Verifier's trust material, so it can be remembered.
+func (v *Verifier) judge(digest string, raw []byte, e entity) *verdict {
+	artifact := raw
+	if e.simpleSigning != nil {
+		sum := sha256.Sum256(e.simpleSigning)
+		artifact = sum[:]
+	}
+	out, err := v.v.Verify(e.SignedEntity, sgverify.NewPolicy(sgverify.WithArtifactDigest("sha256", artifact), sgverify.WithoutIdentitiesUnsafe()))
+	if err != nil {
+		return &verdict{reason: err.Error()}
+	}
+	if out.Signature == nil || out.Signature.Certificate == nil {
+		return &verdict{reason: "no certificate: attestd verifies keyless identities"}
+	}
+	vd := &verdict{cert: *out.Signature.Certificate}
+	switch {
+	case e.simpleSigning != nil:
+		if err := namesDigest(e.simpleSigning, digest); err != nil {
+			return &verdict{reason: err.Error()}
+		}
+		vd.predicateType = signaturePredicate
+	case out.Statement == nil:
+		return &verdict{reason: "not an in-toto statement (message signature)"}
+	default:
+		vd.statement = statementDigest(e.SignedEntity)
+		vd.predicateType = out.Statement.PredicateType
+		if p := out.Statement.GetPredicate(); p != nil {
+			if vd.predicate, err = protojson.Marshal(p); err != nil {
+				return &verdict{reason: "predicate: " + err.Error()}
+			}
+		}
+	}
+	return vd
 }
 
 // statementDigest is the sha256 of an envelope's payload ("" if none).
@@ -319,26 +339,7 @@ func (v *Verifier) Verify(ctx context.Context, ref string) (Result, error) {
 	if err != nil && !registry.IsNotFound(err) {
 		return Result{}, fmt.Errorf("verify %s: %w", ref, err)
 	}
-	var ents []entity
-	var bad []Rejection
-	var total int64
-	for i, desc := range refs {
-		switch {
-		case i >= MaxBundles:
-			bad = append(bad, Rejection{Bundle: desc.Digest.String(), Reason: fmt.Sprintf("more than %d bundles are attached: only the first %d (in listing order) are read", MaxBundles, MaxBundles)})
-			continue
-		case desc.Size > maxBundleManifest:
-			bad = append(bad, Rejection{Bundle: desc.Digest.String(), Reason: fmt.Sprintf("manifest of %d bytes: a bundle's is under %d", desc.Size, maxBundleManifest)})
-			continue
-		}
-		b, size, err := v.fetchBundle(ctx, d, desc, maxBundlesBytes-total)
-		total += size
-		if err != nil {
-			bad = append(bad, Rejection{Bundle: desc.Digest.String(), Reason: err.Error()})
-			continue
-		}
-		ents = append(ents, entity{SignedEntity: b, label: desc.Digest.String()})
-	}
+	ents, bad := v.bundles(ctx, d, refs)
 	// cosign's classic layout (signing.format classic, or another signer).
 	classic, cbad, ctags, err := v.classic(ctx, d)
 	if err != nil {
@@ -354,52 +355,135 @@ func (v *Verifier) Verify(ctx context.Context, ref string) (Result, error) {
 	return res, nil
 }
 
-// fetchBundle reads the bundle in the referrer desc of subject. The
-// manifest must name subject as its own subject: a listing (or a
-// fallback tag anyone with write access can rewrite) that places another
-// digest's referrer here is refused, so nothing copied with subject can
-// refer to something else.
-func (v *Verifier) fetchBundle(ctx context.Context, subject name.Digest, desc v1.Descriptor, budget int64) (*sgbundle.Bundle, int64, error) {
+// fetchConcurrency bounds the reads of one Verify in flight at once.
+const fetchConcurrency = 8
+
+// bundles reads the bundles of subject's referrers refs (bundle
+// manifests): every manifest is read and checked, at most MaxBundles
+// of them and maxBundlesBytes in all (in listing order, by the sizes the
+// manifests declare: a longer blob fails to parse), and each bundle blob
+// whose verdict is not remembered is read and parsed. Reads run
+// concurrently; the outcome is in listing order.
+func (v *Verifier) bundles(ctx context.Context, subject name.Digest, refs []v1.Descriptor) ([]entity, []Rejection) {
+	type slot struct {
+		layer  v1.Descriptor
+		reason string
+		ent    entity
+	}
+	slots := make([]slot, len(refs))
+	g := errgroup.Group{}
+	g.SetLimit(fetchConcurrency)
+	for i, desc := range refs {
+		switch {
+		case i >= MaxBundles:
+			slots[i].reason = fmt.Sprintf("more than %d bundles are attached: only the first %d (in listing order) are read", MaxBundles, MaxBundles)
+			continue
+		case desc.Size > maxBundleManifest:
+			slots[i].reason = fmt.Sprintf("manifest of %d bytes: a bundle's is under %d", desc.Size, maxBundleManifest)
+			continue
+		}
+		g.Go(func() error {
+			l, err := v.bundleLayer(ctx, subject, desc)
+			if err != nil {
+				slots[i].reason = err.Error()
+			}
+			slots[i].layer = l
+			return nil
+		})
+	}
+	_ = g.Wait()
+	var total int64
+	for i, desc := range refs {
+		sl := &slots[i]
+		if sl.reason != "" {
+			continue
+		}
+		size := sl.layer.Size
+		if size > min(maxBundleBytes, maxBundlesBytes-total) {
+			sl.reason = fmt.Sprintf("bundle of %d bytes: over the %d bytes read per bundle, or the %d per digest", size, maxBundleBytes, maxBundlesBytes)
+			continue
+		}
+		total += size
+		key := verdictKey(sl.layer.Digest.String(), subject.DigestStr())
+		sl.ent = entity{label: desc.Digest.String(), key: key, verdict: v.cache.get(key)}
+		if sl.ent.verdict != nil {
+			continue
+		}
+		g.Go(func() error {
+			b, err := v.readBundle(ctx, subject.Context(), sl.layer)
+			if err != nil {
+				sl.reason = err.Error()
+				return nil
+			}
+			sl.ent.SignedEntity = b
+			return nil
+		})
+	}
+	_ = g.Wait()
+	var ents []entity
+	var bad []Rejection
+	for i, desc := range refs {
+		if slots[i].reason != "" {
+			bad = append(bad, Rejection{Bundle: desc.Digest.String(), Reason: slots[i].reason})
+			continue
+		}
+		ents = append(ents, slots[i].ent)
+	}
+	return ents, bad
+}
+
+// bundleLayer reads the referrer manifest desc of subject and returns its
+// bundle layer. The manifest must name subject as its own subject: a
+// listing (or a fallback tag anyone with write access can rewrite) that
+// places another digest's referrer here is refused, so nothing copied
+// with subject can refer to something else.
+func (v *Verifier) bundleLayer(ctx context.Context, subject name.Digest, desc v1.Descriptor) (v1.Descriptor, error) {
 	repo := subject.Context()
 	raw, _, err := v.reg.Manifest(ctx, repo.Digest(desc.Digest.String()))
 	if err != nil {
-		return nil, 0, err
+		return v1.Descriptor{}, err
 	}
 	m, err := v1.ParseManifest(strings.NewReader(string(raw)))
 	if err != nil {
-		return nil, 0, fmt.Errorf("bundle manifest: %w", err)
+		return v1.Descriptor{}, fmt.Errorf("bundle manifest: %w", err)
 	}
 	if m.Subject == nil || m.Subject.Digest.String() != subject.DigestStr() {
 		got := "none"
 		if m.Subject != nil {
 			got = m.Subject.Digest.String()
 		}
-		return nil, 0, fmt.Errorf("bundle manifest's subject is %s, not %s", got, subject.DigestStr())
+		return v1.Descriptor{}, fmt.Errorf("bundle manifest's subject is %s, not %s", got, subject.DigestStr())
 	}
 	if len(m.Layers) != 1 {
-		return nil, 0, fmt.Errorf("bundle manifest has %d layers, want 1", len(m.Layers))
+		return v1.Descriptor{}, fmt.Errorf("bundle manifest has %d layers, want 1", len(m.Layers))
 	}
 	if m.Config.MediaType != emptyConfigType || m.Config.Digest.String() != emptyConfigDigest {
-		return nil, 0, fmt.Errorf("bundle manifest's config is %s %s, not the empty config %s a bundle artifact carries", m.Config.MediaType, m.Config.Digest, emptyConfigType)
+		return v1.Descriptor{}, fmt.Errorf("bundle manifest's config is %s %s, not the empty config %s a bundle artifact carries", m.Config.MediaType, m.Config.Digest, emptyConfigType)
 	}
 	if want, _ := sgbundle.MediaTypeString("0.3"); string(m.Layers[0].MediaType) != want {
-		return nil, 0, fmt.Errorf("bundle layer media type is %s, want %s", m.Layers[0].MediaType, want)
+		return v1.Descriptor{}, fmt.Errorf("bundle layer media type is %s, want %s", m.Layers[0].MediaType, want)
 	}
-	if m.Layers[0].Size > min(maxBundleBytes, budget) {
-		return nil, 0, fmt.Errorf("bundle of %d bytes: over the %d bytes read per bundle, or the %d per digest", m.Layers[0].Size, maxBundleBytes, maxBundlesBytes)
+	if m.Layers[0].Size < 0 {
+		return v1.Descriptor{}, fmt.Errorf("bundle layer of %d bytes", m.Layers[0].Size)
 	}
-	rc, err := v.reg.Blob(ctx, repo, m.Layers[0].Digest.String())
+	return m.Layers[0], nil
+}
+
+// readBundle reads and parses the bundle blob l (at most its declared
+// size: a longer one fails to parse).
+func (v *Verifier) readBundle(ctx context.Context, repo name.Repository, l v1.Descriptor) (*sgbundle.Bundle, error) {
+	rc, err := v.reg.Blob(ctx, repo, l.Digest.String())
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	defer rc.Close()
-	data, err := io.ReadAll(io.LimitReader(rc, m.Layers[0].Size+1))
+	data, err := io.ReadAll(io.LimitReader(rc, l.Size+1))
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	var b sgbundle.Bundle
 	if err := b.UnmarshalJSON(data); err != nil {
-		return nil, 0, fmt.Errorf("bundle: %w", err)
+		return nil, fmt.Errorf("bundle: %w", err)
 	}
-	return &b, int64(len(data)), nil
+	return &b, nil
 }
