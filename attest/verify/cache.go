@@ -16,7 +16,9 @@ type verdict struct {
 	predicate     []byte
 }
 
-func (vd *verdict) size() int64 { return int64(len(vd.predicate)+len(vd.reason)+len(vd.statement)) + 512 }
+func (vd *verdict) size() int64 {
+	return int64(len(vd.predicate)+len(vd.reason)+len(vd.statement)) + 512
+}
 
 // maxVerdictBytes bounds what the verdict cache holds (mostly predicates:
 // an SBOM can be megabytes).
