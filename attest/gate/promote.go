@@ -197,7 +197,7 @@ func (g *Gate) Run(ctx context.Context, plan *Plan, override *Override) error {
 	if g.o.Store == nil {
 		return errors.New("gate: no store for the audit log")
 	}
-	rc := g.o.Registry
+	rc := g.o.Registry.Writes() // one handshake per repository for the whole promotion
 	src, err := rc.ParseRepository(plan.Source)
 	if err != nil {
 		return pipeline.Permanent(err)
@@ -227,7 +227,7 @@ func (g *Gate) Run(ctx context.Context, plan *Plan, override *Override) error {
 		if err != nil {
 			return pipeline.Permanent(err)
 		}
-		if err := g.copyClosure(ctx, src, dst, plan); err != nil {
+		if err := copyClosure(ctx, rc, src, dst, plan); err != nil {
 			return err
 		}
 		if err := g.checkDestination(ctx, dst, plan, override != nil); err != nil {
@@ -267,9 +267,9 @@ func edgesString(es []promote.Edge) string {
 
 // copyClosure copies the plan into dst: children, then the manifest byte
 // for byte (an index refers to exactly the planned children), then the
-// referrers and classic tags by the digests that were verified.
-func (g *Gate) copyClosure(ctx context.Context, src, dst name.Repository, plan *Plan) error {
-	rc := g.o.Registry
+// referrers (concurrently, a subject's fallback index written once) and
+// classic tags by the digests that were verified.
+func copyClosure(ctx context.Context, rc *registry.Client, src, dst name.Repository, plan *Plan) error {
 	for _, it := range plan.Manifests {
 		if _, err := rc.CopyImage(ctx, src.Digest(it.Digest), dst, it.MediaType); err != nil {
 			return fmt.Errorf("%s %s: %w", it.Kind, it.Digest, err)
@@ -282,9 +282,17 @@ func (g *Gate) copyClosure(ctx context.Context, src, dst name.Repository, plan *
 	} else if _, err := rc.CopyImage(ctx, src.Digest(plan.Digest), dst, plan.MediaType); err != nil {
 		return err
 	}
+	var subjects []string
+	bySubject := map[string][]string{}
 	for _, it := range plan.Referrers {
-		if _, err := rc.CopyImage(ctx, src.Digest(it.Digest), dst, ""); err != nil {
-			return fmt.Errorf("referrer %s of %s: %w", it.Digest, it.Subject, err)
+		if _, ok := bySubject[it.Subject]; !ok {
+			subjects = append(subjects, it.Subject)
+		}
+		bySubject[it.Subject] = append(bySubject[it.Subject], it.Digest)
+	}
+	for _, s := range subjects {
+		if err := rc.CopyReferrers(ctx, src, dst, s, bySubject[s]); err != nil {
+			return err
 		}
 	}
 	for _, it := range plan.Classic {

@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -448,5 +449,84 @@ func TestPullerRotates(t *testing.T) {
 	now = now.Add(reuseFor + time.Second)
 	if c.sharedPuller() == p {
 		t.Error("the Puller outlived reuseFor")
+	}
+}
+
+// TestCopyReferrers: the referrers land in dst byte for byte, the fallback
+// index (where there is no referrers API) is written once and lists them
+// beside what it listed before, and a manifest about another subject is
+// refused.
+func TestCopyReferrers(t *testing.T) {
+	for _, api := range []bool{true, false} {
+		ctx := context.Background()
+		h, host := newRegistry(t, api)
+		c := newClient(t)
+		src, _ := c.ParseRepository(host + "/staging/app")
+		dst, _ := c.ParseRepository(host + "/prod/app")
+		img, _ := random.Image(64, 1)
+		dg, _ := img.Digest()
+		for _, repo := range []name.Repository{src, dst} {
+			if err := remote.Write(repo.Digest(dg.String()), img); err != nil {
+				t.Fatal(err)
+			}
+		}
+		sub := src.Digest(dg.String())
+		earlier, err := c.PushArtifact(ctx, dst.Digest(dg.String()), "application/vnd.earlier", "text/plain", []byte("earlier"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var digests []string
+		for i := range 3 {
+			a, err := c.PushArtifact(ctx, sub, "application/vnd.test", "text/plain", []byte{byte(i)}, map[string]string{"n": fmt.Sprint(i)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			digests = append(digests, a.DigestStr())
+		}
+		before := len(h.requests())
+		if err := c.Writes().CopyReferrers(ctx, src, dst, dg.String(), digests); err != nil {
+			t.Fatalf("api %v: %v", api, err)
+		}
+		fallbackPuts := 0
+		for _, r := range h.requests()[before:] {
+			if strings.HasPrefix(r, "PUT ") && strings.Contains(r, "/manifests/sha256-") {
+				fallbackPuts++
+			}
+		}
+		if want := map[bool]int{true: 0, false: 1}[api]; fallbackPuts != want {
+			t.Errorf("api %v: %d fallback index writes, want %d", api, fallbackPuts, want)
+		}
+		refs, err := c.Referrers(ctx, dst.Digest(dg.String()), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, r := range refs {
+			got = append(got, r.Digest.String())
+		}
+		want := append([]string{earlier.DigestStr()}, digests...)
+		sort.Strings(got)
+		sort.Strings(want)
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("api %v: referrers in dst (-want +got):\n%s", api, diff)
+		}
+		for _, r := range refs {
+			if r.Digest.String() == digests[1] && (r.ArtifactType != "application/vnd.test" || r.Annotations["n"] != "1") {
+				t.Errorf("api %v: descriptor %+v lacks the artifact type or annotations", api, r)
+			}
+		}
+		// A manifest whose subject is another digest.
+		other, _ := random.Image(64, 1)
+		od, _ := other.Digest()
+		if err := remote.Write(src.Digest(od.String()), other); err != nil {
+			t.Fatal(err)
+		}
+		stray, err := c.PushArtifact(ctx, src.Digest(od.String()), "application/vnd.test", "text/plain", []byte("x"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.CopyReferrers(ctx, src, dst, dg.String(), []string{stray.DigestStr()}); err == nil || !strings.Contains(err.Error(), "subject") {
+			t.Errorf("api %v: a referrer of another subject was copied (err %v)", api, err)
+		}
 	}
 }

@@ -1,0 +1,197 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/sync/errgroup"
+)
+
+// copyConcurrency bounds the manifests one CopyReferrers copies at once.
+const copyConcurrency = 8
+
+// maxReferrerManifest bounds a referrer manifest read to be copied.
+const maxReferrerManifest = 4 << 20
+
+// CopyReferrers copies the referrer manifests digests — each an image
+// manifest whose subject is subject, as a gate verified them — from src
+// into dst, with their config and layers (mounted across repositories on
+// one registry), byte for byte under the same digests. Where the registry
+// has no referrers API it then updates subject's "sha256-<hex>" fallback
+// index in dst once for all of them, instead of once per manifest as a
+// plain copy would (a read and a write each, racing one another). Copies
+// run concurrently. A manifest served as anything but an image manifest,
+// or whose subject is not subject, is refused.
+func (c *Client) CopyReferrers(ctx context.Context, src, dst name.Repository, subject string, digests []string) error {
+	if len(digests) == 0 {
+		return nil
+	}
+	ctx, cancel := withTimeout(ctx, CopyTimeout)
+	defer cancel()
+	put, err := c.manifestPutter(ctx, dst)
+	if err != nil {
+		return fmt.Errorf("copy referrers of %s to %s: %w", subject, dst, err)
+	}
+	descs := make([]v1.Descriptor, len(digests))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(copyConcurrency)
+	for i, dg := range digests {
+		g.Go(func() error {
+			d, err := c.copyReferrer(gctx, src.Digest(dg), dst, subject, put)
+			if err != nil {
+				return fmt.Errorf("referrer %s of %s: %w", dg, subject, err)
+			}
+			descs[i] = d
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	sub := dst.Digest(subject)
+	api, err := c.hasReferrersAPI(ctx, sub)
+	if err != nil {
+		return err
+	}
+	if api {
+		return nil
+	}
+	return c.addToFallback(ctx, sub, descs)
+}
+
+// copyReferrer copies one referrer manifest and what it refers to, and
+// returns its descriptor as a referrers index lists it.
+func (c *Client) copyReferrer(ctx context.Context, ref name.Digest, dst name.Repository, subject string, put func(context.Context, name.Digest, []byte, types.MediaType) error) (v1.Descriptor, error) {
+	opts := c.RemoteOptions(ctx)
+	desc, err := remote.Get(ref, opts...)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	if !desc.MediaType.IsImage() {
+		return v1.Descriptor{}, fmt.Errorf("the registry serves it as %s, not an image manifest: refused", desc.MediaType)
+	}
+	if len(desc.Manifest) > maxReferrerManifest {
+		return v1.Descriptor{}, fmt.Errorf("manifest of %d bytes: over %d", len(desc.Manifest), maxReferrerManifest)
+	}
+	var m struct {
+		v1.Manifest
+		ArtifactType string `json:"artifactType"`
+	}
+	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
+		return v1.Descriptor{}, err
+	}
+	if m.Subject == nil || m.Subject.Digest.String() != subject {
+		return v1.Descriptor{}, fmt.Errorf("its subject is not %s: refused", subject)
+	}
+	img, err := desc.Image()
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	blobs, err := img.Layers()
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	cfg, err := partial.ConfigLayer(img)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	for _, l := range append(blobs, cfg) {
+		if err := remote.WriteLayer(dst, l, opts...); err != nil {
+			return v1.Descriptor{}, err
+		}
+	}
+	if err := put(ctx, dst.Digest(desc.Digest.String()), desc.Manifest, desc.MediaType); err != nil {
+		return v1.Descriptor{}, err
+	}
+	at := m.ArtifactType
+	if at == "" {
+		at = string(m.Config.MediaType)
+	}
+	return v1.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size, ArtifactType: at, Annotations: m.Annotations}, nil
+}
+
+// manifestPutter returns a function that PUTs a manifest into repo byte
+// for byte and nothing else: go-containerregistry's writer would also
+// read and rewrite the subject's fallback index for each one.
+func (c *Client) manifestPutter(ctx context.Context, repo name.Repository) (func(context.Context, name.Digest, []byte, types.MediaType) error, error) {
+	auth, err := c.keychain.Resolve(repo)
+	if err != nil {
+		return nil, err
+	}
+	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, c.transport, []string{repo.Scope(transport.PushScope)})
+	if err != nil {
+		return nil, err
+	}
+	client := &http.Client{Transport: rt}
+	return func(ctx context.Context, ref name.Digest, raw []byte, mt types.MediaType) error {
+		u := fmt.Sprintf("%s://%s/v2/%s/manifests/%s", ref.Context().Scheme(), ref.Context().RegistryStr(), ref.Context().RepositoryStr(), ref.DigestStr())
+		req, err := http.NewRequestWithContext(ctx, http.MethodPut, u, bytes.NewReader(raw))
+		if err != nil {
+			return err
+		}
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil }
+		req.Header.Set("Content-Type", string(mt))
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if err := transport.CheckError(resp, http.StatusOK, http.StatusCreated, http.StatusAccepted); err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		if got := resp.Header.Get("Docker-Content-Digest"); got != "" && got != ref.DigestStr() {
+			return fmt.Errorf("put %s: the registry stored it as %s", ref, got)
+		}
+		return nil
+	}, nil
+}
+
+// fallbackMu serialises this process's read-modify-writes of fallback
+// indexes (another writer can still race it; the registry offers no
+// conditional write to prevent that).
+var fallbackMu sync.Mutex
+
+// addToFallback adds descs to sub's "sha256-<hex>" fallback index (created
+// when absent), sorted by digest as go-containerregistry keeps it.
+func (c *Client) addToFallback(ctx context.Context, sub name.Digest, descs []v1.Descriptor) error {
+	fallbackMu.Lock()
+	defer fallbackMu.Unlock()
+	tag := sub.Context().Tag(strings.Replace(sub.DigestStr(), ":", "-", 1))
+	im, err := c.referrersIndex(ctx, sub)
+	if err != nil {
+		return fmt.Errorf("fallback index %s: %w", tag, err)
+	}
+	n := len(im.Manifests)
+	for _, d := range descs {
+		if !slices.ContainsFunc(im.Manifests, func(e v1.Descriptor) bool { return e.Digest == d.Digest }) {
+			im.Manifests = append(im.Manifests, d)
+		}
+	}
+	if len(im.Manifests) == n {
+		return nil
+	}
+	slices.SortFunc(im.Manifests, func(a, b v1.Descriptor) int { return strings.Compare(a.Digest.String(), b.Digest.String()) })
+	im.SchemaVersion, im.MediaType = 2, types.OCIImageIndex
+	raw, err := json.Marshal(im)
+	if err != nil {
+		return err
+	}
+	if err := remote.Put(tag, rawManifest{raw, types.OCIImageIndex}, c.RemoteOptions(ctx)...); err != nil {
+		return fmt.Errorf("fallback index %s: %w", tag, err)
+	}
+	return nil
+}
