@@ -29,7 +29,10 @@ type Config struct {
 	Listen string `yaml:"listen"`
 	// DataDir holds the bbolt database and caches.
 	DataDir string `yaml:"data_dir"`
-	// Workers is how many images the pipeline processes at once.
+	// Workers is how many images the pipeline has in flight at once. Most
+	// of a job's time is waiting (registries, Fulcio, the transparency
+	// log's checkpoint); the CPU-bound analysis is bounded separately by
+	// analysis.concurrency.
 	Workers    int        `yaml:"workers"`
 	Log        Log        `yaml:"log"`
 	Jobs       Jobs       `yaml:"jobs"`
@@ -189,8 +192,12 @@ type Analysis struct {
 	// all jobs), e.g. "10GiB". Least recently used layers go first.
 	LayerCache Size `yaml:"layer_cache"`
 	// LayerConcurrency bounds parallel layer downloads of one job.
-	LayerConcurrency int       `yaml:"layer_concurrency"`
-	Hardening        Hardening `yaml:"hardening"`
+	LayerConcurrency int `yaml:"layer_concurrency"`
+	// Concurrency is how many images are analysed at once (CPU-bound:
+	// scanning, hashing, decompressing); 0 means one per CPU. Jobs past it
+	// wait for a slot while the others sign, evaluate and promote.
+	Concurrency int       `yaml:"concurrency"`
+	Hardening   Hardening `yaml:"hardening"`
 	// Builders map repositories or pushers to the builder ID that SLSA
 	// provenance names; first match wins. Without a match provenance says
 	// attestd only observed the image.
@@ -402,7 +409,7 @@ func Default() *Config {
 	return &Config{
 		Listen:  "127.0.0.1:8080",
 		DataDir: "data",
-		Workers: 4,
+		Workers: 16,
 		Log:     Log{Level: "info", Format: "json"},
 		Jobs: Jobs{
 			MaxAttempts: 5, Backoff: Duration(5 * time.Second), MaxBackoff: Duration(5 * time.Minute),
@@ -584,6 +591,9 @@ func (c *Config) Validate() error {
 	}
 	if a.LayerConcurrency < 1 || a.LayerConcurrency > 32 {
 		bad("analysis.layer_concurrency", "must be 1…32, got %d", a.LayerConcurrency)
+	}
+	if a.Concurrency < 0 || a.Concurrency > 256 {
+		bad("analysis.concurrency", "must be 0 (one per CPU) … 256, got %d", a.Concurrency)
 	}
 	if a.Hardening.MaxImageSize <= 0 {
 		bad("analysis.hardening.max_image_size", "must be positive")

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -51,11 +52,15 @@ const (
 
 // Options tune the pipeline. Zero values take the defaults above.
 type Options struct {
-	Workers     int
-	MaxAttempts int
-	Backoff     time.Duration
-	MaxBackoff  time.Duration
-	JobTimeout  time.Duration
+	Workers int
+	// AnalysisSlots bounds how many jobs analyse at once (CPU-bound), so
+	// that Workers can be sized for the waiting the other stages do
+	// (default: GOMAXPROCS).
+	AnalysisSlots int
+	MaxAttempts   int
+	Backoff       time.Duration
+	MaxBackoff    time.Duration
+	JobTimeout    time.Duration
 	// Grace is how long in-flight stages may run after shutdown begins.
 	Grace  time.Duration
 	Owner  string // claim owner; default host:pid
@@ -69,11 +74,12 @@ type Options struct {
 
 // Pipeline runs jobs. Construct with New.
 type Pipeline struct {
-	q      Queue
-	stages Stages
-	o      Options
-	log    *slog.Logger
-	wake   chan struct{}
+	q        Queue
+	stages   Stages
+	o        Options
+	log      *slog.Logger
+	wake     chan struct{}
+	analysis chan struct{} // a token per analysis slot
 }
 
 // New builds a pipeline. A Resolver is required: every job starts by
@@ -87,6 +93,9 @@ func New(q Queue, stages Stages, o Options) (*Pipeline, error) {
 	}
 	if o.Workers <= 0 {
 		o.Workers = defaultWorkers
+	}
+	if o.AnalysisSlots <= 0 {
+		o.AnalysisSlots = runtime.GOMAXPROCS(0)
 	}
 	if o.MaxAttempts <= 0 {
 		o.MaxAttempts = defaultMaxAttempts
@@ -110,7 +119,7 @@ func New(q Queue, stages Stages, o Options) (*Pipeline, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Pipeline{q: q, stages: stages, o: o, log: o.Logger, wake: make(chan struct{}, 1)}, nil
+	return &Pipeline{q: q, stages: stages, o: o, log: o.Logger, wake: make(chan struct{}, 1), analysis: make(chan struct{}, o.AnalysisSlots)}, nil
 }
 
 // Wake tells an idle worker that a job was enqueued. It never blocks.
@@ -326,8 +335,14 @@ func (p *Pipeline) next(rec *store.Record) (string, runFunc) {
 		}
 		return StageAnalyse, func(ctx context.Context, rec *store.Record, t *Target) (store.State, func(*store.Record), error) {
 			t.Source, t.Pusher = rec.Source, rec.Pusher
+			select {
+			case p.analysis <- struct{}{}:
+			case <-ctx.Done():
+				return "", nil, ctx.Err()
+			}
 			start := time.Now()
 			an, err := s.Analyzer.Analyze(ctx, t)
+			<-p.analysis
 			p.observe(StageAnalyse, start, err)
 			if err != nil {
 				return "", nil, err

@@ -311,3 +311,65 @@ func TestBackoffDoublesToCap(t *testing.T) {
 		t.Fatal(diff)
 	}
 }
+
+// slotStage analyses for a moment, counting analyses in flight, and blocks
+// in Sign until released.
+type slotStage struct {
+	stage
+	inFlight, most atomic.Int32
+	signing        chan struct{}
+	release        chan struct{}
+}
+
+func (s *slotStage) Analyze(ctx context.Context, t *Target) (*Analysis, error) {
+	n := s.inFlight.Add(1)
+	for m := s.most.Load(); n > m && !s.most.CompareAndSwap(m, n); m = s.most.Load() {
+	}
+	time.Sleep(5 * time.Millisecond)
+	s.inFlight.Add(-1)
+	return s.stage.Analyze(ctx, t)
+}
+
+func (s *slotStage) Sign(ctx context.Context, _ *Target) error {
+	s.signing <- struct{}{}
+	select {
+	case <-s.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TestAnalysisSlots: analysis (CPU-bound) is bounded by AnalysisSlots,
+// and a job waiting in a later stage holds no analysis slot: with one
+// slot, four workers still bring four jobs to signing.
+func TestAnalysisSlots(t *testing.T) {
+	t.Parallel()
+	db := openDB(t)
+	const n = 4
+	var refs []string
+	for i := range n {
+		refs = append(refs, ref(100+i))
+	}
+	enqueue(t, db, refs...)
+	s := &slotStage{signing: make(chan struct{}, n), release: make(chan struct{})}
+	p, _ := New(db, Stages{Resolver: s, Analyzer: s, Signer: s}, Options{Workers: n, AnalysisSlots: 1})
+	ctx, stop := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- p.Run(ctx) }()
+	for i := range n {
+		select {
+		case <-s.signing:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of %d jobs reached signing: a job waiting to sign holds the analysis slot", i, n)
+		}
+	}
+	if m := s.most.Load(); m != 1 {
+		t.Errorf("%d analyses ran at once, want at most 1", m)
+	}
+	close(s.release)
+	stop()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -103,15 +103,16 @@ func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Cli
 		done = func(j *store.Job, err error) { r.jobDone(j.Ref, j.ID, err) }
 	}
 	return pipeline.New(db, stages, pipeline.Options{
-		Workers:     cfg.Workers,
-		MaxAttempts: cfg.Jobs.MaxAttempts,
-		Backoff:     timeDuration(cfg.Jobs.Backoff),
-		MaxBackoff:  timeDuration(cfg.Jobs.MaxBackoff),
-		JobTimeout:  timeDuration(cfg.Jobs.Timeout),
-		Grace:       timeDuration(cfg.Jobs.ShutdownGrace),
-		Logger:      log,
-		OnJobDone:   done,
-		OnStage:     r.stageMetrics.observe,
+		Workers:       cfg.Workers,
+		AnalysisSlots: cfg.Analysis.Concurrency,
+		MaxAttempts:   cfg.Jobs.MaxAttempts,
+		Backoff:       timeDuration(cfg.Jobs.Backoff),
+		MaxBackoff:    timeDuration(cfg.Jobs.MaxBackoff),
+		JobTimeout:    timeDuration(cfg.Jobs.Timeout),
+		Grace:         timeDuration(cfg.Jobs.ShutdownGrace),
+		Logger:        log,
+		OnJobDone:     done,
+		OnStage:       r.stageMetrics.observe,
 	})
 }
 
