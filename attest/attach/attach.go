@@ -93,6 +93,7 @@ func (s *Stage) Sign(ctx context.Context, t *pipeline.Target) error {
 	if err != nil {
 		return err
 	}
+	sess.Batch() // a subject's attestations are listed at once, after signing
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(max(1, s.concurrency))
 	subjects := map[string]bool{}
@@ -137,6 +138,9 @@ func (s *Stage) Sign(ctx context.Context, t *pipeline.Target) error {
 		})
 	}
 	err = g.Wait()
+	if ferr := sess.Flush(context.WithoutCancel(ctx)); ferr != nil {
+		err = errors.Join(err, ferr)
+	}
 	// What was attached is audited whether or not the rest succeeded: a
 	// retry finds those signatures attached and makes (and audits) no new
 	// ones, so this is their only record.

@@ -31,8 +31,9 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	intotov1 "github.com/in-toto/attestation/go/v1"
-	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 	ctypes "github.com/sigstore/cosign/v2/pkg/types"
 	protobundle "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
 	sgbundle "github.com/sigstore/sigstore-go/pkg/bundle"
@@ -367,6 +368,7 @@ type Session struct {
 	subjects map[string]*sync.Mutex
 	before   map[string]*subjectState
 	written  []Written
+	batch    bool
 }
 
 // subjectState is what a session learns of a subject before its first
@@ -380,6 +382,16 @@ type subjectState struct {
 	listed        bool
 	bundles       []bundleRef
 	attached      map[string]bool // predicate type + " " + payload sha256
+	desc          *v1.Descriptor  // the subject's manifest descriptor
+	ref           name.Digest     // the subject, once the session attached to it
+	mine          []mineRef       // what the session attached to it
+	pending       []v1.Descriptor // attached, not yet listed (Batch)
+}
+
+// mineRef is a bundle referrer the session attached.
+type mineRef struct {
+	predicateType string
+	manifest      string // digest
 }
 
 func (s *Session) subject(digest string) *subjectState {
@@ -599,20 +611,9 @@ func (s *Session) AttestStatement(ctx context.Context, ref, predicateType string
 	if err != nil {
 		return fmt.Errorf("attest %s: %w", ref, err)
 	}
-	lock := s.subjectLock(d.DigestStr())
-	lock.Lock()
-	defer lock.Unlock()
-	if err := ociremote.WriteAttestationNewBundleFormat(d, bundle, predicateType,
-		ociremote.WithRemoteOptions(s.reg.RemoteOptions(ctx)...)); err != nil {
+	if err := s.attachBundle(ctx, d, predicateType, hex.EncodeToString(sum[:]), bundle); err != nil {
 		return fmt.Errorf("attest %s (%s): attach: %w", ref, predicateType, err)
 	}
-	st := s.subject(d.DigestStr())
-	st.mu.Lock()
-	if st.attached == nil {
-		st.attached = map[string]bool{}
-	}
-	st.attached[predicateType+" "+hex.EncodeToString(sum[:])] = true
-	st.mu.Unlock()
 	w := Written{Subject: d.DigestStr(), PredicateType: predicateType}
 	bsum := sha256.Sum256(bundle)
 	w.Bundle = "sha256:" + hex.EncodeToString(bsum[:])
@@ -624,6 +625,100 @@ func (s *Session) AttestStatement(ctx context.Context, ref, predicateType string
 	}
 	s.record(ctx, w)
 	return nil
+}
+
+// attachBundle stores bundle as a referrer of d, laid out as cosign does
+// (its verify finds it), and lists it in d's fallback index — at once, or
+// at Flush in a batch session.
+func (s *Session) attachBundle(ctx context.Context, d name.Digest, predicateType, payloadSum string, bundle []byte) error {
+	mt, err := sgbundle.MediaTypeString("0.3")
+	if err != nil {
+		return err
+	}
+	sub, err := s.subjectDescriptor(ctx, d)
+	if err != nil {
+		return err
+	}
+	desc, err := s.reg.PutReferrer(ctx, d.Context(), sub, mt, []v1.Layer{static.NewLayer(bundle, types.MediaType(mt))}, map[string]string{
+		"org.opencontainers.image.created":  time.Now().UTC().Format(time.RFC3339),
+		"dev.sigstore.bundle.content":       "dsse-envelope",
+		"dev.sigstore.bundle.predicateType": predicateType,
+	})
+	if err != nil {
+		return err
+	}
+	st := s.subject(d.DigestStr())
+	st.mu.Lock()
+	if st.attached == nil {
+		st.attached = map[string]bool{}
+	}
+	st.attached[predicateType+" "+payloadSum] = true
+	st.ref = d
+	st.mine = append(st.mine, mineRef{predicateType: predicateType, manifest: desc.Digest.String()})
+	batch := s.batch
+	if batch {
+		st.pending = append(st.pending, desc)
+	}
+	st.mu.Unlock()
+	if batch {
+		return nil
+	}
+	lock := s.subjectLock(d.DigestStr())
+	lock.Lock()
+	defer lock.Unlock()
+	return s.reg.ListReferrers(ctx, d, []v1.Descriptor{desc})
+}
+
+// subjectDescriptor is d's manifest descriptor (a referrer names its
+// subject's media type and size), asked once per session.
+func (s *Session) subjectDescriptor(ctx context.Context, d name.Digest) (v1.Descriptor, error) {
+	st := s.subject(d.DigestStr())
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.desc == nil {
+		_, desc, err := s.k.reg.Resolve(ctx, d)
+		if err != nil {
+			return v1.Descriptor{}, err
+		}
+		st.desc = &desc
+	}
+	return *st.desc, nil
+}
+
+// Batch makes the session list what it attaches in fallback indexes only
+// at Flush (or Missing): one index update per subject for a job's
+// attestations instead of one per attestation. Call it before attaching.
+func (s *Session) Batch() { s.batch = true }
+
+// Flush lists every attachment a batch session has not listed yet.
+func (s *Session) Flush(ctx context.Context) error {
+	s.mu.Lock()
+	var subjects []*subjectState
+	for _, st := range s.before {
+		subjects = append(subjects, st)
+	}
+	s.mu.Unlock()
+	var errs []error
+	for _, st := range subjects {
+		st.mu.Lock()
+		pending, ref := st.pending, st.ref
+		st.pending = nil
+		st.mu.Unlock()
+		if len(pending) == 0 {
+			continue
+		}
+		lock := s.subjectLock(ref.DigestStr())
+		lock.Lock()
+		err := s.reg.ListReferrers(ctx, ref, pending)
+		lock.Unlock()
+		if err != nil {
+			st.mu.Lock()
+			st.pending = append(st.pending, pending...) // a retried Flush lists them
+			st.mu.Unlock()
+			errs = append(errs, fmt.Errorf("list the attestations of %s: %w", ref, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // record notes a signature the session attached, and logs it.
@@ -690,8 +785,8 @@ func (s *Session) Missing(ctx context.Context, ref string, want []string) ([]str
 	var have map[string]bool
 	if s.k.classic {
 		have, err = s.classicTypes(ctx, d, want)
-	} else {
-		have, err = s.bundleTypes(ctx, d, want)
+	} else if err = s.Flush(ctx); err == nil {
+		have, err = s.listedTypes(ctx, d, want)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("check %s: %w", ref, err)
@@ -852,6 +947,44 @@ func (s *Session) attachedPayload(ctx context.Context, d name.Digest, predicateT
 
 // bundleTypes lists the predicate types of want that a bundle attached to d
 // carries which verifies for our signer, its statement of that type.
+// listedTypes is bundleTypes, but a bundle the session attached itself
+// counts as soon as d's referrers list it: the session signed it and the
+// registry took its manifest by digest, so there is nothing to verify
+// again. Only for types still missing are other bundles read and verified.
+func (s *Session) listedTypes(ctx context.Context, d name.Digest, want []string) (map[string]bool, error) {
+	st := s.subject(d.DigestStr())
+	st.mu.Lock()
+	mine := slices.Clone(st.mine)
+	st.mu.Unlock()
+	have := map[string]bool{}
+	if len(mine) > 0 {
+		mt, err := sgbundle.MediaTypeString("0.3")
+		if err != nil {
+			return nil, err
+		}
+		refs, err := s.k.reg.Referrers(ctx, d, mt)
+		if err != nil && !registry.IsNotFound(err) {
+			return nil, err
+		}
+		for _, m := range mine {
+			if slices.Contains(want, m.predicateType) && slices.ContainsFunc(refs, func(r v1.Descriptor) bool { return r.Digest.String() == m.manifest }) {
+				have[m.predicateType] = true
+			}
+		}
+	}
+	if len(have) == len(want) {
+		return have, nil
+	}
+	rest, err := s.bundleTypes(ctx, d, want)
+	if err != nil {
+		return nil, err
+	}
+	for pt := range rest {
+		have[pt] = true
+	}
+	return have, nil
+}
+
 func (s *Session) bundleTypes(ctx context.Context, d name.Digest, want []string) (map[string]bool, error) {
 	bs, err := s.k.bundles(ctx, d)
 	if err != nil {

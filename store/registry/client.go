@@ -51,7 +51,8 @@ type Client struct {
 	*core
 	// pusher, when set (see Writes), carries one authenticated writer per
 	// repository across calls: no ping and no token exchange per write.
-	pusher *remote.Pusher
+	pusher  *remote.Pusher
+	putters *putters
 }
 
 // reuseFor is how long one Puller (its pings, token exchanges and
@@ -243,7 +244,7 @@ func (c *Client) Writes() *Client {
 	if err != nil {
 		return c
 	}
-	return &Client{core: c.core, pusher: p}
+	return &Client{core: c.core, pusher: p, putters: &putters{m: map[string]putFunc{}}}
 }
 
 // Responses counts the registry's responses by status code (see

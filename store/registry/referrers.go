@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/errgroup"
 )
@@ -41,7 +42,7 @@ func (c *Client) CopyReferrers(ctx context.Context, src, dst name.Repository, su
 	}
 	ctx, cancel := withTimeout(ctx, CopyTimeout)
 	defer cancel()
-	put, err := c.manifestPutter(ctx, dst)
+	put, err := c.putter(ctx, dst)
 	if err != nil {
 		return fmt.Errorf("copy referrers of %s to %s: %w", subject, dst, err)
 	}
@@ -74,7 +75,7 @@ func (c *Client) CopyReferrers(ctx context.Context, src, dst name.Repository, su
 
 // copyReferrer copies one referrer manifest and what it refers to, and
 // returns its descriptor as a referrers index lists it.
-func (c *Client) copyReferrer(ctx context.Context, ref name.Digest, dst name.Repository, subject string, put func(context.Context, name.Digest, []byte, types.MediaType) error) (v1.Descriptor, error) {
+func (c *Client) copyReferrer(ctx context.Context, ref name.Digest, dst name.Repository, subject string, put putFunc) (v1.Descriptor, error) {
 	opts := c.RemoteOptions(ctx)
 	desc, err := remote.Get(ref, opts...)
 	if err != nil {
@@ -123,10 +124,36 @@ func (c *Client) copyReferrer(ctx context.Context, ref name.Digest, dst name.Rep
 	return v1.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size, ArtifactType: at, Annotations: m.Annotations}, nil
 }
 
+// putter is manifestPutter for repo, made once per Writes client.
+func (c *Client) putter(ctx context.Context, repo name.Repository) (putFunc, error) {
+	if c.putters == nil {
+		return c.manifestPutter(ctx, repo)
+	}
+	c.putters.mu.Lock()
+	defer c.putters.mu.Unlock()
+	if p, ok := c.putters.m[repo.String()]; ok {
+		return p, nil
+	}
+	p, err := c.manifestPutter(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	c.putters.m[repo.String()] = p
+	return p, nil
+}
+
+type putFunc = func(context.Context, name.Digest, []byte, types.MediaType) error
+
+// putters are a Writes client's manifest putters by repository.
+type putters struct {
+	mu sync.Mutex
+	m  map[string]putFunc
+}
+
 // manifestPutter returns a function that PUTs a manifest into repo byte
 // for byte and nothing else: go-containerregistry's writer would also
 // read and rewrite the subject's fallback index for each one.
-func (c *Client) manifestPutter(ctx context.Context, repo name.Repository) (func(context.Context, name.Digest, []byte, types.MediaType) error, error) {
+func (c *Client) manifestPutter(ctx context.Context, repo name.Repository) (putFunc, error) {
 	auth, err := c.keychain.Resolve(repo)
 	if err != nil {
 		return nil, err
@@ -194,4 +221,79 @@ func (c *Client) addToFallback(ctx context.Context, sub name.Digest, descs []v1.
 		return fmt.Errorf("fallback index %s: %w", tag, err)
 	}
 	return nil
+}
+
+// referrerManifest is an OCI 1.1 image manifest with an artifactType, laid
+// out as cosign writes its bundle referrers (cosign's verify finds ours).
+type referrerManifest struct {
+	v1.Manifest
+	ArtifactType string `json:"artifactType,omitempty"`
+}
+
+// emptyConfig is the config of an artifact manifest: "{}".
+var emptyConfig = static.NewLayer([]byte("{}"), types.OCIConfigJSON)
+
+// PutReferrer stores an artifact referring to subject in repo: its layers
+// (blobs), the empty config, and a manifest of artifactType carrying
+// annotations, as cosign lays out a bundle referrer. It does not list it
+// in the subject's fallback index: see ListReferrers, which takes all of a
+// subject's new referrers at once.
+func (c *Client) PutReferrer(ctx context.Context, repo name.Repository, subject v1.Descriptor, artifactType string, layers []v1.Layer, annotations map[string]string) (v1.Descriptor, error) {
+	ctx, cancel := withTimeout(ctx, FetchTimeout)
+	defer cancel()
+	opts := c.RemoteOptions(ctx)
+	m := referrerManifest{Manifest: v1.Manifest{SchemaVersion: 2, MediaType: types.OCIManifestSchema1,
+		Subject: &v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}, Annotations: annotations},
+		ArtifactType: artifactType}
+	cd, err := emptyConfig.Digest()
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	m.Config = v1.Descriptor{MediaType: "application/vnd.oci.empty.v1+json", ArtifactType: artifactType, Digest: cd, Size: 2}
+	for _, l := range append([]v1.Layer{emptyConfig}, layers...) {
+		if err := remote.WriteLayer(repo, l, opts...); err != nil {
+			return v1.Descriptor{}, fmt.Errorf("referrer of %s: %w", subject.Digest, err)
+		}
+		if l == emptyConfig {
+			continue
+		}
+		d, err := partial.Descriptor(l)
+		if err != nil {
+			return v1.Descriptor{}, err
+		}
+		m.Layers = append(m.Layers, v1.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size})
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	h, size, err := v1.SHA256(bytes.NewReader(raw))
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	put, err := c.putter(ctx, repo)
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("referrer of %s: %w", subject.Digest, err)
+	}
+	if err := put(ctx, repo.Digest(h.String()), raw, types.OCIManifestSchema1); err != nil {
+		return v1.Descriptor{}, fmt.Errorf("referrer of %s: %w", subject.Digest, err)
+	}
+	return v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: h, Size: size, ArtifactType: artifactType, Annotations: annotations}, nil
+}
+
+// ListReferrers makes descs (manifests already in subject's repository,
+// from PutReferrer) findable as subject's referrers: where the registry
+// has no referrers API, one update of the "sha256-<hex>" fallback index;
+// with the API, nothing (the registry lists them itself).
+func (c *Client) ListReferrers(ctx context.Context, subject name.Digest, descs []v1.Descriptor) error {
+	if len(descs) == 0 {
+		return nil
+	}
+	ctx, cancel := withTimeout(ctx, FetchTimeout)
+	defer cancel()
+	api, err := c.hasReferrersAPI(ctx, subject)
+	if err != nil || api {
+		return err
+	}
+	return c.addToFallback(ctx, subject, descs)
 }
