@@ -144,10 +144,13 @@ func (a *Analyzer) CleanWorkDir() error {
 type Request struct {
 	Ref       string // host/repo@sha256:…
 	MediaType string
-	Children  []store.Child
-	Tags      []string // tags currently pointing at Ref
-	Source    string   // intake source name
-	Pusher    string
+	// Manifest is Ref's manifest as resolved (read by digest, so checked
+	// against it); nil: Analyze reads it.
+	Manifest []byte
+	Children []store.Child
+	Tags     []string // tags currently pointing at Ref
+	Source   string   // intake source name
+	Pusher   string
 }
 
 // Result is what the pipeline records on the digest.
@@ -165,9 +168,11 @@ func (a *Analyzer) Analyze(ctx context.Context, req Request) (*Result, error) {
 	}
 	repo := ref.Context()
 	res := &Result{}
-	raw, mt, err := a.reg.Manifest(ctx, ref)
-	if err != nil {
-		return nil, err
+	raw, mt := req.Manifest, types.MediaType(req.MediaType)
+	if raw == nil || mt == "" {
+		if raw, mt, err = a.reg.Manifest(ctx, ref); err != nil {
+			return nil, err
+		}
 	}
 	if !mt.IsIndex() {
 		if err := a.image(ctx, req, repo, ref.DigestStr(), "", raw, nil, res); err != nil {

@@ -112,7 +112,7 @@ type Stage struct{ Analyzer *Analyzer }
 // Analyze analyses the resolved target.
 func (s Stage) Analyze(ctx context.Context, t *pipeline.Target) (*pipeline.Analysis, error) {
 	res, err := s.Analyzer.Analyze(ctx, Request{
-		Ref: t.Ref, MediaType: t.MediaType, Children: t.Children, Tags: t.Tags, Source: t.Source, Pusher: t.Pusher,
+		Ref: t.Ref, MediaType: t.MediaType, Manifest: t.Manifest, Children: t.Children, Tags: t.Tags, Source: t.Source, Pusher: t.Pusher,
 	})
 	if registry.IsNotFound(err) {
 		return nil, pipeline.Permanent(err)
