@@ -469,8 +469,9 @@ func (v *Verifier) bundleLayer(ctx context.Context, subject name.Digest, desc v1
 	return m.Layers[0], nil
 }
 
-// readBundle reads and parses the bundle blob l (at most its declared
-// size: a longer one fails to parse).
+// readBundle reads and parses the bundle blob l, which must be exactly
+// its declared size: read to the end, so the client has checked every
+// byte against the digest (a verdict is remembered by it).
 func (v *Verifier) readBundle(ctx context.Context, repo name.Repository, l v1.Descriptor) (*sgbundle.Bundle, error) {
 	rc, err := v.reg.Blob(ctx, repo, l.Digest.String())
 	if err != nil {
@@ -480,6 +481,9 @@ func (v *Verifier) readBundle(ctx context.Context, repo name.Repository, l v1.De
 	data, err := io.ReadAll(io.LimitReader(rc, l.Size+1))
 	if err != nil {
 		return nil, err
+	}
+	if int64(len(data)) != l.Size {
+		return nil, fmt.Errorf("bundle blob is not the %d bytes its manifest declares", l.Size)
 	}
 	var b sgbundle.Bundle
 	if err := b.UnmarshalJSON(data); err != nil {
