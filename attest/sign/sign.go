@@ -31,7 +31,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	intotov1 "github.com/in-toto/attestation/go/v1"
 	ctypes "github.com/sigstore/cosign/v2/pkg/types"
@@ -639,7 +638,7 @@ func (s *Session) attachBundle(ctx context.Context, d name.Digest, predicateType
 	if err != nil {
 		return err
 	}
-	desc, err := s.reg.PutReferrer(ctx, d.Context(), sub, mt, []v1.Layer{static.NewLayer(bundle, types.MediaType(mt))}, map[string]string{
+	desc, err := s.reg.PutReferrer(ctx, d.Context(), sub, mt, types.MediaType(mt), bundle, map[string]string{
 		"org.opencontainers.image.created":  time.Now().UTC().Format(time.RFC3339),
 		"dev.sigstore.bundle.content":       "dsse-envelope",
 		"dev.sigstore.bundle.predicateType": predicateType,

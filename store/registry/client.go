@@ -244,7 +244,7 @@ func (c *Client) Writes() *Client {
 	if err != nil {
 		return c
 	}
-	return &Client{core: c.core, pusher: p, putters: &putters{m: map[string]putFunc{}}}
+	return &Client{core: c.core, pusher: p, putters: &putters{m: map[string]*rawWriter{}}}
 }
 
 // Responses counts the registry's responses by status code (see

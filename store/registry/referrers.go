@@ -75,7 +75,7 @@ func (c *Client) CopyReferrers(ctx context.Context, src, dst name.Repository, su
 
 // copyReferrer copies one referrer manifest and what it refers to, and
 // returns its descriptor as a referrers index lists it.
-func (c *Client) copyReferrer(ctx context.Context, ref name.Digest, dst name.Repository, subject string, put putFunc) (v1.Descriptor, error) {
+func (c *Client) copyReferrer(ctx context.Context, ref name.Digest, dst name.Repository, subject string, put *rawWriter) (v1.Descriptor, error) {
 	opts := c.RemoteOptions(ctx)
 	desc, err := remote.Get(ref, opts...)
 	if err != nil {
@@ -114,7 +114,7 @@ func (c *Client) copyReferrer(ctx context.Context, ref name.Digest, dst name.Rep
 			return v1.Descriptor{}, err
 		}
 	}
-	if err := put(ctx, dst.Digest(desc.Digest.String()), desc.Manifest, desc.MediaType); err != nil {
+	if err := put.putManifest(ctx, dst.Digest(desc.Digest.String()), desc.Manifest, desc.MediaType); err != nil {
 		return v1.Descriptor{}, err
 	}
 	at := m.ArtifactType
@@ -124,17 +124,17 @@ func (c *Client) copyReferrer(ctx context.Context, ref name.Digest, dst name.Rep
 	return v1.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size, ArtifactType: at, Annotations: m.Annotations}, nil
 }
 
-// putter is manifestPutter for repo, made once per Writes client.
-func (c *Client) putter(ctx context.Context, repo name.Repository) (putFunc, error) {
+// putter returns repo's rawWriter, made once per Writes client.
+func (c *Client) putter(ctx context.Context, repo name.Repository) (*rawWriter, error) {
 	if c.putters == nil {
-		return c.manifestPutter(ctx, repo)
+		return c.newRawWriter(ctx, repo)
 	}
 	c.putters.mu.Lock()
 	defer c.putters.mu.Unlock()
 	if p, ok := c.putters.m[repo.String()]; ok {
 		return p, nil
 	}
-	p, err := c.manifestPutter(ctx, repo)
+	p, err := c.newRawWriter(ctx, repo)
 	if err != nil {
 		return nil, err
 	}
@@ -142,18 +142,22 @@ func (c *Client) putter(ctx context.Context, repo name.Repository) (putFunc, err
 	return p, nil
 }
 
-type putFunc = func(context.Context, name.Digest, []byte, types.MediaType) error
-
-// putters are a Writes client's manifest putters by repository.
+// putters are a Writes client's raw writers by repository.
 type putters struct {
 	mu sync.Mutex
-	m  map[string]putFunc
+	m  map[string]*rawWriter
 }
 
-// manifestPutter returns a function that PUTs a manifest into repo byte
-// for byte and nothing else: go-containerregistry's writer would also
-// read and rewrite the subject's fallback index for each one.
-func (c *Client) manifestPutter(ctx context.Context, repo name.Repository) (putFunc, error) {
+// rawWriter writes blobs and manifests into one repository byte for byte
+// and nothing else: go-containerregistry's writer would also read and
+// rewrite a subject's fallback index for each manifest, and ask whether
+// each blob exists before uploading it in three requests.
+type rawWriter struct {
+	repo   name.Repository
+	client *http.Client
+}
+
+func (c *Client) newRawWriter(ctx context.Context, repo name.Repository) (*rawWriter, error) {
 	auth, err := c.keychain.Resolve(repo)
 	if err != nil {
 		return nil, err
@@ -162,29 +166,69 @@ func (c *Client) manifestPutter(ctx context.Context, repo name.Repository) (putF
 	if err != nil {
 		return nil, err
 	}
-	client := &http.Client{Transport: rt}
-	return func(ctx context.Context, ref name.Digest, raw []byte, mt types.MediaType) error {
-		u := fmt.Sprintf("%s://%s/v2/%s/manifests/%s", ref.Context().Scheme(), ref.Context().RegistryStr(), ref.Context().RepositoryStr(), ref.DigestStr())
-		req, err := http.NewRequestWithContext(ctx, http.MethodPut, u, bytes.NewReader(raw))
-		if err != nil {
-			return err
-		}
-		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil }
-		req.Header.Set("Content-Type", string(mt))
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if err := transport.CheckError(resp, http.StatusOK, http.StatusCreated, http.StatusAccepted); err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		if got := resp.Header.Get("Docker-Content-Digest"); got != "" && got != ref.DigestStr() {
-			return fmt.Errorf("put %s: the registry stored it as %s", ref, got)
-		}
-		return nil
-	}, nil
+	return &rawWriter{repo: repo, client: &http.Client{Transport: rt}}, nil
+}
+
+func (w *rawWriter) url(path string) string {
+	return fmt.Sprintf("%s://%s/v2/%s/%s", w.repo.Scheme(), w.repo.RegistryStr(), w.repo.RepositoryStr(), path)
+}
+
+func (w *rawWriter) do(ctx context.Context, method, u, contentType string, body []byte, ok ...int) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := w.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if err := transport.CheckError(resp, ok...); err != nil {
+		return nil, err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	return resp, nil
+}
+
+// putManifest PUTs raw as ref (in w's repository).
+func (w *rawWriter) putManifest(ctx context.Context, ref name.Digest, raw []byte, mt types.MediaType) error {
+	resp, err := w.do(ctx, http.MethodPut, w.url("manifests/"+ref.DigestStr()), string(mt), raw, http.StatusOK, http.StatusCreated, http.StatusAccepted)
+	if err != nil {
+		return err
+	}
+	if got := resp.Header.Get("Docker-Content-Digest"); got != "" && got != ref.DigestStr() {
+		return fmt.Errorf("put %s: the registry stored it as %s", ref, got)
+	}
+	return nil
+}
+
+// putBlob uploads data in one piece (OCI distribution spec: POST to start
+// an upload, PUT the whole blob with its digest), without asking first
+// whether it exists: for content just made, such as a signature bundle.
+func (w *rawWriter) putBlob(ctx context.Context, data []byte) (v1.Hash, error) {
+	h, _, err := v1.SHA256(bytes.NewReader(data))
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	resp, err := w.do(ctx, http.MethodPost, w.url("blobs/uploads/"), "", nil, http.StatusAccepted)
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("start upload: %w", err)
+	}
+	loc, err := resp.Location()
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("start upload: %w", err)
+	}
+	q := loc.Query()
+	q.Set("digest", h.String())
+	loc.RawQuery = q.Encode()
+	if _, err := w.do(ctx, http.MethodPut, loc.String(), "application/octet-stream", data, http.StatusCreated); err != nil {
+		return v1.Hash{}, fmt.Errorf("upload %s: %w", h, err)
+	}
+	return h, nil
 }
 
 // fallbackMu serialises this process's read-modify-writes of fallback
@@ -233,36 +277,36 @@ type referrerManifest struct {
 // emptyConfig is the config of an artifact manifest: "{}".
 var emptyConfig = static.NewLayer([]byte("{}"), types.OCIConfigJSON)
 
-// PutReferrer stores an artifact referring to subject in repo: its layers
-// (blobs), the empty config, and a manifest of artifactType carrying
-// annotations, as cosign lays out a bundle referrer. It does not list it
-// in the subject's fallback index: see ListReferrers, which takes all of a
-// subject's new referrers at once.
-func (c *Client) PutReferrer(ctx context.Context, repo name.Repository, subject v1.Descriptor, artifactType string, layers []v1.Layer, annotations map[string]string) (v1.Descriptor, error) {
+// PutReferrer stores an artifact referring to subject in repo: one layer
+// (layer, of media type layerType, uploaded without asking whether it
+// exists: it is new content), the empty config, and a manifest of
+// artifactType carrying annotations, as cosign lays out a bundle referrer.
+// It does not list it in the subject's fallback index: see ListReferrers,
+// which takes all of a subject's new referrers at once.
+func (c *Client) PutReferrer(ctx context.Context, repo name.Repository, subject v1.Descriptor, artifactType string, layerType types.MediaType, layer []byte, annotations map[string]string) (v1.Descriptor, error) {
 	ctx, cancel := withTimeout(ctx, FetchTimeout)
 	defer cancel()
-	opts := c.RemoteOptions(ctx)
-	m := referrerManifest{Manifest: v1.Manifest{SchemaVersion: 2, MediaType: types.OCIManifestSchema1,
-		Subject: &v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}, Annotations: annotations},
-		ArtifactType: artifactType}
+	w, err := c.putter(ctx, repo)
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("referrer of %s: %w", subject.Digest, err)
+	}
+	if err := remote.WriteLayer(repo, emptyConfig, c.RemoteOptions(ctx)...); err != nil { // present after the first: one HEAD
+		return v1.Descriptor{}, fmt.Errorf("referrer of %s: %w", subject.Digest, err)
+	}
 	cd, err := emptyConfig.Digest()
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
-	m.Config = v1.Descriptor{MediaType: "application/vnd.oci.empty.v1+json", ArtifactType: artifactType, Digest: cd, Size: 2}
-	for _, l := range append([]v1.Layer{emptyConfig}, layers...) {
-		if err := remote.WriteLayer(repo, l, opts...); err != nil {
-			return v1.Descriptor{}, fmt.Errorf("referrer of %s: %w", subject.Digest, err)
-		}
-		if l == emptyConfig {
-			continue
-		}
-		d, err := partial.Descriptor(l)
-		if err != nil {
-			return v1.Descriptor{}, err
-		}
-		m.Layers = append(m.Layers, v1.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size})
+	ld, err := w.putBlob(ctx, layer)
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("referrer of %s: %w", subject.Digest, err)
 	}
+	m := referrerManifest{Manifest: v1.Manifest{SchemaVersion: 2, MediaType: types.OCIManifestSchema1,
+		Config:      v1.Descriptor{MediaType: "application/vnd.oci.empty.v1+json", ArtifactType: artifactType, Digest: cd, Size: 2},
+		Layers:      []v1.Descriptor{{MediaType: layerType, Digest: ld, Size: int64(len(layer))}},
+		Subject:     &v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size},
+		Annotations: annotations},
+		ArtifactType: artifactType}
 	raw, err := json.Marshal(m)
 	if err != nil {
 		return v1.Descriptor{}, err
@@ -271,11 +315,7 @@ func (c *Client) PutReferrer(ctx context.Context, repo name.Repository, subject 
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
-	put, err := c.putter(ctx, repo)
-	if err != nil {
-		return v1.Descriptor{}, fmt.Errorf("referrer of %s: %w", subject.Digest, err)
-	}
-	if err := put(ctx, repo.Digest(h.String()), raw, types.OCIManifestSchema1); err != nil {
+	if err := w.putManifest(ctx, repo.Digest(h.String()), raw, types.OCIManifestSchema1); err != nil {
 		return v1.Descriptor{}, fmt.Errorf("referrer of %s: %w", subject.Digest, err)
 	}
 	return v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: h, Size: size, ArtifactType: artifactType, Annotations: annotations}, nil
