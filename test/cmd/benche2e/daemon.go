@@ -321,6 +321,41 @@ func (d *daemon) waitPromoted(ctx context.Context, ref string, timeout time.Dura
 	}
 }
 
+// idleTimeout bounds the wait for the daemon's queue to empty once the
+// image it measures is promoted.
+const idleTimeout = 30 * time.Second
+
+// waitIdle polls GET /api/v1/stats until no job is pending or claimed: the
+// image's job has ended, with whatever it does after the promotion.
+func (d *daemon) waitIdle(ctx context.Context) error {
+	deadline := time.Now().Add(idleTimeout)
+	for {
+		code, body, err := d.get(ctx, "/api/v1/stats", nil)
+		if err != nil {
+			return fmt.Errorf("GET /api/v1/stats: %w", err)
+		}
+		if code != http.StatusOK {
+			return fmt.Errorf("GET /api/v1/stats: %d %s", code, bytes.TrimSpace(body))
+		}
+		var st store.Stats
+		if err := json.Unmarshal(body, &st); err != nil {
+			return fmt.Errorf("GET /api/v1/stats: %w", err)
+		}
+		busy := st.Jobs[store.JobPending] + st.Jobs[store.JobClaimed]
+		if busy == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("waited %s for attestd's queue to empty after the promotion: %d jobs pending or claimed", idleTimeout, busy)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pollPerImage):
+		}
+	}
+}
+
 // describe says why a record ended where it did.
 func describe(rec *store.Record) string {
 	var b strings.Builder

@@ -28,63 +28,71 @@ const (
 // then every layer blob GET once from the registry, its compressed bytes
 // hashed (ggcr checks the digest) while gunzipped, the uncompressed stream
 // hashed and compared with the config's diff ID — in process, layers in
-// parallel up to the number of CPUs. Returns the wall time and the
-// compressed bytes read.
-func readLayers(ctx context.Context, ref name.Digest) (time.Duration, int64, error) {
+// parallel up to the number of CPUs.
+func readLayers(ctx context.Context, ref name.Digest) (layersRead, error) {
 	ctx, cancel := context.WithTimeout(ctx, floorReadTimeout)
 	defer cancel()
 	start := time.Now()
 	img, err := remote.Image(ref, remoteOpts(ctx)...)
 	if err != nil {
-		return 0, 0, fmt.Errorf("floor: %s: %w", ref, err)
+		return layersRead{}, fmt.Errorf("floor: %s: %w", ref, err)
 	}
 	layers, err := img.Layers()
 	if err != nil {
-		return 0, 0, fmt.Errorf("floor: %s: %w", ref, err)
+		return layersRead{}, fmt.Errorf("floor: %s: %w", ref, err)
 	}
-	var read atomic.Int64
+	var gz, raw atomic.Int64
 	g, _ := errgroup.WithContext(ctx)
 	g.SetLimit(runtime.NumCPU())
 	for _, l := range layers {
 		g.Go(func() error {
-			n, err := readLayer(l)
-			read.Add(n)
+			c, u, err := readLayer(l)
+			gz.Add(c)
+			raw.Add(u)
 			return err
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return 0, 0, fmt.Errorf("floor: %s: %w", ref, err)
+		return layersRead{}, fmt.Errorf("floor: %s: %w", ref, err)
 	}
-	return time.Since(start), read.Load(), nil
+	return layersRead{took: time.Since(start), gz: gz.Load(), raw: raw.Load()}, nil
 }
 
-func readLayer(l v1.Layer) (int64, error) {
+// layersRead is what readLayers did: how long, compressed and uncompressed
+// bytes.
+type layersRead struct {
+	took    time.Duration
+	gz, raw int64
+}
+
+func readLayer(l v1.Layer) (gz, raw int64, err error) {
 	want, err := l.DiffID()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	rc, err := l.Compressed() // verified against the layer digest at EOF
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer rc.Close()
 	cr := &countingReader{r: rc}
 	zr, err := gzip.NewReader(cr)
 	if err != nil {
-		return cr.n, err
+		return cr.n, 0, err
 	}
 	h := sha256.New()
-	if _, err := io.Copy(h, zr); err != nil {
-		return cr.n, err
+	raw, err = io.Copy(h, zr)
+	if err != nil {
+		return cr.n, raw, err
 	}
 	// Drain: the digest check happens when the compressed stream ends.
 	if _, err := io.Copy(io.Discard, cr); err != nil {
-		return cr.n, err
+		return cr.n, raw, err
 	}
 	if got := fmt.Sprintf("sha256:%x", h.Sum(nil)); got != want.String() {
-		return cr.n, fmt.Errorf("layer diff ID %s, config says %s", got, want)
+		return cr.n, raw, fmt.Errorf("layer diff ID %s, config says %s", got, want)
 	}
-	return cr.n, nil
+	return cr.n, raw, nil
 }
 
 type countingReader struct {

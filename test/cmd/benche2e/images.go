@@ -107,16 +107,3 @@ func (b *bench) push(ctx context.Context, repoTag string, img v1.Image) (name.Di
 	}
 	return tag.Context().Digest(d.String()), nil
 }
-
-// size is an image's config plus compressed layers, from its manifest.
-func size(img v1.Image) (int64, error) {
-	m, err := img.Manifest()
-	if err != nil {
-		return 0, err
-	}
-	n := m.Config.Size
-	for _, l := range m.Layers {
-		n += l.Size
-	}
-	return n, nil
-}

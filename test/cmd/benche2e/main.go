@@ -30,7 +30,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -152,11 +151,9 @@ func run() error {
 	return nil
 }
 
-// progress is where the harness says what it is doing.
-var progress io.Writer = os.Stderr
-
+// logf says what the harness is doing, on stderr.
 func logf(format string, args ...any) {
-	fmt.Fprintf(progress, "benche2e: "+format+"\n", args...)
+	fmt.Fprintf(os.Stderr, "benche2e: "+format+"\n", args...)
 }
 
 func host() string {
