@@ -13,7 +13,7 @@ IMAGE       ?=
 # Unit packages also run under the race detector; e2e drives real processes.
 RACE_PKGS   := ./store/... ./attest/... ./configs/... ./cmd/...
 
-.PHONY: all build test unit e2e bench bench-analysis bench-intake bench-vuln lint demo stack tools image clean
+.PHONY: all build test unit e2e bench bench-analysis bench-intake bench-vuln bench-e2e lint demo stack tools image clean
 
 all: build
 
@@ -47,6 +47,10 @@ bench-analysis:
 ## bench-intake: durable webhook intake of the real daemon (journal on and off) under open- and closed-loop loads from a separate process
 bench-intake:
 	$(GO) run ./test/cmd/benchintake -runs 3
+
+## bench-e2e: the stock CLI pipeline (syft, cosign attest ×3, cosign sign, crane copy ×2, cosign verify) vs attestd push → verified prod tag, per image and for a fleet on a shared base, with the floor, attestd's stage times and registry requests per image; also written to bin/bench-e2e.txt
+bench-e2e:
+	$(GO) run ./test/cmd/benche2e -runs 3 -fleet 20
 
 ## bench-vuln: attestd's vulnerability DB build and scan vs the stock grype CLI (wall, peak RSS)
 bench-vuln:

@@ -366,6 +366,19 @@ func redactArgs(args []string) []string {
 	return out
 }
 
+// LogPath is the log file of the component name ("registry", "fulcio",
+// "tsa", "rekor"), "" when the stack did not start it. The registry's holds
+// its access log: one combined-log-format line per request, with the
+// client's User-Agent (make bench-e2e counts requests from it).
+func (s *Stack) LogPath(name string) string {
+	for _, p := range s.procs {
+		if p.name == name {
+			return p.logPath
+		}
+	}
+	return ""
+}
+
 // Logs returns the tail of every component's log (for a failing test).
 func (s *Stack) Logs() string {
 	var b strings.Builder
