@@ -262,7 +262,7 @@ func TestKillMidAttachLeavesOneAttestationPerType(t *testing.T) {
 	rc, _ := registry.New()
 	t.Run("bundle", func(t *testing.T) {
 		ref := pushFixture(t, allFixtures(t)["node"], "signed-kill/app:v1")
-		killMidAttach(t, signingConfig(t, "attestd@example.test"), ref, func(ctx context.Context) map[string]int {
+		listed := func(ctx context.Context) map[string]int {
 			refs, err := rc.Referrers(ctx, ref, "")
 			if err != nil && !registry.IsNotFound(err) {
 				t.Fatal(err)
@@ -272,14 +272,30 @@ func TestKillMidAttachLeavesOneAttestationPerType(t *testing.T) {
 				n[d.Annotations["dev.sigstore.bundle.predicateType"]]++
 			}
 			return n
-		})
+		}
+		// A job's bundles are listed in the fallback index together, after
+		// all are stored: the kill lands between two bundle manifests (one
+		// signature at a time), none of them listed yet.
+		puts := func() int {
+			log, err := os.ReadFile(stk.LogPath("registry"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return strings.Count(string(log), `"PUT /v2/signed-kill/app/manifests/sha256:`)
+		}
+		pushed := puts() // the image's own manifests
+		stored := func(context.Context) map[string]int {
+			return map[string]int{"bundle manifests stored": puts() - pushed}
+		}
+		cfg := signingConfigWith(t, "attestd@example.test", stk.SigningConfig, "  concurrency: 1\n")
+		killMidAttach(t, cfg, ref, stored, listed)
 	})
 	t.Run("classic", func(t *testing.T) {
 		ref := pushFixture(t, allFixtures(t)["node"], "signed-kill/classic:v1")
 		// One signature at a time: TSA-only signing is fast, and the kill
 		// must land between two of them.
 		cfg := signingConfigWith(t, "attestd@example.test", stk.SigningConfigTSAOnly, "  format: classic\n  concurrency: 1\n")
-		killMidAttach(t, cfg, ref, func(ctx context.Context) map[string]int {
+		classic := func(ctx context.Context) map[string]int {
 			n := map[string]int{}
 			for _, suffix := range []string{".sig", ".att"} {
 				sigs, err := ociremote.Signatures(ref.Context().Tag(strings.Replace(ref.DigestStr(), ":", "-", 1)+suffix),
@@ -300,14 +316,16 @@ func TestKillMidAttachLeavesOneAttestationPerType(t *testing.T) {
 				}
 			}
 			return n
-		})
+		}
+		killMidAttach(t, cfg, ref, classic, classic)
 	})
 }
 
-// killMidAttach submits ref to a daemon, kills it (-9) once some but not
-// all of the five signatures are attached, restarts it, waits for the job
-// to finish, and checks with attached that each is there exactly once.
-func killMidAttach(t *testing.T, cfg string, ref name.Digest, attached func(context.Context) map[string]int) {
+// killMidAttach submits ref to a daemon, kills it (-9) once progress
+// counts some but not all of the five signatures, restarts it, waits for
+// the job to finish, and checks with attached that each is there exactly
+// once.
+func killMidAttach(t *testing.T, cfg string, ref name.Digest, progress, attached func(context.Context) map[string]int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	dataDir := t.TempDir()
@@ -322,7 +340,7 @@ func killMidAttach(t *testing.T, cfg string, ref name.Digest, attached func(cont
 	resp.Body.Close()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		n := attached(ctx)
+		n := progress(ctx)
 		total := 0
 		for _, c := range n {
 			total += c
