@@ -76,6 +76,9 @@ type Options struct {
 	// ToolName and ToolVersion describe attestd in the documents' creator
 	// fields, next to syft itself.
 	ToolName, ToolVersion string
+	// Licenses is the license scanner shared by scans (nil: syft builds one
+	// for each scan).
+	Licenses *LicenseScanner
 }
 
 // Scan is one image read into syft's file index. The SBOM and the hardening
@@ -216,6 +219,12 @@ func (s *Scan) SBOM(ctx context.Context) (*syftsbom.SBOM, error) {
 	cfg := syft.DefaultCreateSBOMConfig().WithParallelism(s.o.Parallelism)
 	if s.o.ToolName != "" {
 		cfg = cfg.WithTool(s.o.ToolName, s.o.ToolVersion)
+	}
+	if s.o.Licenses != nil {
+		var err error
+		if ctx, err = s.o.Licenses.with(ctx); err != nil {
+			return nil, fmt.Errorf("sbom: %w", err)
+		}
 	}
 	out, err := syft.CreateSBOM(ctx, s.src, cfg)
 	if err != nil {

@@ -1,6 +1,6 @@
 // Package vuln matches attestd's SBOMs against a grype v6 vulnerability
 // database offline, with the grype library at the version the grype CLI
-// v0.120.1 uses and the CLI's default matcher settings, so the library and
+// v0.121.3 uses and the CLI's default matcher settings, so the library and
 // the CLI find the same vulnerabilities in the same SBOM and database.
 //
 // It owns the database's lifecycle (Build from OSV records and vunnel
@@ -51,7 +51,7 @@ import (
 )
 
 // GrypeVersion is the grype library version linked (go.mod).
-const GrypeVersion = "v0.120.1"
+const GrypeVersion = "v0.121.3"
 
 // ScannerURI names the scanner in the vuln predicate.
 const ScannerURI = "pkg:golang/github.com/anchore/grype@" + GrypeVersion

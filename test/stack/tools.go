@@ -44,12 +44,12 @@ func RekorV2() Tool {
 
 // Syft is the stock syft CLI, at the version attestd links as a library:
 // the analysis tests compare package counts with it.
-func Syft() Tool { return Tool{"syft", "github.com/anchore/syft/cmd/syft", "v1.54.1"} }
+func Syft() Tool { return Tool{"syft", "github.com/anchore/syft/cmd/syft", "v1.57.2"} }
 
 // Grype is the stock grype CLI, at the version attestd links as a library:
 // the vulnerability tests compare findings with it on the same SBOM and
 // database.
-func Grype() Tool { return Tool{"grype", "github.com/anchore/grype/cmd/grype", "v0.120.1"} }
+func Grype() Tool { return Tool{"grype", "github.com/anchore/grype/cmd/grype", "v0.121.3"} }
 
 // AllTools is every tool the stack and the cross-checks use.
 func AllTools() []Tool { return []Tool{Crane(), TSA(), RekorV2(), Fulcio(), Cosign(), Syft(), Grype()} }

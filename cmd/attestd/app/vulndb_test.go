@@ -66,7 +66,7 @@ func TestVulnDBCommands(t *testing.T) {
 		t.Fatalf("scan: exit %d\n%s%s", code, out, stderr)
 	}
 	code, out, _ = run(t, "vulndb", "scan", "--data-dir", dir, "--format", "predicate", sbomFile)
-	if code != 0 || !strings.Contains(out, `"scanner":{"uri":"pkg:golang/github.com/anchore/grype@v0.120.1"`) {
+	if code != 0 || !strings.Contains(out, `"scanner":{"uri":"pkg:golang/github.com/anchore/grype@v0.121.3"`) {
 		t.Fatalf("scan predicate: exit %d\n%s", code, out)
 	}
 	// Stale by configuration: status says so and fails.

@@ -130,7 +130,8 @@ func newAnalyzer(cfg *configs.Config, db *store.DB, rc *registry.Client, vs anal
 	a, err := analyze.New(rc, cache, db, analyze.Options{
 		SBOM: sbom.Options{
 			SPDXVersion: cfg.Analysis.SPDXVersion, CycloneDXVersion: cfg.Analysis.CycloneDXVersion,
-			WorkDir: filepath.Join(cfg.DataDir, "work"),
+			WorkDir:  filepath.Join(cfg.DataDir, "work"),
+			Licenses: sbom.NewLicenseScanner(),
 		},
 		Harden: harden.Options{
 			MinimalBases: cfg.Analysis.Hardening.MinimalBases, MaxImageBytes: int64(cfg.Analysis.Hardening.MaxImageSize),
