@@ -54,7 +54,14 @@ func medianOf[T any](xs []T, f func(T) time.Duration) time.Duration {
 	return median(ds)
 }
 
-func s2(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+// s2 formats seconds; a few milliseconds below zero (the webhook's job
+// recorded before the push call returned) print as 0.
+func s2(d time.Duration) string {
+	if d < 0 && d > -10*time.Millisecond {
+		d = 0
+	}
+	return fmt.Sprintf("%.2f s", d.Seconds())
+}
 
 func ratio(a, b time.Duration) string {
 	if b <= 0 {
@@ -355,7 +362,8 @@ func (r *report) writeRequests(w io.Writer) {
 		cs = append(cs, fmt.Sprintf("%s %d", k, v))
 	}
 	sort.Strings(cs)
-	fmt.Fprintf(w, "(clients in attestd's windows, all columns: %s)\n\n", strings.Join(cs, ", "))
+	fmt.Fprintf(w, "(User-Agents of these requests, all columns together: %s.\n", strings.Join(cs, ", "))
+	fmt.Fprintf(w, " Only the daemon and the harness talk to the registry in these windows: one not starting attestd/ is the daemon's too.)\n\n")
 }
 
 // writeTargets prints the targets next to the figures. Nothing
