@@ -136,7 +136,11 @@ func (r *report) write(w io.Writer) {
 }
 
 func (r *report) writePerImage(w io.Writer) {
-	fmt.Fprintf(w, "Per image, median of %d runs:\n", r.runs)
+	runs := fmt.Sprintf("median of %d runs", r.runs)
+	if r.runs == 1 {
+		runs = "1 run"
+	}
+	fmt.Fprintf(w, "Per image, %s:\n", runs)
 	fmt.Fprintf(w, "  CLI: syft (one scan) → cosign attest ×3 → cosign sign → crane copy ×2, + cosign verify on the prod tag\n")
 	fmt.Fprintf(w, "  attestd: push → prod tag (webhook, daemon on an empty data dir), + cosign verify on the prod tag\n")
 	fmt.Fprintf(w, "  floor: every layer GET once + gunzip + sha256 (in process), + one Rekor v2 round\n\n")
