@@ -35,7 +35,7 @@ const (
 	fleetBase      = 2 * time.Minute // a fleet: this plus fleetPerImage per image
 	fleetPerImage  = 30 * time.Second
 	verifyTimeout  = 2 * time.Minute
-	shutdownTimout = 5 * time.Second
+	shutdownTimeout = 5 * time.Second
 	// rekorRounds is the least number of Rekor rounds the floor takes the
 	// median of.
 	rekorRounds = 5
@@ -147,7 +147,7 @@ func (b *bench) close() {
 		if b.stk != nil {
 			b.stk.Stop()
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), shutdownTimout)
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 		defer cancel()
 		_ = b.relaySrv.Shutdown(ctx)
 	})
@@ -205,7 +205,11 @@ func (b *bench) measure(ctx context.Context, chosen []spec, runs, fleetN int, ps
 	for range max(runs, rekorRounds) {
 		// A random phase against the 1 s checkpoint: back to back, each
 		// round would start just after a checkpoint, the worst case.
-		time.Sleep(time.Duration(mrand.Int64N(int64(time.Second))))
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Duration(mrand.Int64N(int64(time.Second)))):
+		}
 		d, err := rekorRound(ctx, b.stk.RekorURL)
 		if err != nil {
 			return nil, err
