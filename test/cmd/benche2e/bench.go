@@ -29,12 +29,12 @@ const identity = "bench@attestd.local"
 
 // Bounds of the waits that are not per command.
 const (
-	buildTimeout   = 15 * time.Minute // go build of cmd/attestd on a cold cache
-	vulnDBTimeout  = 5 * time.Minute
-	imageTimeout   = 5 * time.Minute // one image: push finished → promoted
-	fleetBase      = 2 * time.Minute // a fleet: this plus fleetPerImage per image
-	fleetPerImage  = 30 * time.Second
-	verifyTimeout  = 2 * time.Minute
+	buildTimeout    = 15 * time.Minute // go build of cmd/attestd on a cold cache
+	vulnDBTimeout   = 5 * time.Minute
+	imageTimeout    = 5 * time.Minute // one image: push finished → promoted
+	fleetBase       = 2 * time.Minute // a fleet: this plus fleetPerImage per image
+	fleetPerImage   = 30 * time.Second
+	verifyTimeout   = 2 * time.Minute
 	shutdownTimeout = 5 * time.Second
 	// rekorRounds is the least number of Rekor rounds the floor takes the
 	// median of.
