@@ -44,9 +44,8 @@ const (
 // daemon up (CLI runs, restarts) the relay acknowledges and drops, so the
 // registry never queues retries that would delay a later delivery.
 type relay struct {
-	mu      sync.Mutex
-	target  string // the daemon's hook URL; "" drops
-	dropped int
+	mu     sync.Mutex
+	target string // the daemon's hook URL; "" drops
 }
 
 func (r *relay) set(target string) {
@@ -63,9 +62,6 @@ func (r *relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	r.mu.Lock()
 	target := r.target
-	if target == "" {
-		r.dropped++
-	}
 	r.mu.Unlock()
 	if target == "" {
 		return

@@ -151,9 +151,14 @@ func run() error {
 	return nil
 }
 
+// started is when the process started (never changed): progress lines
+// say how far into the run they are.
+var started = time.Now()
+
 // logf says what the harness is doing, on stderr.
 func logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "benche2e: "+format+"\n", args...)
+	e := time.Since(started).Round(time.Second)
+	fmt.Fprintf(os.Stderr, "benche2e [%02d:%02d]: "+format+"\n", append([]any{int(e.Minutes()), int(e.Seconds()) % 60}, args...)...)
 }
 
 func host() string {

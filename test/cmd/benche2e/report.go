@@ -54,7 +54,14 @@ func medianOf[T any](xs []T, f func(T) time.Duration) time.Duration {
 	return median(ds)
 }
 
-func s2(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+// s2 formats seconds; a few milliseconds below zero (the webhook's job
+// recorded before the push call returned) print as 0.
+func s2(d time.Duration) string {
+	if d < 0 && d > -10*time.Millisecond {
+		d = 0
+	}
+	return fmt.Sprintf("%.2f s", d.Seconds())
+}
 
 func ratio(a, b time.Duration) string {
 	if b <= 0 {
@@ -129,7 +136,11 @@ func (r *report) write(w io.Writer) {
 }
 
 func (r *report) writePerImage(w io.Writer) {
-	fmt.Fprintf(w, "Per image, median of %d runs:\n", r.runs)
+	runs := fmt.Sprintf("median of %d runs", r.runs)
+	if r.runs == 1 {
+		runs = "1 run"
+	}
+	fmt.Fprintf(w, "Per image, %s:\n", runs)
 	fmt.Fprintf(w, "  CLI: syft (one scan) → cosign attest ×3 → cosign sign → crane copy ×2, + cosign verify on the prod tag\n")
 	fmt.Fprintf(w, "  attestd: push → prod tag (webhook, daemon on an empty data dir), + cosign verify on the prod tag\n")
 	fmt.Fprintf(w, "  floor: every layer GET once + gunzip + sha256 (in process), + one Rekor v2 round\n\n")
@@ -355,7 +366,8 @@ func (r *report) writeRequests(w io.Writer) {
 		cs = append(cs, fmt.Sprintf("%s %d", k, v))
 	}
 	sort.Strings(cs)
-	fmt.Fprintf(w, "(clients in attestd's windows, all columns: %s)\n\n", strings.Join(cs, ", "))
+	fmt.Fprintf(w, "(User-Agents of these requests, all columns together: %s.\n", strings.Join(cs, ", "))
+	fmt.Fprintf(w, " Only the daemon and the harness talk to the registry in these windows: one not starting attestd/ is the daemon's too.)\n\n")
 }
 
 // writeTargets prints the targets next to the figures. Nothing
