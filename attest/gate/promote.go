@@ -310,6 +310,8 @@ func copyClosure(ctx context.Context, rc *registry.Client, src, dst name.Reposit
 // every required attestation (and the summary) verifies for every subject
 // (not for an override), and nothing arrived that did not verify — no
 // referrer, classic layer or index child outside the verified closure.
+// dst's listings are read anew; a bundle manifest or blob the verifier has
+// judged before (by digest: the same bytes) is not read again.
 func (g *Gate) checkDestination(ctx context.Context, dst name.Repository, plan *Plan, override bool) error {
 	subjects := []string{plan.Digest}
 	for _, it := range plan.Manifests {

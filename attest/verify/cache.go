@@ -3,6 +3,8 @@ package verify
 import (
 	"sync"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/sigstore/sigstore-go/pkg/fulcio/certificate"
 )
 
@@ -74,3 +76,50 @@ func (c *verdicts) put(key string, vd *verdict) {
 
 // verdictKey names a bundle (its blob's digest) verified for subject.
 func verdictKey(blob, subject string) string { return blob + " " + subject }
+
+// maxLayerEntries bounds the layer cache (an entry is a few hundred bytes).
+const maxLayerEntries = 1 << 16
+
+// layerCache remembers, by referrer manifest digest and subject, the
+// bundle layer the manifest names or why it names none (see
+// Verifier.bundleLayer). Oldest entries go first.
+type layerCache struct {
+	mu    sync.Mutex
+	m     map[string]layerEntry
+	order []string
+}
+
+type layerEntry struct {
+	layer  v1.Descriptor
+	reason string
+}
+
+func (c *layerCache) get(key string) (v1.Descriptor, string, bool) {
+	if c == nil {
+		return v1.Descriptor{}, "", false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[key]
+	return e.layer, e.reason, ok
+}
+
+func (c *layerCache) put(key string, l v1.Descriptor, reason string) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]layerEntry{}
+	}
+	if _, ok := c.m[key]; ok {
+		return
+	}
+	c.m[key] = layerEntry{l, reason}
+	c.order = append(c.order, key)
+	if len(c.order) > maxLayerEntries {
+		delete(c.m, c.order[0])
+		c.order = c.order[1:]
+	}
+}

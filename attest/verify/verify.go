@@ -77,6 +77,10 @@ type Verifier struct {
 	ids   []allowed
 	reg   *registry.Client
 	cache *verdicts
+	// layers remembers what a referrer manifest (by digest, for a subject)
+	// was found to be: its bundle layer, or why it is none. Manifests are
+	// content-addressed, so this is as good as reading it again.
+	layers *layerCache
 }
 
 // allowed is an expected identity and the predicate types it may sign.
@@ -113,7 +117,7 @@ func New(trusted root.TrustedMaterial, ids []Identity, reg *registry.Client, o O
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
-	v := &Verifier{v: sv, reg: reg, cache: &verdicts{max: maxVerdictBytes}}
+	v := &Verifier{v: sv, reg: reg, cache: &verdicts{max: maxVerdictBytes}, layers: &layerCache{}}
 	for i, id := range ids {
 		ci, err := sgverify.NewShortCertificateIdentity(id.Issuer, id.IssuerRegex, id.Subject, id.SubjectRegex)
 		if err != nil {
@@ -355,6 +359,10 @@ func (v *Verifier) Verify(ctx context.Context, ref string) (Result, error) {
 	return res, nil
 }
 
+// errBadManifest marks a referrer manifest that is not a bundle manifest
+// of the subject: a verdict on its bytes, remembered like one.
+var errBadManifest = errors.New("not a bundle manifest of this digest")
+
 // fetchConcurrency bounds the reads of one Verify in flight at once.
 const fetchConcurrency = 8
 
@@ -382,12 +390,21 @@ func (v *Verifier) bundles(ctx context.Context, subject name.Digest, refs []v1.D
 			slots[i].reason = fmt.Sprintf("manifest of %d bytes: a bundle's is under %d", desc.Size, maxBundleManifest)
 			continue
 		}
+		key := desc.Digest.String() + " " + subject.DigestStr()
+		if l, reason, ok := v.layers.get(key); ok {
+			slots[i].layer, slots[i].reason = l, reason
+			continue
+		}
 		g.Go(func() error {
 			l, err := v.bundleLayer(ctx, subject, desc)
+			var reason string
 			if err != nil {
-				slots[i].reason = err.Error()
+				reason = err.Error()
 			}
-			slots[i].layer = l
+			slots[i].layer, slots[i].reason = l, reason
+			if err == nil || errors.Is(err, errBadManifest) {
+				v.layers.put(key, l, reason)
+			}
 			return nil
 		})
 	}
@@ -445,26 +462,26 @@ func (v *Verifier) bundleLayer(ctx context.Context, subject name.Digest, desc v1
 	}
 	m, err := v1.ParseManifest(strings.NewReader(string(raw)))
 	if err != nil {
-		return v1.Descriptor{}, fmt.Errorf("bundle manifest: %w", err)
+		return v1.Descriptor{}, fmt.Errorf("%w: %w", errBadManifest, err)
 	}
 	if m.Subject == nil || m.Subject.Digest.String() != subject.DigestStr() {
 		got := "none"
 		if m.Subject != nil {
 			got = m.Subject.Digest.String()
 		}
-		return v1.Descriptor{}, fmt.Errorf("bundle manifest's subject is %s, not %s", got, subject.DigestStr())
+		return v1.Descriptor{}, fmt.Errorf("%w: bundle manifest's subject is %s, not %s", errBadManifest, got, subject.DigestStr())
 	}
 	if len(m.Layers) != 1 {
-		return v1.Descriptor{}, fmt.Errorf("bundle manifest has %d layers, want 1", len(m.Layers))
+		return v1.Descriptor{}, fmt.Errorf("%w: bundle manifest has %d layers, want 1", errBadManifest, len(m.Layers))
 	}
 	if m.Config.MediaType != emptyConfigType || m.Config.Digest.String() != emptyConfigDigest {
-		return v1.Descriptor{}, fmt.Errorf("bundle manifest's config is %s %s, not the empty config %s a bundle artifact carries", m.Config.MediaType, m.Config.Digest, emptyConfigType)
+		return v1.Descriptor{}, fmt.Errorf("%w: bundle manifest's config is %s %s, not the empty config %s a bundle artifact carries", errBadManifest, m.Config.MediaType, m.Config.Digest, emptyConfigType)
 	}
 	if want, _ := sgbundle.MediaTypeString("0.3"); string(m.Layers[0].MediaType) != want {
-		return v1.Descriptor{}, fmt.Errorf("bundle layer media type is %s, want %s", m.Layers[0].MediaType, want)
+		return v1.Descriptor{}, fmt.Errorf("%w: bundle layer media type is %s, want %s", errBadManifest, m.Layers[0].MediaType, want)
 	}
 	if m.Layers[0].Size < 0 {
-		return v1.Descriptor{}, fmt.Errorf("bundle layer of %d bytes", m.Layers[0].Size)
+		return v1.Descriptor{}, fmt.Errorf("%w: bundle layer of %d bytes", errBadManifest, m.Layers[0].Size)
 	}
 	return m.Layers[0], nil
 }

@@ -51,8 +51,7 @@ type Client struct {
 	*core
 	// pusher, when set (see Writes), carries one authenticated writer per
 	// repository across calls: no ping and no token exchange per write.
-	pusher  *remote.Pusher
-	putters *putters
+	pusher *remote.Pusher
 }
 
 // reuseFor is how long one Puller (its pings, token exchanges and
@@ -77,6 +76,12 @@ type core struct {
 	puller   *remote.Puller
 	pullerAt time.Time
 	now      func() time.Time
+
+	// writers are authenticated raw writers by repository, replaced like
+	// the Puller every reuseFor (they hold no content, only a transport).
+	writeMu   sync.Mutex
+	writers   map[string]*rawWriter
+	writersAt time.Time
 }
 
 type options struct {
@@ -244,7 +249,7 @@ func (c *Client) Writes() *Client {
 	if err != nil {
 		return c
 	}
-	return &Client{core: c.core, pusher: p, putters: &putters{m: map[string]*rawWriter{}}}
+	return &Client{core: c.core, pusher: p}
 }
 
 // Responses counts the registry's responses by status code (see
@@ -521,7 +526,7 @@ func (c *Client) hasReferrersAPI(ctx context.Context, ref name.Digest) (bool, er
 	if err != nil {
 		return false, err
 	}
-	rt, err := transport.NewWithContext(ctx, ref.Context().Registry, auth, c.transport, []string{ref.Context().Scope(transport.PullScope)})
+	rt, err := transport.NewWithContext(ctx, ref.Context().Registry, auth, transport.NewUserAgent(c.transport, c.userAgent), []string{ref.Context().Scope(transport.PullScope)})
 	if err != nil {
 		return false, err
 	}

@@ -9,11 +9,12 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"net/url"
 	"sync"
+	"sync/atomic"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/static"
@@ -97,21 +98,9 @@ func (c *Client) copyReferrer(ctx context.Context, ref name.Digest, dst name.Rep
 	if m.Subject == nil || m.Subject.Digest.String() != subject {
 		return v1.Descriptor{}, fmt.Errorf("its subject is not %s: refused", subject)
 	}
-	img, err := desc.Image()
-	if err != nil {
-		return v1.Descriptor{}, err
-	}
-	blobs, err := img.Layers()
-	if err != nil {
-		return v1.Descriptor{}, err
-	}
-	cfg, err := partial.ConfigLayer(img)
-	if err != nil {
-		return v1.Descriptor{}, err
-	}
-	for _, l := range append(blobs, cfg) {
-		if err := remote.WriteLayer(dst, l, opts...); err != nil {
-			return v1.Descriptor{}, err
+	for _, b := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+		if err := c.copyBlob(ctx, put, ref.Context(), b); err != nil {
+			return v1.Descriptor{}, fmt.Errorf("blob %s: %w", b.Digest, err)
 		}
 	}
 	if err := put.putManifest(ctx, dst.Digest(desc.Digest.String()), desc.Manifest, desc.MediaType); err != nil {
@@ -124,28 +113,26 @@ func (c *Client) copyReferrer(ctx context.Context, ref name.Digest, dst name.Rep
 	return v1.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size, ArtifactType: at, Annotations: m.Annotations}, nil
 }
 
-// putter returns repo's rawWriter, made once per Writes client.
+// putter returns repo's rawWriter: one handshake per repository, shared
+// by the process and replaced every reuseFor like the Puller.
 func (c *Client) putter(ctx context.Context, repo name.Repository) (*rawWriter, error) {
-	if c.putters == nil {
-		return c.newRawWriter(ctx, repo)
+	c.writeMu.Lock()
+	if c.writers == nil || c.now().Sub(c.writersAt) > reuseFor {
+		c.writers, c.writersAt = map[string]*rawWriter{}, c.now()
 	}
-	c.putters.mu.Lock()
-	defer c.putters.mu.Unlock()
-	if p, ok := c.putters.m[repo.String()]; ok {
-		return p, nil
+	w, ok := c.writers[repo.String()]
+	c.writeMu.Unlock()
+	if ok {
+		return w, nil
 	}
-	p, err := c.newRawWriter(ctx, repo)
+	w, err := c.newRawWriter(ctx, repo)
 	if err != nil {
 		return nil, err
 	}
-	c.putters.m[repo.String()] = p
-	return p, nil
-}
-
-// putters are a Writes client's raw writers by repository.
-type putters struct {
-	mu sync.Mutex
-	m  map[string]*rawWriter
+	c.writeMu.Lock()
+	c.writers[repo.String()] = w
+	c.writeMu.Unlock()
+	return w, nil
 }
 
 // rawWriter writes blobs and manifests into one repository byte for byte
@@ -155,6 +142,8 @@ type putters struct {
 type rawWriter struct {
 	repo   name.Repository
 	client *http.Client
+	// hasConfig: the empty config blob is known to be in repo.
+	hasConfig atomic.Bool
 }
 
 func (c *Client) newRawWriter(ctx context.Context, repo name.Repository) (*rawWriter, error) {
@@ -162,7 +151,7 @@ func (c *Client) newRawWriter(ctx context.Context, repo name.Repository) (*rawWr
 	if err != nil {
 		return nil, err
 	}
-	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, c.transport, []string{repo.Scope(transport.PushScope)})
+	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, transport.NewUserAgent(c.transport, c.userAgent), []string{repo.Scope(transport.PushScope)})
 	if err != nil {
 		return nil, err
 	}
@@ -194,6 +183,87 @@ func (w *rawWriter) do(ctx context.Context, method, u, contentType string, body 
 	return resp, nil
 }
 
+// copyBlob makes blob b of src present in w's repository: mounted where
+// both are on one registry (one request), else uploaded from src unless
+// it is there already.
+func (c *Client) copyBlob(ctx context.Context, w *rawWriter, src name.Repository, b v1.Descriptor) error {
+	var loc *url.URL
+	if src.Registry == w.repo.Registry {
+		q := url.Values{"mount": {b.Digest.String()}, "from": {src.RepositoryStr()}}
+		resp, err := w.do(ctx, http.MethodPost, w.url("blobs/uploads/?"+q.Encode()), "", nil, http.StatusCreated, http.StatusAccepted)
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode == http.StatusCreated {
+			return nil
+		}
+		if loc, err = resp.Location(); err != nil { // not mounted: an upload was started instead
+			return err
+		}
+	} else {
+		ok, err := w.hasBlob(ctx, b.Digest)
+		if err != nil || ok {
+			return err
+		}
+	}
+	rc, err := c.Blob(ctx, src, b.Digest.String())
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	return w.upload(ctx, loc, b, rc)
+}
+
+// hasBlob asks whether d is in w's repository.
+func (w *rawWriter) hasBlob(ctx context.Context, d v1.Hash) (bool, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, w.url("blobs/"+d.String()), nil)
+	if err != nil {
+		return false, err
+	}
+	resp, err := w.client.Do(req)
+	if err != nil {
+		return false, err
+	}
+	resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return true, nil
+	case http.StatusNotFound:
+		return false, nil
+	default:
+		return false, transport.CheckError(resp, http.StatusOK)
+	}
+}
+
+// upload streams blob b's content from r to the upload session loc (nil:
+// start one), in one PUT.
+func (w *rawWriter) upload(ctx context.Context, loc *url.URL, b v1.Descriptor, r io.Reader) error {
+	if loc == nil {
+		resp, err := w.do(ctx, http.MethodPost, w.url("blobs/uploads/"), "", nil, http.StatusAccepted)
+		if err != nil {
+			return fmt.Errorf("start upload: %w", err)
+		}
+		if loc, err = resp.Location(); err != nil {
+			return fmt.Errorf("start upload: %w", err)
+		}
+	}
+	q := loc.Query()
+	q.Set("digest", b.Digest.String())
+	loc.RawQuery = q.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, loc.String(), io.LimitReader(r, b.Size))
+	if err != nil {
+		return err
+	}
+	req.ContentLength = b.Size
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := w.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return transport.CheckError(resp, http.StatusCreated)
+}
+
 // putManifest PUTs raw as ref (in w's repository).
 func (w *rawWriter) putManifest(ctx context.Context, ref name.Digest, raw []byte, mt types.MediaType) error {
 	resp, err := w.do(ctx, http.MethodPut, w.url("manifests/"+ref.DigestStr()), string(mt), raw, http.StatusOK, http.StatusCreated, http.StatusAccepted)
@@ -214,18 +284,7 @@ func (w *rawWriter) putBlob(ctx context.Context, data []byte) (v1.Hash, error) {
 	if err != nil {
 		return v1.Hash{}, err
 	}
-	resp, err := w.do(ctx, http.MethodPost, w.url("blobs/uploads/"), "", nil, http.StatusAccepted)
-	if err != nil {
-		return v1.Hash{}, fmt.Errorf("start upload: %w", err)
-	}
-	loc, err := resp.Location()
-	if err != nil {
-		return v1.Hash{}, fmt.Errorf("start upload: %w", err)
-	}
-	q := loc.Query()
-	q.Set("digest", h.String())
-	loc.RawQuery = q.Encode()
-	if _, err := w.do(ctx, http.MethodPut, loc.String(), "application/octet-stream", data, http.StatusCreated); err != nil {
+	if err := w.upload(ctx, nil, v1.Descriptor{Digest: h, Size: int64(len(data))}, bytes.NewReader(data)); err != nil {
 		return v1.Hash{}, fmt.Errorf("upload %s: %w", h, err)
 	}
 	return h, nil
@@ -290,12 +349,19 @@ func (c *Client) PutReferrer(ctx context.Context, repo name.Repository, subject 
 	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("referrer of %s: %w", subject.Digest, err)
 	}
-	if err := remote.WriteLayer(repo, emptyConfig, c.RemoteOptions(ctx)...); err != nil { // present after the first: one HEAD
-		return v1.Descriptor{}, fmt.Errorf("referrer of %s: %w", subject.Digest, err)
-	}
 	cd, err := emptyConfig.Digest()
 	if err != nil {
 		return v1.Descriptor{}, err
+	}
+	if !w.hasConfig.Load() {
+		ok, err := w.hasBlob(ctx, cd)
+		if err == nil && !ok {
+			_, err = w.putBlob(ctx, []byte("{}"))
+		}
+		if err != nil {
+			return v1.Descriptor{}, fmt.Errorf("referrer of %s: config: %w", subject.Digest, err)
+		}
+		w.hasConfig.Store(true)
 	}
 	ld, err := w.putBlob(ctx, layer)
 	if err != nil {
@@ -316,6 +382,7 @@ func (c *Client) PutReferrer(ctx context.Context, repo name.Repository, subject 
 		return v1.Descriptor{}, err
 	}
 	if err := w.putManifest(ctx, repo.Digest(h.String()), raw, types.OCIManifestSchema1); err != nil {
+		w.hasConfig.Store(false) // deleted since? asked again next time
 		return v1.Descriptor{}, fmt.Errorf("referrer of %s: %w", subject.Digest, err)
 	}
 	return v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: h, Size: size, ArtifactType: artifactType, Annotations: annotations}, nil

@@ -530,3 +530,45 @@ func TestCopyReferrers(t *testing.T) {
 		}
 	}
 }
+
+// TestCopyReferrersAcrossRegistries: without a mount, the blobs are
+// uploaded from the source registry.
+func TestCopyReferrersAcrossRegistries(t *testing.T) {
+	ctx := context.Background()
+	_, a := newRegistry(t, false)
+	_, b := newRegistry(t, true)
+	c := newClient(t)
+	src, _ := c.ParseRepository(a + "/staging/app")
+	dst, _ := c.ParseRepository(b + "/prod/app")
+	img, _ := random.Image(64, 1)
+	dg, _ := img.Digest()
+	for _, repo := range []name.Repository{src, dst} {
+		if err := remote.Write(repo.Digest(dg.String()), img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	art, err := c.PushArtifact(ctx, src.Digest(dg.String()), "application/vnd.test", "text/plain", []byte("hello"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CopyReferrers(ctx, src, dst, dg.String(), []string{art.DigestStr()}); err != nil {
+		t.Fatal(err)
+	}
+	refs, err := c.Referrers(ctx, dst.Digest(dg.String()), "application/vnd.test")
+	if err != nil || len(refs) != 1 || refs[0].Digest.String() != art.DigestStr() {
+		t.Fatalf("referrers in dst: %v, %v", refs, err)
+	}
+	img2, err := c.Image(ctx, dst.Digest(art.DigestStr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, _ := img2.Layers()
+	rc, err := ls[0].Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if got, _ := io.ReadAll(rc); string(got) != "hello" {
+		t.Errorf("copied layer = %q", got)
+	}
+}
