@@ -47,16 +47,53 @@ func (c *Client) CopyReferrers(ctx context.Context, src, dst name.Repository, su
 	if err != nil {
 		return fmt.Errorf("copy referrers of %s to %s: %w", subject, dst, err)
 	}
-	descs := make([]v1.Descriptor, len(digests))
+	// Read and check every manifest, then copy each distinct blob once
+	// (a registry's filesystem storage races when one blob is linked into
+	// a repository twice at once), then put the manifests.
+	got := make([]*referrer, len(digests))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(copyConcurrency)
 	for i, dg := range digests {
 		g.Go(func() error {
-			d, err := c.copyReferrer(gctx, src.Digest(dg), dst, subject, put)
+			r, err := c.readReferrer(gctx, src.Digest(dg), subject)
 			if err != nil {
 				return fmt.Errorf("referrer %s of %s: %w", dg, subject, err)
 			}
-			descs[i] = d
+			got[i] = r
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	blobs := map[v1.Hash]v1.Descriptor{}
+	for _, r := range got {
+		for _, b := range append([]v1.Descriptor{r.m.Config}, r.m.Layers...) {
+			blobs[b.Digest] = b
+		}
+	}
+	g, gctx = errgroup.WithContext(ctx)
+	g.SetLimit(copyConcurrency)
+	for _, b := range blobs {
+		g.Go(func() error {
+			if err := c.copyBlob(gctx, put, src, b); err != nil {
+				return fmt.Errorf("referrers of %s: blob %s: %w", subject, b.Digest, err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	descs := make([]v1.Descriptor, len(got))
+	g, gctx = errgroup.WithContext(ctx)
+	g.SetLimit(copyConcurrency)
+	for i, r := range got {
+		g.Go(func() error {
+			if err := put.putManifest(gctx, dst.Digest(r.desc.Digest.String()), r.desc.Manifest, r.desc.MediaType); err != nil {
+				return fmt.Errorf("referrer %s of %s: %w", r.desc.Digest, subject, err)
+			}
+			descs[i] = r.listed()
 			return nil
 		})
 	}
@@ -74,43 +111,45 @@ func (c *Client) CopyReferrers(ctx context.Context, src, dst name.Repository, su
 	return c.addToFallback(ctx, sub, descs)
 }
 
-// copyReferrer copies one referrer manifest and what it refers to, and
-// returns its descriptor as a referrers index lists it.
-func (c *Client) copyReferrer(ctx context.Context, ref name.Digest, dst name.Repository, subject string, put *rawWriter) (v1.Descriptor, error) {
-	opts := c.RemoteOptions(ctx)
-	desc, err := remote.Get(ref, opts...)
-	if err != nil {
-		return v1.Descriptor{}, err
-	}
-	if !desc.MediaType.IsImage() {
-		return v1.Descriptor{}, fmt.Errorf("the registry serves it as %s, not an image manifest: refused", desc.MediaType)
-	}
-	if len(desc.Manifest) > maxReferrerManifest {
-		return v1.Descriptor{}, fmt.Errorf("manifest of %d bytes: over %d", len(desc.Manifest), maxReferrerManifest)
-	}
-	var m struct {
+// referrer is a referrer manifest read to be copied.
+type referrer struct {
+	desc *remote.Descriptor
+	m    struct {
 		v1.Manifest
 		ArtifactType string `json:"artifactType"`
 	}
-	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
-		return v1.Descriptor{}, err
-	}
-	if m.Subject == nil || m.Subject.Digest.String() != subject {
-		return v1.Descriptor{}, fmt.Errorf("its subject is not %s: refused", subject)
-	}
-	for _, b := range append([]v1.Descriptor{m.Config}, m.Layers...) {
-		if err := c.copyBlob(ctx, put, ref.Context(), b); err != nil {
-			return v1.Descriptor{}, fmt.Errorf("blob %s: %w", b.Digest, err)
-		}
-	}
-	if err := put.putManifest(ctx, dst.Digest(desc.Digest.String()), desc.Manifest, desc.MediaType); err != nil {
-		return v1.Descriptor{}, err
-	}
-	at := m.ArtifactType
+}
+
+// listed is r's descriptor as a referrers index lists it.
+func (r *referrer) listed() v1.Descriptor {
+	at := r.m.ArtifactType
 	if at == "" {
-		at = string(m.Config.MediaType)
+		at = string(r.m.Config.MediaType)
 	}
-	return v1.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size, ArtifactType: at, Annotations: m.Annotations}, nil
+	return v1.Descriptor{MediaType: r.desc.MediaType, Digest: r.desc.Digest, Size: r.desc.Size, ArtifactType: at, Annotations: r.m.Annotations}
+}
+
+// readReferrer reads the referrer manifest ref and checks it is an image
+// manifest whose subject is subject.
+func (c *Client) readReferrer(ctx context.Context, ref name.Digest, subject string) (*referrer, error) {
+	desc, err := remote.Get(ref, c.RemoteOptions(ctx)...)
+	if err != nil {
+		return nil, err
+	}
+	if !desc.MediaType.IsImage() {
+		return nil, fmt.Errorf("the registry serves it as %s, not an image manifest: refused", desc.MediaType)
+	}
+	if len(desc.Manifest) > maxReferrerManifest {
+		return nil, fmt.Errorf("manifest of %d bytes: over %d", len(desc.Manifest), maxReferrerManifest)
+	}
+	r := &referrer{desc: desc}
+	if err := json.Unmarshal(desc.Manifest, &r.m); err != nil {
+		return nil, err
+	}
+	if r.m.Subject == nil || r.m.Subject.Digest.String() != subject {
+		return nil, fmt.Errorf("its subject is not %s: refused", subject)
+	}
+	return r, nil
 }
 
 // putter returns repo's rawWriter: one handshake per repository, shared
@@ -144,6 +183,7 @@ type rawWriter struct {
 	client *http.Client
 	// hasConfig: the empty config blob is known to be in repo.
 	hasConfig atomic.Bool
+	configMu  sync.Mutex
 }
 
 func (c *Client) newRawWriter(ctx context.Context, repo name.Repository) (*rawWriter, error) {
@@ -212,6 +252,29 @@ func (c *Client) copyBlob(ctx context.Context, w *rawWriter, src name.Repository
 	}
 	defer rc.Close()
 	return w.upload(ctx, loc, b, rc)
+}
+
+// ensureConfig makes the empty config cd present in w's repository, one
+// caller at a time: a registry's filesystem storage races when one blob is
+// written into a repository twice at once.
+func (w *rawWriter) ensureConfig(ctx context.Context, cd v1.Hash) error {
+	if w.hasConfig.Load() {
+		return nil
+	}
+	w.configMu.Lock()
+	defer w.configMu.Unlock()
+	if w.hasConfig.Load() {
+		return nil
+	}
+	ok, err := w.hasBlob(ctx, cd)
+	if err == nil && !ok {
+		_, err = w.putBlob(ctx, []byte("{}"))
+	}
+	if err != nil {
+		return err
+	}
+	w.hasConfig.Store(true)
+	return nil
 }
 
 // hasBlob asks whether d is in w's repository.
@@ -353,15 +416,8 @@ func (c *Client) PutReferrer(ctx context.Context, repo name.Repository, subject 
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
-	if !w.hasConfig.Load() {
-		ok, err := w.hasBlob(ctx, cd)
-		if err == nil && !ok {
-			_, err = w.putBlob(ctx, []byte("{}"))
-		}
-		if err != nil {
-			return v1.Descriptor{}, fmt.Errorf("referrer of %s: config: %w", subject.Digest, err)
-		}
-		w.hasConfig.Store(true)
+	if err := w.ensureConfig(ctx, cd); err != nil {
+		return v1.Descriptor{}, fmt.Errorf("referrer of %s: config: %w", subject.Digest, err)
 	}
 	ld, err := w.putBlob(ctx, layer)
 	if err != nil {
