@@ -154,8 +154,8 @@ func (b *bench) close() {
 }
 
 // measure runs everything and returns the figures.
-func (b *bench) measure(ctx context.Context, chosen []spec, runs, fleetN int, ps []int) (*report, error) {
-	rep := &report{runs: runs, workers: b.workers, version: b.version, fleetN: fleetN, host: host()}
+func (b *bench) measure(ctx context.Context, chosen []spec, runs, fleetN, cliFleetN int, ps []int) (*report, error) {
+	rep := &report{runs: runs, workers: b.workers, version: b.version, fleetN: fleetN, cliFleetN: cliFleetN, host: host()}
 	fo := fixture.Options{RepoRoot: b.root, Logf: func(f string, a ...any) { logf(f, a...) }}
 	bases := map[string]v1.Image{}
 	need := append([]spec(nil), chosen...)
@@ -220,7 +220,7 @@ func (b *bench) measure(ctx context.Context, chosen []spec, runs, fleetN int, ps
 
 	if fleetN > 0 {
 		for _, p := range ps {
-			f, err := b.cliFleet(ctx, bases["debian"], fleetN, p)
+			f, err := b.cliFleet(ctx, bases["debian"], cliFleetN, p)
 			if err != nil {
 				return nil, fmt.Errorf("CLI fleet, P=%d: %w", p, err)
 			}

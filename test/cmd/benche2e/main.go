@@ -19,7 +19,7 @@
 // first of the N pushes finished (conservative: the rest of the pushing is
 // on attestd's clock).
 //
-//	go run ./test/cmd/benche2e [-runs 3] [-fleet 20] [-parallel 1,2,4] [-workers 0] [-images debian,static-go,node] [-o bin/bench-e2e.txt]
+//	go run ./test/cmd/benche2e [-runs 3] [-fleet 20] [-cli-fleet N] [-parallel 1,2,4] [-workers 0] [-images debian,static-go,node] [-o bin/bench-e2e.txt]
 //
 // The report goes to stdout and to -o; progress to stderr. Nothing here
 // asserts on timing: the targets are printed next to the figures.
@@ -68,7 +68,8 @@ var specs = []spec{
 
 func run() error {
 	runs := flag.Int("runs", 3, "runs per image and pipeline (medians are reported)")
-	fleet := flag.Int("fleet", 20, "images in the fleet on a shared Debian base (0: no fleet)")
+	fleet := flag.Int("fleet", 20, "images in attestd's fleet on a shared Debian base (0: no fleet)")
+	cliFleet := flag.Int("cli-fleet", 0, "images in each CLI fleet (0: as many as -fleet); a sequential pipeline's rate does not depend on N, and 200 images through it take half an hour")
 	parallel := flag.String("parallel", "1,2,4", "CLI pipelines in parallel for the fleet, comma-separated")
 	workers := flag.Int("workers", 0, "attestd workers (0: the daemon's default)")
 	only := flag.String("images", "debian,static-go,node", "images measured one by one, comma-separated (empty: none)")
@@ -122,7 +123,10 @@ func run() error {
 		return fmt.Errorf("%w (work directory kept: %s)", err, dir)
 	}
 
-	rep, err := b.measure(ctx, chosen, *runs, *fleet, ps)
+	if *cliFleet <= 0 {
+		*cliFleet = *fleet
+	}
+	rep, err := b.measure(ctx, chosen, *runs, *fleet, *cliFleet, ps)
 	if err != nil {
 		return fmt.Errorf("%w\n(work directory kept: %s; the stack's logs in %s/stack/logs, each daemon's in %s/daemons)", err, dir, dir, dir)
 	}

@@ -24,6 +24,7 @@ type report struct {
 	host, version string
 	runs, workers int
 	fleetN        int
+	cliFleetN     int
 	images        []*imageResult
 	rekor         []time.Duration
 	fleet         []fleetResult
@@ -226,13 +227,17 @@ func (r *report) imageHeader() string {
 }
 
 func (r *report) writeFleet(w io.Writer) {
-	fmt.Fprintf(w, "Fleet: %d images on a shared Debian base (each base + its own nonce layer, its own repository), pushed at once.\n", r.fleetN)
+	if r.cliFleetN != r.fleetN {
+		fmt.Fprintf(w, "Fleet: %d images (attestd), %d (each CLI fleet) on a shared Debian base (each base + its own nonce layer, its own repository), pushed at once.\n", r.fleetN, r.cliFleetN)
+	} else {
+		fmt.Fprintf(w, "Fleet: %d images on a shared Debian base (each base + its own nonce layer, its own repository), pushed at once.\n", r.fleetN)
+	}
 	fmt.Fprintf(w, "  CLI: clock from the last push finished to the last pipeline done (no cosign verify; one image verified after).\n")
 	fmt.Fprintf(w, "  attestd: daemon on an empty data dir, clock from the first push finished to every image promoted (one verified after).\n\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "pipeline\twall\timages/min\tpush (not timed)\t\n")
+	fmt.Fprintf(tw, "pipeline\timages\twall\timages/min\tpush (not timed)\t\n")
 	for _, f := range r.fleet {
-		fmt.Fprintf(tw, "%s\t%s\t%.1f\t%s\t\n", f.label, s2(f.wall), perMin(f.n, f.wall), s2(f.push))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%.1f\t%s\t\n", f.label, f.n, s2(f.wall), perMin(f.n, f.wall), s2(f.push))
 	}
 	tw.Flush()
 	if a, seq, best := r.fleetRatios(); a != nil {
@@ -265,7 +270,7 @@ func (r *report) fleetRatios() (a, seq, best *fleetResult) {
 		case strings.HasSuffix(f.label, "P=1"):
 			seq = f
 		}
-		if !strings.HasPrefix(f.label, "attestd") && (best == nil || f.wall < best.wall) {
+		if !strings.HasPrefix(f.label, "attestd") && (best == nil || perMin(f.n, f.wall) > perMin(best.n, best.wall)) {
 			best = f
 		}
 	}
@@ -391,8 +396,8 @@ func (r *report) writeTargets(w io.Writer) {
 		fmt.Fprintf(w, "  registry requests per image ≤ 40:                  %s\n", strings.Join(reqs, ", "))
 	}
 	if a, seq, best := r.fleetRatios(); a != nil {
-		fmt.Fprintf(w, "  fleet ≥ 10× sequential CLI:                        %.2f× (N=%d; the issue's fleet is 200)\n",
-			perMin(a.n, a.wall)/perMin(seq.n, seq.wall), a.n)
+		fmt.Fprintf(w, "  fleet ≥ 10× sequential CLI:                        %.2f× (attestd N=%d, CLI N=%d; the issue's fleet is 200)\n",
+			perMin(a.n, a.wall)/perMin(seq.n, seq.wall), a.n, seq.n)
 		fmt.Fprintf(w, "  fleet ≥ 3.5× best CLI parallelism:                 %.2f× (%s)\n",
 			perMin(a.n, a.wall)/perMin(best.n, best.wall), best.label)
 		fmt.Fprintf(w, "  fleet registry requests per image:                 %.1f\n", float64(a.reqs.total)/float64(a.n))
