@@ -26,7 +26,6 @@ import (
 	"github.com/sigstore/sigstore-go/pkg/root"
 	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/attestd/attestd/store/registry"
 )
@@ -277,13 +276,37 @@ func (v *Verifier) judge(digest string, raw []byte, e entity) *verdict {
 	default:
 		vd.statement = statementDigest(e.SignedEntity)
 		vd.predicateType = out.Statement.PredicateType
-		if p := out.Statement.GetPredicate(); p != nil {
-			if vd.predicate, err = protojson.Marshal(p); err != nil {
+		if out.Statement.GetPredicate() != nil {
+			if vd.predicate, err = rawPredicate(e.SignedEntity); err != nil {
 				return &verdict{reason: "predicate: " + err.Error()}
 			}
 		}
 	}
 	return vd
+}
+
+// rawPredicate is the predicate of an envelope's statement as the signer
+// wrote it (the verified payload's bytes), instead of the statement's
+// parsed Struct written out again: an SBOM's runs to megabytes, and
+// re-encoding it cost more than verifying it. The payload parsed as a
+// statement with exactly one "predicate" field (sigstore-go refuses
+// duplicate and unknown fields), so this reads the same one.
+func rawPredicate(e sgverify.SignedEntity) (json.RawMessage, error) {
+	sc, err := e.SignatureContent()
+	if err != nil || sc.EnvelopeContent() == nil || sc.EnvelopeContent().RawEnvelope() == nil {
+		return nil, errors.New("no envelope")
+	}
+	payload, err := base64.StdEncoding.DecodeString(sc.EnvelopeContent().RawEnvelope().Payload)
+	if err != nil {
+		return nil, err
+	}
+	var st struct {
+		Predicate json.RawMessage `json:"predicate"`
+	}
+	if err := json.Unmarshal(payload, &st); err != nil {
+		return nil, err
+	}
+	return st.Predicate, nil
 }
 
 // statementDigest is the sha256 of an envelope's payload ("" if none).

@@ -154,3 +154,47 @@ func TestSignerLimitedToItsTypes(t *testing.T) {
 		t.Errorf("rejected = %+v, want ci-vuln: may not sign", res.Rejected)
 	}
 }
+
+// TestPredicateAsSigned: the evidence carries the predicate as signed
+// (numbers exact), and a statement that names its predicate twice, or in
+// another case, is rejected (so the one read is the one verified).
+func TestPredicateAsSigned(t *testing.T) {
+	t.Parallel()
+	vs, err := ca.NewVirtualSigstore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := "sha256:" + strings.Repeat("ab", 32)
+	stmt := func(predicates string) string {
+		return `{"_type":"https://in-toto.io/Statement/v1","subject":[{"name":"x","digest":{"sha256":"` + strings.Repeat("ab", 32) +
+			`"}}],"predicateType":"https://example.test/p",` + predicates + `}`
+	}
+	v, err := New(vs, []Identity{{Issuer: issuer, Subject: signer}}, nil, Options{TransparencyLog: 1, SignedTimestamps: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		payload string
+		want    string // "" : rejected
+	}{
+		"as signed":  {stmt(`"predicate":{"n":9007199254740993,"s":"a"}`), `{"n":9007199254740993,"s":"a"}`},
+		"twice":      {stmt(`"predicate":{"pass":false},"predicate":{"pass":true}`), ""},
+		"other case": {stmt(`"predicate":{"pass":false},"PREDICATE":{"pass":true}`), ""},
+	} {
+		e, err := vs.Attest(signer, issuer, []byte(tc.payload))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := v.Entities(digest, []sgverify.SignedEntity{e}, []string{name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, ok := res.Verified["https://example.test/p"]
+		switch {
+		case tc.want == "" && ok:
+			t.Errorf("%s: verified with predicate %s, want rejected", name, ev.Predicate)
+		case tc.want != "" && (!ok || string(ev.Predicate) != tc.want):
+			t.Errorf("%s: predicate %s (verified %v), want %s", name, ev.Predicate, ok, tc.want)
+		}
+	}
+}
