@@ -48,9 +48,9 @@ bench-analysis:
 bench-intake:
 	$(GO) run ./test/cmd/benchintake -runs 3
 
-## bench-e2e: the stock CLI pipeline (syft, cosign attest ×3, cosign sign, crane copy ×2, cosign verify) vs attestd push → verified prod tag, per image and for a fleet on a shared base, with the floor, attestd's stage times and registry requests per image; also written to bin/bench-e2e.txt
+## bench-e2e: the stock CLI pipeline (syft, cosign attest ×3, cosign sign, crane copy ×2, cosign verify) vs attestd push → verified prod tag, per image and for a fleet on a shared base (attestd 200 images, each CLI fleet 12: its rate does not depend on N), with the floor, attestd's stage times and registry requests per image; also written to bin/bench-e2e.txt
 bench-e2e:
-	$(GO) run ./test/cmd/benche2e -runs 3 -fleet 20
+	$(GO) run ./test/cmd/benche2e -runs 3 -fleet 200 -cli-fleet 12
 
 ## bench-vuln: attestd's vulnerability DB build and scan vs the stock grype CLI (wall, peak RSS)
 bench-vuln:
