@@ -3,6 +3,7 @@ package gate
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -21,6 +22,7 @@ import (
 	"github.com/attestd/attestd/attest"
 	"github.com/attestd/attestd/attest/pipeline"
 	"github.com/attestd/attestd/attest/slsa"
+	"github.com/attestd/attestd/attest/verify"
 	"github.com/attestd/attestd/policy/promote"
 	"github.com/attestd/attestd/store"
 )
@@ -785,4 +787,83 @@ func TestVerdictsRemembered(t *testing.T) {
 	if err := w.promote(ref); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A remembered verdict answers only for the bytes it was computed on: a
+// wrapper that names attestd's verified bundle blob but declares another
+// size (and sorts first, so a plan keeping one wrapper per statement would
+// pick it) is rejected, by a warm gate as by a cold one, and only
+// attestd's own wrapper reaches prod, where a fresh verifier accepts it.
+// (Found by review: verdicts keyed by blob digest alone let it through.)
+func TestAttackSizeLieRidesTheVerdictCache(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, false)
+	ref := w.image("v1")
+	w.sign(attestd, ref, attest.PredicateSignature, nil)
+	w.sign(attestd, ref, attest.PredicateSPDX, sbom)
+	w.sign(attestd, ref, attest.PredicateVulnCosign, vulnReport(0, w.now.Add(-time.Minute)))
+	b := w.bundle(attestd, w.statement(ref.DigestStr(), attest.PredicateHardening, hardening("pass")))
+	genuine := w.attach(ref, attest.PredicateHardening, b)
+	w.mustAllow(ref) // remembers the verdict on b
+	ld, _, _ := v1.SHA256(bytes.NewReader(b))
+	var lie name.Digest
+	for i := 0; ; i++ {
+		lie = w.wrapper(ref, ld, 1, fmt.Sprint(i))
+		if lie.DigestStr() < genuine.DigestStr() {
+			break
+		}
+	}
+	if !rejected(w.input(ref).Subjects[0].Rejected, lie.DigestStr(), "not the 1 bytes") {
+		t.Fatalf("the size-lying wrapper is not rejected: %+v", w.input(ref).Subjects[0].Rejected)
+	}
+	if err := w.promote(ref); err != nil {
+		t.Fatal(err)
+	}
+	if w.prodHas(lie.DigestStr()) || !w.prodHas(genuine.DigestStr()) {
+		t.Errorf("prod holds the lie %v, attestd's wrapper %v; want false, true", w.prodHas(lie.DigestStr()), w.prodHas(genuine.DigestStr()))
+	}
+	cold := w.coldVerifier()
+	res, err := cold.Verify(w.ctx, w.prod.Digest(ref.DigestStr()).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := res.Verified[attest.PredicateHardening]; !ok {
+		t.Errorf("a fresh verifier finds no hardening report in prod: %+v", res.Rejected)
+	}
+}
+
+// wrapper puts a bundle manifest for subject whose layer is blob ld
+// declared as size bytes (salt varies its digest).
+func (w *world) wrapper(subject name.Digest, ld v1.Hash, size int64, salt string) name.Digest {
+	w.t.Helper()
+	mt, _ := sgbundle.MediaTypeString("0.3")
+	desc, err := remote.Head(subject)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	raw, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": types.OCIManifestSchema1, "artifactType": mt,
+		"config":      v1.Descriptor{MediaType: "application/vnd.oci.empty.v1+json", Digest: v1.Hash{Algorithm: "sha256", Hex: "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}, Size: 2},
+		"layers":      []v1.Descriptor{{MediaType: types.MediaType(mt), Digest: ld, Size: size}},
+		"subject":     v1.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size},
+		"annotations": map[string]string{"dev.sigstore.bundle.predicateType": attest.PredicateHardening, "salt": salt}})
+	h, _, _ := v1.SHA256(bytes.NewReader(raw))
+	ref := subject.Context().Digest(h.String())
+	if err := w.rc.PutManifest(w.ctx, ref, raw, types.OCIManifestSchema1); err != nil {
+		w.t.Fatal(err)
+	}
+	return ref
+}
+
+// coldVerifier is a verifier with nothing remembered (a restart).
+func (w *world) coldVerifier() *verify.Verifier {
+	w.t.Helper()
+	var ids []verify.Identity
+	for _, s := range w.pol.Identities() {
+		ids = append(ids, verify.Identity{Issuer: s.Issuer, Subject: s.Subject, Types: s.Types})
+	}
+	v, err := verify.New(w.vs, ids, w.rc, verify.Options{SignedTimestamps: 1})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return v
 }

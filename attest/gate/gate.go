@@ -29,6 +29,9 @@ import (
 // reference (attest/verify.Verifier).
 type Verifier interface {
 	Verify(ctx context.Context, ref string) (verify.Result, error)
+	// VerifyFresh is Verify reading every referrer manifest anew (the
+	// destination check: what is in prod is read in prod).
+	VerifyFresh(ctx context.Context, ref string) (verify.Result, error)
 }
 
 // Attester signs an in-toto statement about ref's digest and attaches it

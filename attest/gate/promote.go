@@ -310,8 +310,8 @@ func copyClosure(ctx context.Context, rc *registry.Client, src, dst name.Reposit
 // every required attestation (and the summary) verifies for every subject
 // (not for an override), and nothing arrived that did not verify — no
 // referrer, classic layer or index child outside the verified closure.
-// dst's listings are read anew; a bundle manifest or blob the verifier has
-// judged before (by digest: the same bytes) is not read again.
+// Everything listed in dst is read in dst; only a bundle blob the verifier
+// has judged before (by digest and size: the same bytes) is not read again.
 func (g *Gate) checkDestination(ctx context.Context, dst name.Repository, plan *Plan, override bool) error {
 	subjects := []string{plan.Digest}
 	for _, it := range plan.Manifests {
@@ -325,7 +325,7 @@ func (g *Gate) checkDestination(ctx context.Context, dst name.Repository, plan *
 		return fmt.Errorf("%s serves %s as %s, but %s was evaluated: promotion stopped before the tag", dst, plan.Digest, desc.MediaType, plan.MediaType)
 	}
 	for i, s := range subjects {
-		res, err := g.o.Verifier.Verify(ctx, dst.Digest(s).String())
+		res, err := g.o.Verifier.VerifyFresh(ctx, dst.Digest(s).String())
 		if err != nil {
 			return err
 		}

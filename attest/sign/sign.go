@@ -947,9 +947,9 @@ func (s *Session) attachedPayload(ctx context.Context, d name.Digest, predicateT
 // bundleTypes lists the predicate types of want that a bundle attached to d
 // carries which verifies for our signer, its statement of that type.
 // listedTypes is bundleTypes, but a bundle the session attached itself
-// counts as soon as d's referrers list it: the session signed it and the
-// registry took its manifest by digest, so there is nothing to verify
-// again. Only for types still missing are other bundles read and verified.
+// counts as soon as d's referrers list it and its manifest is there: the
+// session signed it and the registry took its manifest by digest, so there
+// is nothing to verify again. Only for types still missing are other bundles read and verified.
 func (s *Session) listedTypes(ctx context.Context, d name.Digest, want []string) (map[string]bool, error) {
 	st := s.subject(d.DigestStr())
 	st.mu.Lock()
@@ -966,9 +966,18 @@ func (s *Session) listedTypes(ctx context.Context, d name.Digest, want []string)
 			return nil, err
 		}
 		for _, m := range mine {
-			if slices.Contains(want, m.predicateType) && slices.ContainsFunc(refs, func(r v1.Descriptor) bool { return r.Digest.String() == m.manifest }) {
-				have[m.predicateType] = true
+			if !slices.Contains(want, m.predicateType) || !slices.ContainsFunc(refs, func(r v1.Descriptor) bool { return r.Digest.String() == m.manifest }) {
+				continue
 			}
+			// A fallback index anyone with write access can rewrite lists
+			// it; the manifest itself must still be there.
+			if _, _, err := s.k.reg.Resolve(ctx, d.Context().Digest(m.manifest)); err != nil {
+				if registry.IsNotFound(err) {
+					continue
+				}
+				return nil, err
+			}
+			have[m.predicateType] = true
 		}
 	}
 	if len(have) == len(want) {

@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"strconv"
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -74,11 +75,19 @@ func (c *verdicts) put(key string, vd *verdict) {
 	}
 }
 
-// verdictKey names a bundle (its blob's digest) verified for subject.
-func verdictKey(blob, subject string) string { return blob + " " + subject }
+// verdictKey names a bundle (its blob's digest and the size its manifest
+// declares: a manifest that lies about the size must fail as it would
+// uncached) verified for subject.
+func verdictKey(blob v1.Descriptor, subject string) string {
+	return blob.Digest.String() + " " + strconv.FormatInt(blob.Size, 10) + " " + subject
+}
 
-// maxLayerEntries bounds the layer cache (an entry is a few hundred bytes).
-const maxLayerEntries = 1 << 16
+// maxLayerEntries bounds the layer cache; an entry holds a digest, a size,
+// a media type and at most maxReason bytes of reason.
+const (
+	maxLayerEntries = 1 << 16
+	maxReason       = 512
+)
 
 // layerCache remembers, by referrer manifest digest and subject, the
 // bundle layer the manifest names or why it names none (see
@@ -116,7 +125,12 @@ func (c *layerCache) put(key string, l v1.Descriptor, reason string) {
 	if _, ok := c.m[key]; ok {
 		return
 	}
-	c.m[key] = layerEntry{l, reason}
+	if len(reason) > maxReason {
+		reason = reason[:maxReason] + "…"
+	}
+	// Only what a bundle layer needs: the rest of a descriptor
+	// (annotations, data, URLs) is the writer's, and unbounded.
+	c.m[key] = layerEntry{v1.Descriptor{MediaType: l.MediaType, Digest: l.Digest, Size: l.Size}, reason}
 	c.order = append(c.order, key)
 	if len(c.order) > maxLayerEntries {
 		delete(c.m, c.order[0])

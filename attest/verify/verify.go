@@ -347,6 +347,17 @@ func (v *Verifier) allows(cert certificate.Summary, predicateType string) string
 // verifies them. Registry errors are returned; a bundle that cannot be
 // read or parsed is a rejection, never a pass.
 func (v *Verifier) Verify(ctx context.Context, ref string) (Result, error) {
+	return v.verify(ctx, ref, true)
+}
+
+// VerifyFresh is Verify without remembered referrer manifests: each is
+// read (in ref's repository) and checked again. Bundle verdicts are still
+// remembered, by the blob digest and size the manifest names.
+func (v *Verifier) VerifyFresh(ctx context.Context, ref string) (Result, error) {
+	return v.verify(ctx, ref, false)
+}
+
+func (v *Verifier) verify(ctx context.Context, ref string, remembered bool) (Result, error) {
 	if v.reg == nil {
 		return Result{}, errors.New("verify: no registry client")
 	}
@@ -366,7 +377,7 @@ func (v *Verifier) Verify(ctx context.Context, ref string) (Result, error) {
 	if err != nil && !registry.IsNotFound(err) {
 		return Result{}, fmt.Errorf("verify %s: %w", ref, err)
 	}
-	ents, bad := v.bundles(ctx, d, refs)
+	ents, bad := v.bundles(ctx, d, refs, remembered)
 	// cosign's classic layout (signing.format classic, or another signer).
 	classic, cbad, ctags, err := v.classic(ctx, d)
 	if err != nil {
@@ -395,7 +406,7 @@ const fetchConcurrency = 8
 // manifests declare: a longer blob fails to parse), and each bundle blob
 // whose verdict is not remembered is read and parsed. Reads run
 // concurrently; the outcome is in listing order.
-func (v *Verifier) bundles(ctx context.Context, subject name.Digest, refs []v1.Descriptor) ([]entity, []Rejection) {
+func (v *Verifier) bundles(ctx context.Context, subject name.Digest, refs []v1.Descriptor, remembered bool) ([]entity, []Rejection) {
 	type slot struct {
 		layer  v1.Descriptor
 		reason string
@@ -414,7 +425,7 @@ func (v *Verifier) bundles(ctx context.Context, subject name.Digest, refs []v1.D
 			continue
 		}
 		key := desc.Digest.String() + " " + subject.DigestStr()
-		if l, reason, ok := v.layers.get(key); ok {
+		if l, reason, ok := v.layers.get(key); ok && remembered {
 			slots[i].layer, slots[i].reason = l, reason
 			continue
 		}
@@ -444,7 +455,7 @@ func (v *Verifier) bundles(ctx context.Context, subject name.Digest, refs []v1.D
 			continue
 		}
 		total += size
-		key := verdictKey(sl.layer.Digest.String(), subject.DigestStr())
+		key := verdictKey(sl.layer, subject.DigestStr())
 		sl.ent = entity{label: desc.Digest.String(), key: key, verdict: v.cache.get(key)}
 		if sl.ent.verdict != nil {
 			continue
@@ -483,6 +494,9 @@ func (v *Verifier) bundleLayer(ctx context.Context, subject name.Digest, desc v1
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
+	if len(raw) > maxBundleManifest {
+		return v1.Descriptor{}, fmt.Errorf("%w: manifest of %d bytes: a bundle's is under %d", errBadManifest, len(raw), maxBundleManifest)
+	}
 	m, err := v1.ParseManifest(strings.NewReader(string(raw)))
 	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("%w: %w", errBadManifest, err)
@@ -505,6 +519,9 @@ func (v *Verifier) bundleLayer(ctx context.Context, subject name.Digest, desc v1
 	}
 	if m.Layers[0].Size < 0 {
 		return v1.Descriptor{}, fmt.Errorf("%w: bundle layer of %d bytes", errBadManifest, m.Layers[0].Size)
+	}
+	if len(m.Layers[0].URLs) > 0 || m.Layers[0].Data != nil {
+		return v1.Descriptor{}, fmt.Errorf("%w: the bundle layer's descriptor carries urls or data: a bundle is a blob in the repository", errBadManifest)
 	}
 	return m.Layers[0], nil
 }

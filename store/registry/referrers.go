@@ -183,7 +183,10 @@ type rawWriter struct {
 	client *http.Client
 	// hasConfig: the empty config blob is known to be in repo.
 	hasConfig atomic.Bool
-	configMu  sync.Mutex
+	// locks: one writer of a blob (a registry's filesystem storage breaks
+	// when one blob is linked into a repository twice at once) and of a
+	// fallback index at a time, across every job of the process.
+	locks keyedMutex
 }
 
 func (c *Client) newRawWriter(ctx context.Context, repo name.Repository) (*rawWriter, error) {
@@ -227,6 +230,7 @@ func (w *rawWriter) do(ctx context.Context, method, u, contentType string, body 
 // both are on one registry (one request), else uploaded from src unless
 // it is there already.
 func (c *Client) copyBlob(ctx context.Context, w *rawWriter, src name.Repository, b v1.Descriptor) error {
+	defer w.locks.lock("blob " + b.Digest.String())()
 	var loc *url.URL
 	if src.Registry == w.repo.Registry {
 		q := url.Values{"mount": {b.Digest.String()}, "from": {src.RepositoryStr()}}
@@ -261,8 +265,7 @@ func (w *rawWriter) ensureConfig(ctx context.Context, cd v1.Hash) error {
 	if w.hasConfig.Load() {
 		return nil
 	}
-	w.configMu.Lock()
-	defer w.configMu.Unlock()
+	defer w.locks.lock("blob " + cd.String())()
 	if w.hasConfig.Load() {
 		return nil
 	}
@@ -353,16 +356,52 @@ func (w *rawWriter) putBlob(ctx context.Context, data []byte) (v1.Hash, error) {
 	return h, nil
 }
 
-// fallbackMu serialises this process's read-modify-writes of fallback
-// indexes (another writer can still race it; the registry offers no
-// conditional write to prevent that).
-var fallbackMu sync.Mutex
+// keyedMutex hands out one mutex per key, dropped when nobody holds or
+// waits for it.
+type keyedMutex struct {
+	mu sync.Mutex
+	m  map[string]*refMutex
+}
+
+type refMutex struct {
+	sync.Mutex
+	refs int
+}
+
+func (k *keyedMutex) lock(key string) func() {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[string]*refMutex{}
+	}
+	l := k.m[key]
+	if l == nil {
+		l = &refMutex{}
+		k.m[key] = l
+	}
+	l.refs++
+	k.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		k.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
+}
 
 // addToFallback adds descs to sub's "sha256-<hex>" fallback index (created
 // when absent), sorted by digest as go-containerregistry keeps it.
 func (c *Client) addToFallback(ctx context.Context, sub name.Digest, descs []v1.Descriptor) error {
-	fallbackMu.Lock()
-	defer fallbackMu.Unlock()
+	// This process's read-modify-writes of one fallback index, one at a
+	// time (another writer can still race it: registries offer no
+	// conditional write to prevent that).
+	w, err := c.putter(ctx, sub.Context())
+	if err != nil {
+		return err
+	}
+	defer w.locks.lock("tag " + sub.DigestStr())()
 	tag := sub.Context().Tag(strings.Replace(sub.DigestStr(), ":", "-", 1))
 	im, err := c.referrersIndex(ctx, sub)
 	if err != nil {
