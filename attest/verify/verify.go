@@ -26,6 +26,7 @@ import (
 	"github.com/sigstore/sigstore-go/pkg/root"
 	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/attestd/attestd/store/registry"
 )
@@ -80,6 +81,8 @@ type Verifier struct {
 	// was found to be: its bundle layer, or why it is none. Manifests are
 	// content-addressed, so this is as good as reading it again.
 	layers *layerCache
+	// inFlight bounds the bundle bytes all Verify calls hold at once.
+	inFlight *semaphore.Weighted
 }
 
 // allowed is an expected identity and the predicate types it may sign.
@@ -116,7 +119,7 @@ func New(trusted root.TrustedMaterial, ids []Identity, reg *registry.Client, o O
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
-	v := &Verifier{v: sv, reg: reg, cache: &verdicts{max: maxVerdictBytes}, layers: &layerCache{}}
+	v := &Verifier{v: sv, reg: reg, cache: &verdicts{max: maxVerdictBytes}, layers: &layerCache{}, inFlight: semaphore.NewWeighted(maxBundlesBytes)}
 	for i, id := range ids {
 		ci, err := sgverify.NewShortCertificateIdentity(id.Issuer, id.IssuerRegex, id.Subject, id.SubjectRegex)
 		if err != nil {
@@ -377,7 +380,11 @@ func (v *Verifier) verify(ctx context.Context, ref string, remembered bool) (Res
 	if err != nil && !registry.IsNotFound(err) {
 		return Result{}, fmt.Errorf("verify %s: %w", ref, err)
 	}
-	ents, bad := v.bundles(ctx, d, refs, remembered)
+	ents, bad, release, err := v.bundles(ctx, d, refs, remembered)
+	if err != nil {
+		return Result{}, fmt.Errorf("verify %s: %w", ref, err)
+	}
+	defer release()
 	// cosign's classic layout (signing.format classic, or another signer).
 	classic, cbad, ctags, err := v.classic(ctx, d)
 	if err != nil {
@@ -406,7 +413,7 @@ const fetchConcurrency = 8
 // manifests declare: a longer blob fails to parse), and each bundle blob
 // whose verdict is not remembered is read and parsed. Reads run
 // concurrently; the outcome is in listing order.
-func (v *Verifier) bundles(ctx context.Context, subject name.Digest, refs []v1.Descriptor, remembered bool) ([]entity, []Rejection) {
+func (v *Verifier) bundles(ctx context.Context, subject name.Digest, refs []v1.Descriptor, remembered bool) (_ []entity, _ []Rejection, release func(), _ error) {
 	type slot struct {
 		layer  v1.Descriptor
 		reason string
@@ -443,7 +450,7 @@ func (v *Verifier) bundles(ctx context.Context, subject name.Digest, refs []v1.D
 		})
 	}
 	_ = g.Wait()
-	var total int64
+	var total, need int64
 	for i, desc := range refs {
 		sl := &slots[i]
 		if sl.reason != "" {
@@ -457,7 +464,20 @@ func (v *Verifier) bundles(ctx context.Context, subject name.Digest, refs []v1.D
 		total += size
 		key := verdictKey(sl.layer, subject.DigestStr())
 		sl.ent = entity{label: desc.Digest.String(), key: key, verdict: v.cache.get(key)}
-		if sl.ent.verdict != nil {
+		if sl.ent.verdict == nil {
+			need += size
+		}
+	}
+	// Bundles read are held until verified: all Verify calls of the
+	// process together hold at most maxBundlesBytes of them.
+	need = min(need, maxBundlesBytes)
+	if err := v.inFlight.Acquire(ctx, need); err != nil {
+		return nil, nil, nil, err
+	}
+	release = func() { v.inFlight.Release(need) }
+	for i := range refs {
+		sl := &slots[i]
+		if sl.reason != "" || sl.ent.verdict != nil {
 			continue
 		}
 		g.Go(func() error {
@@ -480,7 +500,7 @@ func (v *Verifier) bundles(ctx context.Context, subject name.Digest, refs []v1.D
 		}
 		ents = append(ents, slots[i].ent)
 	}
-	return ents, bad
+	return ents, bad, release, nil
 }
 
 // bundleLayer reads the referrer manifest desc of subject and returns its
