@@ -65,19 +65,6 @@ type requests struct {
 	byClient map[string]int
 }
 
-func (r *requests) add(o requests) {
-	if r.byClass == nil {
-		r.byClass, r.byClient = map[string]int{}, map[string]int{}
-	}
-	r.total += o.total
-	for k, v := range o.byClass {
-		r.byClass[k] += v
-	}
-	for k, v := range o.byClient {
-		r.byClient[k] += v
-	}
-}
-
 var digestRef = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 var fallbackTag = regexp.MustCompile(`^sha256-[0-9a-f]{64}$`)
 
