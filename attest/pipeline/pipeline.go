@@ -218,9 +218,7 @@ func (p *Pipeline) Process(ctx context.Context, jobID uint64) error {
 // outcome is never lost between "stage finished" and "job recorded".
 func (p *Pipeline) runJob(ctx context.Context, j *store.Job, owner string) error {
 	log := p.log.With("job", j.ID, "digest", j.Ref)
-	jctx, cancel := context.WithTimeout(ctx, p.o.JobTimeout)
-	err := p.advance(jctx, j.Ref, log)
-	cancel()
+	err := p.advance(ctx, j.Ref, log)
 
 	bctx, bcancel := context.WithTimeout(context.WithoutCancel(ctx), bookkeepingTimeout)
 	defer bcancel()
@@ -262,9 +260,12 @@ func (p *Pipeline) backoff(attempt int) time.Duration {
 	return min(d, p.o.MaxBackoff)
 }
 
-// advance drives ref as far as the wired stages allow. Each finished stage is
-// one compare-and-set transition that also records the stage result, so a
-// crash repeats at most the stage that was running.
+// advance drives ref as far as the wired stages allow, within the job
+// timeout. Each finished stage is one compare-and-set transition that also
+// records the stage result, so a crash repeats at most the stage that was
+// running. A job that will analyse first waits for an analysis slot, and
+// its timeout starts once it has one: waiting behind other jobs' analyses
+// is not its own time.
 func (p *Pipeline) advance(ctx context.Context, ref string, log *slog.Logger) error {
 	rec, err := p.q.Image(ctx, ref)
 	if err != nil {
@@ -273,6 +274,24 @@ func (p *Pipeline) advance(ctx context.Context, ref string, log *slog.Logger) er
 	if rec.State.Final() {
 		return nil
 	}
+	held := false
+	if rec.State == store.StateDiscovered && p.stages.Analyzer != nil {
+		select {
+		case p.analysis <- struct{}{}:
+			held = true
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	release := func() {
+		if held {
+			<-p.analysis
+			held = false
+		}
+	}
+	defer release()
+	ctx, cancel := context.WithTimeout(ctx, p.o.JobTimeout)
+	defer cancel()
 	start := time.Now()
 	t, err := p.stages.Resolver.Resolve(ctx, ref)
 	p.observe(StageResolve, start, err)
@@ -305,6 +324,9 @@ func (p *Pipeline) advance(ctx context.Context, ref string, log *slog.Logger) er
 			return err
 		}
 		to, fn, err := run(ctx, rec, t)
+		if name == StageAnalyse {
+			release() // the analysis slot is for analysing only
+		}
 		if err != nil {
 			return p.stageFailed(ctx, rec, name, err)
 		}
@@ -335,14 +357,8 @@ func (p *Pipeline) next(rec *store.Record) (string, runFunc) {
 		}
 		return StageAnalyse, func(ctx context.Context, rec *store.Record, t *Target) (store.State, func(*store.Record), error) {
 			t.Source, t.Pusher = rec.Source, rec.Pusher
-			select {
-			case p.analysis <- struct{}{}:
-			case <-ctx.Done():
-				return "", nil, ctx.Err()
-			}
 			start := time.Now()
 			an, err := s.Analyzer.Analyze(ctx, t)
-			<-p.analysis
 			p.observe(StageAnalyse, start, err)
 			if err != nil {
 				return "", nil, err

@@ -373,3 +373,62 @@ func TestAnalysisSlots(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// holdStage's first analysis holds its slot, ignoring ctx, until released;
+// later ones return at once.
+type holdStage struct {
+	stage
+	first   atomic.Bool
+	holding chan struct{}
+	release chan struct{}
+}
+
+func (s *holdStage) Analyze(ctx context.Context, t *Target) (*Analysis, error) {
+	if s.first.CompareAndSwap(false, true) {
+		close(s.holding)
+		<-s.release
+	}
+	return s.stage.Analyze(ctx, t)
+}
+
+// TestSlotWaitIsNotTheJobsTime: a job waiting for an analysis slot behind
+// a long analysis does not spend its own timeout waiting.
+func TestSlotWaitIsNotTheJobsTime(t *testing.T) {
+	t.Parallel()
+	db := openDB(t)
+	const timeout = time.Second
+	s := &holdStage{holding: make(chan struct{}), release: make(chan struct{})}
+	var mu sync.Mutex
+	outcome := map[string]error{}
+	done := make(chan struct{}, 2)
+	p, _ := New(db, Stages{Resolver: s, Analyzer: s}, Options{Workers: 2, AnalysisSlots: 1, JobTimeout: timeout,
+		OnJobDone: func(j *store.Job, err error) {
+			mu.Lock()
+			outcome[j.Ref] = err
+			mu.Unlock()
+			done <- struct{}{}
+		}})
+	ctx, stop := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- p.Run(ctx) }()
+	enqueue(t, db, ref(200))
+	<-s.holding // the first job has the slot
+	enqueue(t, db, ref(201))
+	p.Wake()
+	time.Sleep(timeout + timeout/2) // the second waits longer than its timeout
+	close(s.release)
+	for range 2 {
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatal("jobs did not finish")
+		}
+	}
+	stop()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if err := outcome[ref(201)]; err != nil {
+		t.Errorf("the job that waited for the slot failed: %v", err)
+	}
+}
