@@ -138,7 +138,8 @@ type Evidence struct {
 	// Bundle is the referrer (manifest digest) or entity label it came from.
 	Bundle string
 	// Predicate is the verified statement's predicate (JSON): the content a
-	// policy may read, and only after it verified.
+	// policy may read, and only after it verified. Read only: the bytes are
+	// shared with the remembered verdict.
 	Predicate json.RawMessage
 	// Classic names the classic tag image (sha256-<hex>.sig/.att) the
 	// evidence is a layer of; empty for a bundle referrer, whose manifest
