@@ -77,7 +77,7 @@ func (k *Keyless) WithFormat(f Format) (*Keyless, error) {
 // checkFormat refuses to attach to d in one format when d carries
 // signatures in the other (once per subject and session).
 func (s *Session) checkFormat(ctx context.Context, d name.Digest) error {
-	st := s.subject(d.DigestStr())
+	st := s.subject(d)
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.formatChecked {
@@ -270,9 +270,9 @@ func (s *Session) writeClassic(ctx context.Context, d name.Digest, tag name.Tag,
 	if err != nil {
 		return fmt.Errorf("sign %s (%s): %w", d, predicateType, err)
 	}
-	lock := s.subjectLock(d.DigestStr())
-	lock.Lock()
-	defer lock.Unlock()
+	st := s.subject(d)
+	st.attach.Lock()
+	defer st.attach.Unlock()
 	base, list, err := s.k.classicLayers(ctx, tag)
 	if err != nil {
 		return err

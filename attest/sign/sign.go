@@ -360,12 +360,8 @@ type Session struct {
 	// all its attachments (see registry.Client.Writes).
 	reg *registry.Client
 
-	// Attaching to one subject is serialised: on a registry without the
-	// referrers API, cosign updates the sha256-<hex> fallback index by
-	// read-modify-write, and concurrent writers lose each other's entries.
 	mu       sync.Mutex
-	subjects map[string]*sync.Mutex
-	before   map[string]*subjectState
+	subjects map[string]*subjectState // by digest
 	written  []Written
 	batch    bool
 }
@@ -376,13 +372,16 @@ type Session struct {
 // the session began (what a retried job finds done), and the statements
 // the session attached itself since. Missing reads the registry anew.
 type subjectState struct {
-	mu            sync.Mutex
+	ref name.Digest
+	// attach serialises attaching to the subject: on a registry without
+	// the referrers API its fallback index is read-modify-write.
+	attach sync.Mutex
+
+	mu            sync.Mutex // guards the rest
 	formatChecked bool
 	listed        bool
 	bundles       []bundleRef
-	attached      map[string]bool // predicate type + " " + payload sha256
 	desc          *v1.Descriptor  // the subject's manifest descriptor
-	ref           name.Digest     // the subject, once the session attached to it
 	mine          []mineRef       // what the session attached to it
 	pending       []v1.Descriptor // attached, not yet listed (Batch)
 }
@@ -390,19 +389,21 @@ type subjectState struct {
 // mineRef is a bundle referrer the session attached.
 type mineRef struct {
 	predicateType string
+	payload       string // sha256 hex of the DSSE payload
 	manifest      string // digest
 }
 
-func (s *Session) subject(digest string) *subjectState {
+// subject is the session's state of subject d.
+func (s *Session) subject(d name.Digest) *subjectState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.before == nil {
-		s.before = map[string]*subjectState{}
+	if s.subjects == nil {
+		s.subjects = map[string]*subjectState{}
 	}
-	st := s.before[digest]
+	st := s.subjects[d.DigestStr()]
 	if st == nil {
-		st = &subjectState{}
-		s.before[digest] = st
+		st = &subjectState{ref: d}
+		s.subjects[d.DigestStr()] = st
 	}
 	return st
 }
@@ -410,7 +411,7 @@ func (s *Session) subject(digest string) *subjectState {
 // attachedBefore lists the bundles attached to d when the session first
 // asked (an error is not remembered: the next caller asks again).
 func (s *Session) attachedBefore(ctx context.Context, d name.Digest) ([]bundleRef, error) {
-	st := s.subject(d.DigestStr())
+	st := s.subject(d)
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if !st.listed {
@@ -438,20 +439,6 @@ func (s *Session) Written() []Written {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Clone(s.written)
-}
-
-func (s *Session) subjectLock(digest string) *sync.Mutex {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.subjects == nil {
-		s.subjects = map[string]*sync.Mutex{}
-	}
-	m := s.subjects[digest]
-	if m == nil {
-		m = &sync.Mutex{}
-		s.subjects[digest] = m
-	}
-	return m
 }
 
 // Session starts a signing session (one per job).
@@ -646,14 +633,9 @@ func (s *Session) attachBundle(ctx context.Context, d name.Digest, predicateType
 	if err != nil {
 		return err
 	}
-	st := s.subject(d.DigestStr())
+	st := s.subject(d)
 	st.mu.Lock()
-	if st.attached == nil {
-		st.attached = map[string]bool{}
-	}
-	st.attached[predicateType+" "+payloadSum] = true
-	st.ref = d
-	st.mine = append(st.mine, mineRef{predicateType: predicateType, manifest: desc.Digest.String()})
+	st.mine = append(st.mine, mineRef{predicateType: predicateType, payload: payloadSum, manifest: desc.Digest.String()})
 	batch := s.batch
 	if batch {
 		st.pending = append(st.pending, desc)
@@ -662,16 +644,15 @@ func (s *Session) attachBundle(ctx context.Context, d name.Digest, predicateType
 	if batch {
 		return nil
 	}
-	lock := s.subjectLock(d.DigestStr())
-	lock.Lock()
-	defer lock.Unlock()
+	st.attach.Lock()
+	defer st.attach.Unlock()
 	return s.reg.ListReferrers(ctx, d, []v1.Descriptor{desc})
 }
 
 // subjectDescriptor is d's manifest descriptor (a referrer names its
 // subject's media type and size), asked once per session.
 func (s *Session) subjectDescriptor(ctx context.Context, d name.Digest) (v1.Descriptor, error) {
-	st := s.subject(d.DigestStr())
+	st := s.subject(d)
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.desc == nil {
@@ -693,7 +674,7 @@ func (s *Session) Batch() { s.batch = true }
 func (s *Session) Flush(ctx context.Context) error {
 	s.mu.Lock()
 	var subjects []*subjectState
-	for _, st := range s.before {
+	for _, st := range s.subjects {
 		subjects = append(subjects, st)
 	}
 	s.mu.Unlock()
@@ -706,10 +687,9 @@ func (s *Session) Flush(ctx context.Context) error {
 		if len(pending) == 0 {
 			continue
 		}
-		lock := s.subjectLock(ref.DigestStr())
-		lock.Lock()
+		st.attach.Lock()
 		err := s.reg.ListReferrers(ctx, ref, pending)
-		lock.Unlock()
+		st.attach.Unlock()
 		if err != nil {
 			st.mu.Lock()
 			st.pending = append(st.pending, pending...) // a retried Flush lists them
@@ -766,9 +746,9 @@ func (s *Session) PushDocument(ctx context.Context, ref, artifactType, mediaType
 	if err != nil {
 		return name.Digest{}, err
 	}
-	lock := s.subjectLock(d.DigestStr())
-	lock.Lock()
-	defer lock.Unlock()
+	st := s.subject(d)
+	st.attach.Lock()
+	defer st.attach.Unlock()
 	return s.reg.PushArtifact(ctx, d, artifactType, mediaType, data, annotations)
 }
 
@@ -906,9 +886,9 @@ func payloadSHA256(raw []byte) string {
 // A bundle with our payload that does not verify is logged and ignored:
 // anyone who can write to the registry can attach one, to suppress signing.
 func (s *Session) attachedPayload(ctx context.Context, d name.Digest, predicateType, payloadSum string) (bool, error) {
-	st := s.subject(d.DigestStr())
+	st := s.subject(d)
 	st.mu.Lock()
-	mine := st.attached[predicateType+" "+payloadSum]
+	mine := slices.ContainsFunc(st.mine, func(m mineRef) bool { return m.predicateType == predicateType && m.payload == payloadSum })
 	st.mu.Unlock()
 	if mine {
 		return true, nil
@@ -951,7 +931,7 @@ func (s *Session) attachedPayload(ctx context.Context, d name.Digest, predicateT
 // session signed it and the registry took its manifest by digest, so there
 // is nothing to verify again. Only for types still missing are other bundles read and verified.
 func (s *Session) listedTypes(ctx context.Context, d name.Digest, want []string) (map[string]bool, error) {
-	st := s.subject(d.DigestStr())
+	st := s.subject(d)
 	st.mu.Lock()
 	mine := slices.Clone(st.mine)
 	st.mu.Unlock()
