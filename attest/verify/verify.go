@@ -47,7 +47,7 @@ const (
 // wrapper with any other config carries content nobody signed.
 const (
 	emptyConfigType   = "application/vnd.oci.empty.v1+json"
-	emptyConfigDigest = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a" // sha256("{}")
+	emptyConfigDigest = registry.EmptyConfigDigest
 )
 
 // Identity is an expected signer: the OIDC issuer and the certificate's

@@ -82,6 +82,7 @@ type core struct {
 	writeMu   sync.Mutex
 	writers   map[string]*rawWriter
 	writersAt time.Time
+	locks     keyedMutex // see rawWriter.locks
 }
 
 type options struct {

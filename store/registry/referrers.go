@@ -17,7 +17,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
-	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/errgroup"
 )
@@ -100,24 +99,13 @@ func (c *Client) CopyReferrers(ctx context.Context, src, dst name.Repository, su
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	sub := dst.Digest(subject)
-	api, err := c.hasReferrersAPI(ctx, sub)
-	if err != nil {
-		return err
-	}
-	if api {
-		return nil
-	}
-	return c.addToFallback(ctx, sub, descs)
+	return c.ListReferrers(ctx, dst.Digest(subject), descs)
 }
 
 // referrer is a referrer manifest read to be copied.
 type referrer struct {
 	desc *remote.Descriptor
-	m    struct {
-		v1.Manifest
-		ArtifactType string `json:"artifactType"`
-	}
+	m    referrerManifest
 }
 
 // listed is r's descriptor as a referrers index lists it.
@@ -183,10 +171,11 @@ type rawWriter struct {
 	client *http.Client
 	// hasConfig: the empty config blob is known to be in repo.
 	hasConfig atomic.Bool
-	// locks: one writer of a blob (a registry's filesystem storage breaks
-	// when one blob is linked into a repository twice at once) and of a
-	// fallback index at a time, across every job of the process.
-	locks keyedMutex
+	// locks is the Client's: one writer of a blob (a registry's filesystem
+	// storage breaks when one blob is linked into a repository twice at
+	// once) and of a fallback index at a time, across every job of the
+	// process and every writer of the repository (they are replaced).
+	locks *keyedMutex
 }
 
 func (c *Client) newRawWriter(ctx context.Context, repo name.Repository) (*rawWriter, error) {
@@ -198,8 +187,11 @@ func (c *Client) newRawWriter(ctx context.Context, repo name.Repository) (*rawWr
 	if err != nil {
 		return nil, err
 	}
-	return &rawWriter{repo: repo, client: &http.Client{Transport: rt}}, nil
+	return &rawWriter{repo: repo, client: &http.Client{Transport: rt}, locks: &c.locks}, nil
 }
+
+// lock takes the process-wide lock of what (in w's repository).
+func (w *rawWriter) lock(what string) func() { return w.locks.lock(w.repo.String() + " " + what) }
 
 func (w *rawWriter) url(path string) string {
 	return fmt.Sprintf("%s://%s/v2/%s/%s", w.repo.Scheme(), w.repo.RegistryStr(), w.repo.RepositoryStr(), path)
@@ -230,7 +222,7 @@ func (w *rawWriter) do(ctx context.Context, method, u, contentType string, body 
 // both are on one registry (one request), else uploaded from src unless
 // it is there already.
 func (c *Client) copyBlob(ctx context.Context, w *rawWriter, src name.Repository, b v1.Descriptor) error {
-	defer w.locks.lock("blob " + b.Digest.String())()
+	defer w.lock("blob " + b.Digest.String())()
 	var loc *url.URL
 	if src.Registry == w.repo.Registry {
 		q := url.Values{"mount": {b.Digest.String()}, "from": {src.RepositoryStr()}}
@@ -265,13 +257,13 @@ func (w *rawWriter) ensureConfig(ctx context.Context, cd v1.Hash) error {
 	if w.hasConfig.Load() {
 		return nil
 	}
-	defer w.locks.lock("blob " + cd.String())()
+	defer w.lock("blob " + cd.String())()
 	if w.hasConfig.Load() {
 		return nil
 	}
 	ok, err := w.hasBlob(ctx, cd)
 	if err == nil && !ok {
-		_, err = w.putBlob(ctx, []byte("{}"))
+		_, err = w.putBlob(ctx, []byte(EmptyConfig))
 	}
 	if err != nil {
 		return err
@@ -401,7 +393,7 @@ func (c *Client) addToFallback(ctx context.Context, sub name.Digest, descs []v1.
 	if err != nil {
 		return err
 	}
-	defer w.locks.lock("tag " + sub.DigestStr())()
+	defer w.lock("tag " + sub.DigestStr())()
 	tag := sub.Context().Tag(strings.Replace(sub.DigestStr(), ":", "-", 1))
 	im, err := c.referrersIndex(ctx, sub)
 	if err != nil {
@@ -435,8 +427,12 @@ type referrerManifest struct {
 	ArtifactType string `json:"artifactType,omitempty"`
 }
 
-// emptyConfig is the config of an artifact manifest: "{}".
-var emptyConfig = static.NewLayer([]byte("{}"), types.OCIConfigJSON)
+// EmptyConfig is the config blob of an artifact manifest, "{}", as cosign
+// writes it for a bundle, and its digest.
+const (
+	EmptyConfig       = "{}"
+	EmptyConfigDigest = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+)
 
 // PutReferrer stores an artifact referring to subject in repo: one layer
 // (layer, of media type layerType, uploaded without asking whether it
@@ -451,7 +447,7 @@ func (c *Client) PutReferrer(ctx context.Context, repo name.Repository, subject 
 	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("referrer of %s: %w", subject.Digest, err)
 	}
-	cd, err := emptyConfig.Digest()
+	cd, err := v1.NewHash(EmptyConfigDigest)
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
