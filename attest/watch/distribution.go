@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 )
 
 // DistributionMediaType is the envelope type CNCF Distribution sends.
@@ -56,9 +57,8 @@ func (Distribution) ContentTypes() []string {
 // Parse implements Parser.
 func (d Distribution) Parse(_ *http.Request, body []byte) ([]Incoming, error) {
 	var env distEnvelope
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&env); err != nil {
-		return nil, fmt.Errorf("distribution envelope: %w", jsonError(body, err))
+	if err := decodeStrict(body, &env); err != nil {
+		return nil, fmt.Errorf("distribution envelope: %w", err)
 	}
 	if env.Events == nil {
 		return nil, fmt.Errorf(`distribution envelope: missing "events" array`)
@@ -75,19 +75,31 @@ func (d Distribution) Parse(_ *http.Request, body []byte) ([]Incoming, error) {
 			}
 		}
 		if e.Action == "" {
-			return nil, fmt.Errorf("events[%d]: missing action", i)
+			return nil, fieldErr(fmt.Sprintf("events[%d].action", i), errors.New("missing"))
 		}
 		in := Incoming{
 			Event: Event{ID: e.ID, Action: Action(e.Action), Registry: host, Repository: e.Target.Repository, Pusher: e.Actor.Name,
 				Digest: e.Target.Digest, Tag: e.Target.Tag, MediaType: e.Target.MediaType},
 			UserAgent: e.Request.UserAgent,
+			Fields: Fields{Registry: fmt.Sprintf("events[%d].request.host", i), Repository: fmt.Sprintf("events[%d].target.repository", i),
+				Digest: fmt.Sprintf("events[%d].target.digest", i), Tag: fmt.Sprintf("events[%d].target.tag", i)},
 		}
-		isIndex := e.Target.MediaType == "application/vnd.oci.image.index.v1+json" || e.Target.MediaType == "application/vnd.docker.distribution.manifest.list.v2+json"
-		for _, r := range e.Target.References {
+		if d.Registry != "" {
+			in.Fields.Registry = "sources[].registry (attestd's configuration)"
+		}
+		index := isIndex(e.Target.MediaType)
+		for j, r := range e.Target.References {
 			in.RefTypes = append(in.RefTypes, r.MediaType)
-			if isIndex && imageType[r.MediaType] && digestRe.MatchString(r.Digest) {
+			if index && imageType[r.MediaType] {
+				if err := ValidDigest(r.Digest); err != nil {
+					return nil, fieldErr(fmt.Sprintf("events[%d].target.references[%d].digest", i, j), err)
+				}
 				in.Event.Children = append(in.Event.Children, r.Digest)
 			}
+		}
+		if !index && imageType[e.Target.MediaType] && len(e.Target.References) > 0 && strings.Contains(e.Target.References[0].MediaType, "config") {
+			// Distribution lists an image manifest's config first, then its layers.
+			in.ConfigType = e.Target.References[0].MediaType
 		}
 		out = append(out, in)
 	}

@@ -66,9 +66,10 @@ type Rule struct {
 // Filter decides which events become jobs.
 type Filter struct {
 	Rules []Rule
-	// OwnUserAgent: deliveries caused by a client whose User-Agent starts
-	// with it (attestd's own pushes) are ignored.
-	OwnUserAgent string
+	// Own reports manifests attestd itself wrote (its bundles, indexes and
+	// promotion copies): their events are ignored. It is what attestd
+	// recorded, never the delivery's User-Agent, which any client sets.
+	Own func(registry, repository, digest string) bool
 }
 
 // Reasons an event is ignored; they are also metric labels.
@@ -78,7 +79,9 @@ const (
 	ReasonArtifact   = "artifact"   // signature, attestation, SBOM or other referrer
 	ReasonOwnPush    = "own_push"
 	ReasonNotWatched = "not_watched"
-	ReasonInvalid    = "invalid" // malformed digest or repository
+	ReasonInvalid    = "invalid"          // e.g. a delete that names no digest
+	ReasonNotImage   = "not_image"        // config type not a container image's (Helm, WASM, …)
+	ReasonAlgorithm  = "digest_algorithm" // well-formed but not sha256
 )
 
 var (
@@ -108,21 +111,21 @@ func artifactMediaType(mt string) bool {
 	return false
 }
 
-// Classify returns "" when e should become a job (or, for a delete, be
-// recorded), else the reason it is ignored. refTypes are the media types of
-// the manifest's config and layers when the delivery lists them.
-func (f Filter) Classify(e Event, userAgent string, refTypes []string) string {
+// Classify returns "" when the event should become a job (or, for a
+// delete, be recorded), else the reason it is ignored. The event's values
+// were validated (Incoming.check) before.
+func (f Filter) Classify(in Incoming) string {
+	e := in.Event
 	switch e.Action {
 	case ActionPush, ActionDelete:
 	default:
 		return ReasonAction
 	}
-	if f.OwnUserAgent != "" && strings.HasPrefix(userAgent, f.OwnUserAgent) {
-		return ReasonOwnPush
-	}
-	if !repoRe.MatchString(e.Repository) || e.Registry == "" || (e.Digest != "" && !digestRe.MatchString(e.Digest)) ||
-		(e.Digest == "" && (e.Tag == "" || e.Action == ActionDelete)) {
+	if e.Digest == "" && (e.Tag == "" || e.Action == ActionDelete) {
 		return ReasonInvalid
+	}
+	if e.Digest != "" && !digestRe.MatchString(e.Digest) {
+		return ReasonAlgorithm
 	}
 	if e.Tag != "" && sigTag.MatchString(e.Tag) {
 		return ReasonArtifact
@@ -133,13 +136,24 @@ func (f Filter) Classify(e Event, userAgent string, refTypes []string) string {
 		}
 		return ReasonMediaType
 	}
-	for _, t := range refTypes {
-		if artifactMediaType(t) {
+	if e.Action == ActionPush {
+		if in.ArtifactType != "" || artifactMediaType(in.ConfigType) {
 			return ReasonArtifact
+		}
+		if in.ConfigType != "" && !imageConfigTypes[in.ConfigType] {
+			return ReasonNotImage
+		}
+		for _, t := range in.RefTypes {
+			if artifactMediaType(t) {
+				return ReasonArtifact
+			}
 		}
 	}
 	if !f.Watched(e.Registry, e.Repository) {
 		return ReasonNotWatched
+	}
+	if e.Action == ActionPush && e.Digest != "" && f.Own != nil && f.Own(e.Registry, e.Repository, e.Digest) {
+		return ReasonOwnPush
 	}
 	return ""
 }

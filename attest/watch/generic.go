@@ -1,7 +1,6 @@
 package watch
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -27,8 +26,8 @@ func (Generic) ContentTypes() []string { return []string{"application/json"} }
 // Parse implements Parser.
 func (Generic) Parse(_ *http.Request, body []byte) ([]Incoming, error) {
 	var b genericBody
-	if err := json.Unmarshal(body, &b); err != nil {
-		return nil, jsonError(body, err)
+	if err := decodeStrict(body, &b); err != nil {
+		return nil, err
 	}
 	refs := b.Images
 	if b.Image != "" {
@@ -44,7 +43,8 @@ func (Generic) Parse(_ *http.Request, body []byte) ([]Incoming, error) {
 			return nil, fmt.Errorf("images[%d]: %w", i, err)
 		}
 		e.Action = ActionPush
-		out = append(out, Incoming{Event: e})
+		f := fmt.Sprintf("images[%d]", i)
+		out = append(out, Incoming{Event: e, Fields: Fields{Registry: f, Repository: f, Digest: f, Tag: f}})
 	}
 	return out, nil
 }

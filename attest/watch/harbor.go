@@ -51,8 +51,8 @@ func (h Harbor) Parse(r *http.Request, body []byte) ([]Incoming, error) {
 		Operator    string          `json:"operator"` // default format: top level
 		Data        json.RawMessage `json:"data"`
 	}
-	if err := json.Unmarshal(body, &env); err != nil {
-		return nil, jsonError(body, err)
+	if err := decodeStrict(body, &env); err != nil {
+		return nil, err
 	}
 	if env.Type == "" {
 		return nil, errors.New(`harbor payload: missing "type"`)
@@ -74,8 +74,8 @@ func (h Harbor) fromData(typ, id, operator string, raw json.RawMessage) ([]Incom
 		return nil, fmt.Errorf("harbor %s: missing event data", typ)
 	}
 	var d harborData
-	if err := json.Unmarshal(raw, &d); err != nil {
-		return nil, fmt.Errorf("harbor %s data: %w", typ, jsonError(raw, err))
+	if err := decodeStrict(raw, &d); err != nil {
+		return nil, fmt.Errorf("harbor %s data: %w", typ, err)
 	}
 	if d.Repository.RepoFullName == "" || len(d.Resources) == 0 {
 		return nil, fmt.Errorf("harbor %s: want data.repository.repo_full_name and data.resources", typ)
@@ -139,8 +139,8 @@ func (c CloudEvents) Parse(r *http.Request, body []byte) ([]Incoming, error) {
 			Operator    string          `json:"operator"`
 			Data        json.RawMessage `json:"data"`
 		}
-		if err := json.Unmarshal(body, &env); err != nil {
-			return nil, jsonError(body, err)
+		if err := decodeStrict(body, &env); err != nil {
+			return nil, err
 		}
 		if env.SpecVersion != "1.0" {
 			return nil, fmt.Errorf(`cloudevents: structured mode needs "specversion":"1.0" (binary mode: ce-specversion header), got %q`, env.SpecVersion)
@@ -157,8 +157,8 @@ func (c CloudEvents) Parse(r *http.Request, body []byte) ([]Incoming, error) {
 		var d struct {
 			Image string `json:"image"`
 		}
-		if err := json.Unmarshal(data, &d); err != nil {
-			return nil, fmt.Errorf("%s data: %w", typ, jsonError(data, err))
+		if err := decodeStrict(data, &d); err != nil {
+			return nil, fmt.Errorf("%s data: %w", typ, err)
 		}
 		e, err := ParseRef(d.Image)
 		if err != nil {
@@ -176,8 +176,8 @@ func (c CloudEvents) Parse(r *http.Request, body []byte) ([]Incoming, error) {
 			Digest    string `json:"digest"`
 			MediaType string `json:"mediaType"`
 		}
-		if err := json.Unmarshal(data, &d); err != nil {
-			return nil, fmt.Errorf("%s data: %w", typ, jsonError(data, err))
+		if err := decodeStrict(data, &d); err != nil {
+			return nil, fmt.Errorf("%s data: %w", typ, err)
 		}
 		tag := d.Reference
 		if strings.HasPrefix(tag, "sha256:") {

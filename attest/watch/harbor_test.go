@@ -50,7 +50,7 @@ func TestHarborAndCloudEvents(t *testing.T) {
 			if diff := cmp.Diff(tc.want, in[0].Event); diff != "" {
 				t.Errorf("event (-want +got):\n%s", diff)
 			}
-			if got := harborWatch.Classify(in[0].Event, "", nil); got != tc.reason {
+			if got := harborWatch.Classify(in[0]); got != tc.reason {
 				t.Errorf("classify = %q, want %q", got, tc.reason)
 			}
 		})

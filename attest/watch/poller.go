@@ -131,7 +131,7 @@ func (p *Poller) pollRepo(ctx context.Context, registry, repo string) (int, erro
 			continue
 		}
 		e := Event{Source: "poller", Action: ActionPush, Registry: registry, Repository: repo, Digest: dgst, Tag: tag, MediaType: mt, Backfill: true}
-		if reason := p.filter.Classify(e, "", nil); reason != "" {
+		if reason := p.filter.Classify(Incoming{Event: e}); reason != "" {
 			p.stats.add("poller", "ignored", reason, 1)
 			continue
 		}

@@ -1,6 +1,7 @@
 package watch
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,21 +11,42 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Incoming is one parsed event with what the filter needs beyond it.
 type Incoming struct {
 	Event     Event
-	UserAgent string   // of the client that caused it, when the format says
+	UserAgent string   // of the client that caused it, when the format says (logged, never trusted)
 	RefTypes  []string // media types of config and layers, when listed
+	// ConfigType and ArtifactType are the manifest's config media type and
+	// artifactType, when the delivery says or the manifest was read.
+	ConfigType, ArtifactType string
+	// Manifest is the manifest the delivery included (Zot); it must hash
+	// to Event.Digest.
+	Manifest []byte
+	// Fields names where the values came from, for error messages.
+	Fields Fields
 }
 
 // Parser turns a request body into events. Errors are the sender's fault
-// (400) and should say what was wrong.
+// (400) and should say what was wrong, where (FieldError).
 type Parser interface {
 	Parse(r *http.Request, body []byte) ([]Incoming, error)
 	// ContentTypes lists the accepted media types (415 otherwise).
 	ContentTypes() []string
+}
+
+// ErrNotFound is wrapped by a Resolver when the tag does not exist.
+var ErrNotFound = errors.New("not found")
+
+// Resolver looks up what a tag points at, for senders whose events name no
+// digest (Docker Hub, Quay, a CI's "host/repo:tag").
+type Resolver interface {
+	// Resolve returns the digest and the manifest registry/repository:tag
+	// points at now (at most maxManifestBytes). An error wrapping
+	// ErrNotFound answers 422; any other 503, so the sender retries.
+	Resolve(ctx context.Context, registry, repository, tag string) (digest string, manifest []byte, err error)
 }
 
 // Receiver is the http.Handler of one configured source.
@@ -37,6 +59,9 @@ type Receiver struct {
 	maxBody int64
 	log     *slog.Logger
 	stats   *Stats
+	resolve Resolver
+	slots   chan struct{}
+	wait    time.Duration
 }
 
 // ReceiverOptions configure NewReceiver.
@@ -44,6 +69,14 @@ type ReceiverOptions struct {
 	MaxBody int64 // bytes; 413 above
 	Logger  *slog.Logger
 	Stats   *Stats
+	// Resolver resolves tag-only events; without one they are refused
+	// (422) — configure one for every sender that sends tags only.
+	Resolver Resolver
+	// MaxInFlight caps the deliveries of this source handled at once
+	// (default 16); one more waits up to BusyWait (default 2s) for a slot,
+	// then gets 503 with Retry-After.
+	MaxInFlight int
+	BusyWait    time.Duration
 }
 
 // NewReceiver builds the handler for source name.
@@ -60,12 +93,20 @@ func NewReceiver(name string, p Parser, a Authenticator, f Filter, s Sink, o Rec
 	if o.Stats == nil {
 		o.Stats = NewStats()
 	}
-	return &Receiver{name: name, parser: p, auth: a, filter: f, sink: s, maxBody: o.MaxBody, log: o.Logger, stats: o.Stats}, nil
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 16
+	}
+	if o.BusyWait <= 0 {
+		o.BusyWait = 2 * time.Second
+	}
+	return &Receiver{name: name, parser: p, auth: a, filter: f, sink: s, maxBody: o.MaxBody, log: o.Logger, stats: o.Stats,
+		resolve: o.Resolver, slots: make(chan struct{}, o.MaxInFlight), wait: o.BusyWait}, nil
 }
 
 // Response is the JSON body of every answer.
 type Response struct {
 	Error    string         `json:"error,omitempty"`
+	Field    string         `json:"field,omitempty"` // where in the delivery, for a 400
 	Received int            `json:"received"`
 	Accepted int            `json:"accepted"`
 	Ignored  map[string]int `json:"ignored,omitempty"`
@@ -78,9 +119,22 @@ func (h *Receiver) reject(w http.ResponseWriter, code int, reason, msg string) {
 	writeJSON(w, code, Response{Error: msg})
 }
 
+// malformed answers 400 for a parse or validation error, naming the field.
+func (h *Receiver) malformed(w http.ResponseWriter, err error) {
+	h.stats.add(h.name, "rejected", "malformed", 1)
+	h.log.Warn("webhook rejected", "source", h.name, "status", http.StatusBadRequest, "reason", err.Error())
+	resp := Response{Error: err.Error()}
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		resp.Field = fe.Field
+	}
+	writeJSON(w, http.StatusBadRequest, resp)
+}
+
 // ServeHTTP implements http.Handler. Order: method, header authentication,
-// size cap, body authentication, content type, parse, filter, durable
-// accept — so nothing is written for any rejected delivery.
+// a delivery slot, size cap, body authentication, content type, parse,
+// validation, filter, tag resolution, durable accept — so nothing is written
+// for any rejected delivery.
 func (h *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
@@ -94,6 +148,12 @@ func (h *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if !h.acquire(r.Context()) {
+		w.Header().Set("Retry-After", "1")
+		h.reject(w, http.StatusServiceUnavailable, "busy", fmt.Sprintf("source %s is handling %d deliveries; retry", h.name, cap(h.slots)))
+		return
+	}
+	defer func() { <-h.slots }()
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.maxBody))
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -116,13 +176,38 @@ func (h *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	in, err := h.parser.Parse(r, body)
 	if err != nil {
-		h.reject(w, http.StatusBadRequest, "malformed", err.Error())
+		h.malformed(w, err)
 		return
+	}
+	for i := range in {
+		if err := in[i].check(); err != nil {
+			h.malformed(w, err)
+			return
+		}
+		if in[i].Manifest != nil {
+			if err := in[i].describe(in[i].Manifest); err != nil {
+				h.malformed(w, fieldErr(orDefault(in[i].Fields.Manifest, "manifest"), err))
+				return
+			}
+		}
 	}
 	resp := Response{Received: len(in), Ignored: map[string]int{}}
 	var keep []Event
-	for _, x := range in {
-		if reason := h.filter.Classify(x.Event, x.UserAgent, x.RefTypes); reason != "" {
+	for i := range in {
+		x := &in[i]
+		reason := h.filter.Classify(*x)
+		if reason == "" && x.Event.Digest == "" && x.Event.Action == ActionPush {
+			code, err := h.resolveTag(r.Context(), x)
+			if err != nil {
+				if code == http.StatusServiceUnavailable {
+					w.Header().Set("Retry-After", "10")
+				}
+				h.reject(w, code, "unresolvable", err.Error())
+				return
+			}
+			reason = h.filter.Classify(*x)
+		}
+		if reason != "" {
 			resp.Ignored[reason]++
 			h.stats.add(h.name, "ignored", reason, 1)
 			continue
@@ -141,6 +226,7 @@ func (h *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// Not durable: make the sender retry.
 			h.stats.add(h.name, "failed", "sink", len(keep))
 			h.log.Error("webhook not stored", "source", h.name, "err", err)
+			w.Header().Set("Retry-After", "10")
 			writeJSON(w, http.StatusServiceUnavailable, Response{Error: "not stored, retry: " + err.Error(), Received: len(in)})
 			return
 		}
@@ -148,6 +234,61 @@ func (h *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.stats.add(h.name, "accepted", "", len(keep))
 	}
 	writeJSON(w, http.StatusAccepted, resp)
+}
+
+// acquire takes a delivery slot, waiting up to h.wait.
+func (h *Receiver) acquire(ctx context.Context) bool {
+	select {
+	case h.slots <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(h.wait)
+	defer t.Stop()
+	select {
+	case h.slots <- struct{}{}:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
+}
+
+// resolveTag sets x's digest and manifest facts from what its tag points at
+// now. The status is 422 when the tag does not exist (or the source cannot
+// resolve tags) and 503 when the registry did not answer: the sender retries,
+// nothing was acknowledged.
+func (h *Receiver) resolveTag(ctx context.Context, x *Incoming) (int, error) {
+	e := &x.Event
+	ref := e.Registry + "/" + e.Repository + ":" + e.Tag
+	if h.resolve == nil {
+		return http.StatusUnprocessableEntity, fmt.Errorf("%s names no digest and source %s cannot resolve tags", ref, h.name)
+	}
+	d, m, err := h.resolve.Resolve(ctx, e.Registry, e.Repository, e.Tag)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return http.StatusUnprocessableEntity, fmt.Errorf("resolving %s: %w", ref, err)
+	case err != nil:
+		return http.StatusServiceUnavailable, fmt.Errorf("resolving %s (retry): %w", ref, err)
+	}
+	if err := ValidDigest(d); err != nil {
+		return http.StatusServiceUnavailable, fmt.Errorf("resolving %s: registry answered %w", ref, err)
+	}
+	if err := checkManifest(d, m); err != nil {
+		return http.StatusServiceUnavailable, fmt.Errorf("resolving %s: %w", ref, err)
+	}
+	e.Digest = d
+	if err := x.describe(m); err != nil {
+		return http.StatusUnprocessableEntity, fmt.Errorf("resolving %s: %w", ref, err)
+	}
+	return 0, nil
+}
+
+func orDefault(s, def string) string {
+	if s != "" {
+		return s
+	}
+	return def
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -3,8 +3,11 @@ package watch
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -44,7 +47,7 @@ func load(t testing.TB, name string) []byte {
 	return b
 }
 
-var everything = Filter{Rules: []Rule{{Registry: "127.0.0.1:5000", Repositories: []string{"**"}}}, OwnUserAgent: "attestd/"}
+var everything = Filter{Rules: []Rule{{Registry: "127.0.0.1:5000", Repositories: []string{"**"}}}, Own: func(_, repo, _ string) bool { return repo == "own" }}
 
 func TestDistributionClassify(t *testing.T) {
 	t.Parallel()
@@ -69,7 +72,7 @@ func TestDistributionClassify(t *testing.T) {
 		}
 		var got []string
 		for _, x := range in {
-			got = append(got, tc.filter.Classify(x.Event, x.UserAgent, x.RefTypes))
+			got = append(got, tc.filter.Classify(x))
 		}
 		if diff := cmp.Diff(tc.want, got); diff != "" {
 			t.Errorf("%s (-want +got):\n%s", tc.file, diff)
@@ -84,7 +87,12 @@ func TestDistributionClassify(t *testing.T) {
 		t.Errorf("registry override ignored: %+v", in[0].Event)
 	}
 	own := in[0]
-	if r := everything.Classify(Event{Action: ActionPush, Registry: "127.0.0.1:5000", Repository: "a", Digest: own.Event.Digest}, "attestd/dev", nil); r != ReasonOwnPush {
+	own.Event.Registry, own.UserAgent = "127.0.0.1:5000", "attestd/dev"
+	if r := everything.Classify(own); r != "" {
+		t.Errorf("a User-Agent made a push attestd's own: %q", r)
+	}
+	own.Event.Repository = "own"
+	if r := everything.Classify(own); r != ReasonOwnPush {
 		t.Errorf("own push: %q", r)
 	}
 }
@@ -134,9 +142,29 @@ func TestParseRef(t *testing.T) {
 	}
 }
 
+// tagResolver is a hand-written fake Resolver: tags map to manifests.
+type tagResolver map[string][]byte
+
+func (m tagResolver) Resolve(_ context.Context, registry, repo, tag string) (string, []byte, error) {
+	b, ok := m[registry+"/"+repo+":"+tag]
+	if !ok {
+		return "", nil, fmt.Errorf("%s/%s:%s: %w", registry, repo, tag, ErrNotFound)
+	}
+	return sha256Digest(b), b, nil
+}
+
+func sha256Digest(b []byte) string {
+	h := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(h[:])
+}
+
+const imageManifest = `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","size":2},"layers":[]}`
+
+var tags = tagResolver{"127.0.0.1:5000/demo/hello:v1": []byte(imageManifest)}
+
 func newRecv(t *testing.T, p Parser, a Authenticator, s Sink) *Receiver {
 	t.Helper()
-	r, err := NewReceiver("src", p, a, everything, s, ReceiverOptions{MaxBody: 4096})
+	r, err := NewReceiver("src", p, a, everything, s, ReceiverOptions{MaxBody: 4096, Resolver: tags})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +281,7 @@ func FuzzDistribution(f *testing.F) {
 			return
 		}
 		for _, x := range in {
-			if everything.Classify(x.Event, x.UserAgent, x.RefTypes) == "" && x.Event.Action == ActionPush {
+			if everything.Classify(x) == "" && x.Event.Action == ActionPush {
 				if !digestRe.MatchString(x.Event.Digest) && x.Event.Tag == "" {
 					t.Fatalf("accepted an event without digest or tag: %+v", x.Event)
 				}

@@ -54,6 +54,7 @@ type Transport struct {
 	sleep      func(ctx context.Context, d time.Duration) error
 
 	hostRPS map[string]rate.Limit
+	own     ownSet // manifests this process PUT (Client.Own)
 
 	mu       sync.Mutex
 	limiters map[string]*rate.Limiter
@@ -101,6 +102,7 @@ func (t *Transport) limiter(host string) *rate.Limiter {
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+	t.own.noteManifestPut(req)
 	for attempt := 0; ; attempt++ {
 		if err := t.limiter(req.URL.Host).Wait(ctx); err != nil {
 			return nil, fmt.Errorf("rate limit %s: %w", req.URL.Host, err)

@@ -21,9 +21,6 @@ import (
 // untaggedSettle delays jobs for manifests pushed without a tag.
 const untaggedSettle = 3 * time.Second
 
-// defaultReplayWindow bounds HMAC timestamps when the config does not.
-const defaultReplayWindow = 5 * time.Minute
-
 // intakeSink makes accepted events durable in one store.Intake batch per
 // delivery, resolving tag-only references (generic receiver) first.
 type intakeSink struct {
@@ -42,18 +39,8 @@ func (s *intakeSink) Accept(ctx context.Context, evs []watch.Event) (watch.Accep
 	items := make([]store.IntakeItem, 0, len(evs))
 	for _, e := range evs {
 		if e.Digest == "" {
-			ref, err := s.rc.ParseReference(e.Registry + "/" + e.Repository + ":" + e.Tag)
-			if err != nil {
-				return watch.Accepted{}, &watch.InputError{Err: err}
-			}
-			d, _, err := s.rc.Resolve(ctx, ref)
-			if registry.IsNotFound(err) {
-				return watch.Accepted{}, &watch.InputError{Err: err}
-			}
-			if err != nil {
-				return watch.Accepted{}, err
-			}
-			e.Digest = d.DigestStr()
+			// Receivers resolve tags before they hand events over.
+			return watch.Accepted{}, &watch.InputError{Err: fmt.Errorf("%s/%s:%s: no digest", e.Registry, e.Repository, e.Tag)}
 		}
 		it := store.IntakeItem{Ref: e.Ref(), Priority: store.PriorityEvent, Source: "webhook:" + e.Source, Pusher: e.Pusher,
 			Deleted: e.Action == watch.ActionDelete, Children: e.Children}
@@ -111,9 +98,13 @@ func (s *intakeSink) Accept(ctx context.Context, evs []watch.Event) (watch.Accep
 	return acc, nil
 }
 
-// watchFilter turns the watch rules into the intake filter.
-func watchFilter(cfg *configs.Config) watch.Filter {
-	f := watch.Filter{OwnUserAgent: "attestd/"}
+// watchFilter turns the watch rules into the intake filter; rc says which
+// manifests attestd itself wrote.
+func watchFilter(cfg *configs.Config, rc *registry.Client) watch.Filter {
+	f := watch.Filter{}
+	if rc != nil {
+		f.Own = rc.Own
+	}
 	for _, w := range cfg.Watch {
 		f.Rules = append(f.Rules, watch.Rule{Registry: w.Registry, Repositories: w.Repositories})
 	}
@@ -121,79 +112,64 @@ func watchFilter(cfg *configs.Config) watch.Filter {
 }
 
 // mountSources adds one receiver per configured source to mux.
-func mountSources(mux *http.ServeMux, cfg *configs.Config, sink watch.Sink, stats *watch.Stats, log *slog.Logger) error {
-	filter := watchFilter(cfg)
+func mountSources(mux *http.ServeMux, cfg *configs.Config, rc *registry.Client, sink watch.Sink, stats *watch.Stats, log *slog.Logger) error {
+	filter := watchFilter(cfg, rc)
 	for i, src := range cfg.Sources {
 		field := fmt.Sprintf("sources[%d]", i)
-		var p watch.Parser
-		switch src.Type {
-		case "distribution":
-			p = watch.Distribution{Registry: src.Registry}
-		case "harbor":
-			p = watch.Harbor{Registry: src.Registry}
-		case "cloudevents":
-			p = watch.CloudEvents{Registry: src.Registry}
-		case "generic":
-			p = watch.Generic{}
-		}
-		var secret string
+		sc := watch.SourceConfig{Name: src.Name, Type: src.Type, Registry: src.Registry, Auth: src.Auth.Type, Header: src.Auth.Header,
+			ReplayWindow: time.Duration(src.Auth.ReplayWindow)}
 		if src.Auth.SecretFile != "" {
 			b, err := os.ReadFile(src.Auth.SecretFile)
 			if err != nil {
 				return &configs.Error{File: cfg.File(), Field: field + ".auth.secret_file", Msg: fmt.Sprintf("cannot read: %v", err)}
 			}
-			secret = strings.TrimRight(string(b), "\r\n")
+			sc.Secret = []byte(strings.TrimRight(string(b), "\r\n"))
 		}
-		var (
-			a   watch.Authenticator
-			err error
-		)
-		path := "POST /hooks/" + src.Name
-		switch src.Auth.Type {
-		case "hmac":
-			w := time.Duration(src.Auth.ReplayWindow)
-			if w == 0 {
-				w = defaultReplayWindow
-			}
-			a, err = watch.NewHMAC([]byte(secret), w)
-		case "header":
-			h := src.Auth.Header
-			if h == "" {
-				h = "Authorization"
-			}
-			a, err = watch.NewHeader(h, secret)
-		case "path_token":
-			a, err = watch.NewPathToken(secret)
-			path += "/{token}"
-		case "none":
-			a = watch.NoAuthUnsafe{}
+		if sc.Auth == "none" {
 			log.Warn("webhook source accepts unauthenticated deliveries", "source", src.Name)
 		}
-		if err != nil {
-			return &configs.Error{File: cfg.File(), Field: field + ".auth", Msg: err.Error()}
+		o := watch.ReceiverOptions{MaxBody: cfg.Intake.MaxBodyBytes, Logger: log, Stats: stats}
+		if rc != nil {
+			o.Resolver = tagResolver{rc}
 		}
-		recv, err := watch.NewReceiver(src.Name, sourceParser{p, src.Name}, a, filter, sink,
-			watch.ReceiverOptions{MaxBody: cfg.Intake.MaxBodyBytes, Logger: log, Stats: stats})
+		pattern, recv, err := watch.NewSource(sc, filter, sink, o)
+		var fe *watch.FieldError
+		if errors.As(err, &fe) {
+			return &configs.Error{File: cfg.File(), Field: field + "." + fe.Field, Msg: fe.Err.Error()}
+		}
 		if err != nil {
 			return err
 		}
-		mux.Handle(path, recv)
+		mux.Handle(pattern, recv)
 	}
 	return nil
 }
 
-// sourceParser stamps the source name on every event.
-type sourceParser struct {
-	watch.Parser
-	name string
-}
+// tagResolver resolves tag-only events through the shared registry client.
+type tagResolver struct{ c *registry.Client }
 
-func (s sourceParser) Parse(r *http.Request, body []byte) ([]watch.Incoming, error) {
-	in, err := s.Parser.Parse(r, body)
-	for i := range in {
-		in[i].Event.Source = s.name
+var _ watch.Resolver = tagResolver{}
+
+func (t tagResolver) Resolve(ctx context.Context, host, repo, tag string) (string, []byte, error) {
+	ref, err := t.c.ParseReference(host + "/" + repo + ":" + tag)
+	if err != nil {
+		return "", nil, err
 	}
-	return in, err
+	d, _, err := t.c.Resolve(ctx, ref)
+	if registry.IsNotFound(err) {
+		return "", nil, fmt.Errorf("%w: %w", watch.ErrNotFound, err)
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	raw, _, err := t.c.Manifest(ctx, d)
+	if registry.IsNotFound(err) {
+		return "", nil, fmt.Errorf("%w: %w", watch.ErrNotFound, err)
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	return d.DigestStr(), raw, nil
 }
 
 // registryLister is the poller's Lister on the shared registry client.

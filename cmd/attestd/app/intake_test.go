@@ -52,7 +52,7 @@ sources:
 	rc, _ := registry.New()
 	mux := http.NewServeMux()
 	sink := &intakeSink{db: db, rc: rc, wake: func() {}, log: slog.New(slog.DiscardHandler)}
-	if err := mountSources(mux, cfg, sink, watch.NewStats(), slog.New(slog.DiscardHandler)); err != nil {
+	if err := mountSources(mux, cfg, rc, sink, watch.NewStats(), slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()

@@ -91,12 +91,12 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 	// Journaled events become jobs when applied, a moment after the 202.
 	db.OnIntakeApplied(p.Wake)
 	sink := &intakeSink{db: db, rc: rc, wake: p.Wake, log: log, recordExisting: cfg.Intake.Existing == "record"}
-	if err := mountSources(mux, cfg, sink, stats, log); err != nil {
+	if err := mountSources(mux, cfg, rc, sink, stats, log); err != nil {
 		return err
 	}
 	var poller *watch.Poller
 	if cfg.Intake.PollInterval > 0 && len(cfg.Watch) > 0 {
-		if poller, err = watch.NewPoller(registryLister{rc}, sink, watchFilter(cfg), timeDuration(cfg.Intake.PollInterval), log, stats); err != nil {
+		if poller, err = watch.NewPoller(registryLister{rc}, sink, watchFilter(cfg, rc), timeDuration(cfg.Intake.PollInterval), log, stats); err != nil {
 			return err
 		}
 	}

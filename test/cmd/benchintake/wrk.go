@@ -143,7 +143,7 @@ func runCeiling(dir string, l wrkLoad) (result, error) {
 	if err != nil {
 		return res, err
 	}
-	filter := watch.Filter{OwnUserAgent: "attestd/", Rules: []watch.Rule{{Registry: registryHost, Repositories: []string{"**"}}}}
+	filter := watch.Filter{Rules: []watch.Rule{{Registry: registryHost, Repositories: []string{"**"}}}}
 	recv, err := watch.NewReceiver("registry", watch.Distribution{}, auth, filter, nopSink{}, watch.ReceiverOptions{})
 	if err != nil {
 		return res, err
