@@ -572,3 +572,31 @@ func TestCopyReferrersAcrossRegistries(t *testing.T) {
 		t.Errorf("copied layer = %q", got)
 	}
 }
+
+// TestOwnIsWhatThisProcessWrote: intake ignores the registry's events for
+// attestd's own writes by what the client PUT — an image written with
+// remote.Write, a raw referrer manifest — and nothing else: another client's
+// push of an identical-looking repository is not "own", whatever its
+// User-Agent.
+func TestOwnIsWhatThisProcessWrote(t *testing.T) {
+	t.Parallel()
+	_, host := newRegistry(t, false)
+	c := newClient(t)
+	img, _ := random.Image(128, 1)
+	d := push(t, c, host+"/app:v1", img)
+	if !c.Own(host, "app", d.DigestStr()) {
+		t.Fatal("an image this client wrote is not recorded as its own")
+	}
+	if c.Own(host, "other", d.DigestStr()) || c.Own("elsewhere:5000", "app", d.DigestStr()) {
+		t.Fatal("own is not per registry and repository")
+	}
+	other, err := New(WithRateLimit(0, 0), WithUserAgent("attestd/v9 (spoofed)"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img2, _ := random.Image(128, 1)
+	d2 := push(t, other, host+"/app:v2", img2)
+	if c.Own(host, "app", d2.DigestStr()) {
+		t.Fatal("another client's push counted as this client's")
+	}
+}

@@ -26,6 +26,9 @@ import (
 // HTTP server limits.
 const (
 	readHeaderTimeout = 10 * time.Second
+	// readTimeout bounds reading a whole request: a webhook body is at most
+	// intake.max_body_bytes, and a sender that trickles it is cut off.
+	readTimeout = 30 * time.Second
 	writeTimeout      = 5 * time.Minute // backups stream through the API
 	idleTimeout       = 2 * time.Minute
 	shutdownTimeout   = 5 * time.Second
@@ -108,6 +111,7 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
 		WriteTimeout:      writeTimeout,
 		IdleTimeout:       idleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
