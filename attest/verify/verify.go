@@ -261,7 +261,7 @@ func (v *Verifier) judge(digest string, raw []byte, e entity) *verdict {
 		sum := sha256.Sum256(e.simpleSigning)
 		artifact = sum[:]
 	}
-	out, err := v.v.Verify(e.SignedEntity, sgverify.NewPolicy(sgverify.WithArtifactDigest("sha256", artifact), sgverify.WithoutIdentitiesUnsafe()))
+	out, err := v.v.Verify(&statementOnce{SignedEntity: e.SignedEntity}, sgverify.NewPolicy(sgverify.WithArtifactDigest("sha256", artifact), sgverify.WithoutIdentitiesUnsafe()))
 	if err != nil {
 		return &verdict{reason: err.Error()}
 	}

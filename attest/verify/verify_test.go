@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	in_toto "github.com/in-toto/attestation/go/v1"
 	"github.com/sigstore/sigstore-go/pkg/testing/ca"
 	sgverify "github.com/sigstore/sigstore-go/pkg/verify"
 )
@@ -196,5 +197,66 @@ func TestPredicateAsSigned(t *testing.T) {
 		case tc.want != "" && (!ok || string(ev.Predicate) != tc.want):
 			t.Errorf("%s: predicate %s (verified %v), want %s", name, ev.Predicate, ok, tc.want)
 		}
+	}
+}
+
+// countingEntity counts how often its statement is parsed.
+type countingEntity struct {
+	sgverify.SignedEntity
+	parses *int
+}
+
+func (c countingEntity) SignatureContent() (sgverify.SignatureContent, error) {
+	sc, err := c.SignedEntity.SignatureContent()
+	if err != nil {
+		return nil, err
+	}
+	return countingContent{sc, c.parses}, nil
+}
+
+type countingContent struct {
+	sgverify.SignatureContent
+	parses *int
+}
+
+func (c countingContent) EnvelopeContent() sgverify.EnvelopeContent {
+	return countingEnvelope{c.SignatureContent.EnvelopeContent(), c.parses}
+}
+
+type countingEnvelope struct {
+	sgverify.EnvelopeContent
+	parses *int
+}
+
+func (c countingEnvelope) Statement() (*in_toto.Statement, error) {
+	*c.parses++
+	return c.EnvelopeContent.Statement()
+}
+
+// TestStatementParsedOnce: sigstore-go asks for the statement twice per
+// verification (subject check, result); the megabytes of an SBOM are parsed
+// once, and the verdict is the same.
+func TestStatementParsedOnce(t *testing.T) {
+	t.Parallel()
+	vs, err := ca.NewVirtualSigstore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := "sha256:" + strings.Repeat("ab", 32)
+	e, err := vs.Attest(signer, issuer, statement(t, digest, "https://spdx.dev/Document"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := New(vs, []Identity{{Issuer: issuer, Subject: signer}}, nil, Options{TransparencyLog: 1, SignedTimestamps: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var parses int
+	res, err := v.Entities(digest, []sgverify.SignedEntity{countingEntity{e, &parses}}, []string{"sbom"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := res.Verified["https://spdx.dev/Document"]; !ok || parses != 1 {
+		t.Fatalf("verified %v, statement parsed %d times (want once): %+v", ok, parses, res.Rejected)
 	}
 }
