@@ -735,7 +735,16 @@ func (s *Session) dsseBundle(ctx context.Context, payload []byte) (*protobundle.
 		opts.CertificateProvider = s.certs
 		opts.CertificateProviderOptions = &sgsign.CertificateProviderOptions{}
 	}
-	return sgsign.Bundle(&sgsign.DSSEData{Data: payload, PayloadType: ctypes.IntotoPayloadType}, s.keypair, opts)
+	check := opts
+	opts.TrustedRoot = nil // checked below, without parsing the statement again
+	b, err := sgsign.Bundle(&sgsign.DSSEData{Data: payload, PayloadType: ctypes.IntotoPayloadType}, s.keypair, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := selfCheck(b, check); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 // PushDocument stores data as an OCI artifact referring to ref (see
