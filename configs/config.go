@@ -114,13 +114,10 @@ type Intake struct {
 	// only record them (attestd requeue processes one on demand). New
 	// pushes are always processed.
 	Existing string `yaml:"existing"`
-	// Journal acknowledges webhook and poller events once appended to the
-	// intake journal (data_dir/attestd.db.journal, one sequential write and
-	// fsync per group of deliveries) and applies them to the database right
-	// behind it, instead of acknowledging after a database commit. Either
-	// way nothing is acknowledged before it is on disk; the journal
-	// acknowledges bursts several times faster (docs: ARCHITECTURE).
-	Journal bool `yaml:"journal"`
+	// Journal is deprecated, ignored: events are acknowledged once committed
+	// to the database, the only intake path. Accepted (true or false) so
+	// that older configuration files still load; serve warns when it is set.
+	Journal *bool `yaml:"journal,omitempty"`
 }
 
 // Signing configures keyless Sigstore signing of every analysed image: the
@@ -415,7 +412,7 @@ func Default() *Config {
 			MaxAttempts: 5, Backoff: Duration(5 * time.Second), MaxBackoff: Duration(5 * time.Minute),
 			Timeout: Duration(30 * time.Minute), ShutdownGrace: Duration(8 * time.Second),
 		},
-		Intake: Intake{MaxBodyBytes: 1 << 20, PollInterval: Duration(5 * time.Minute), Existing: "process", Journal: true},
+		Intake: Intake{MaxBodyBytes: 1 << 20, PollInterval: Duration(5 * time.Minute), Existing: "process"},
 		Analysis: Analysis{
 			SPDXVersion: "2.3", CycloneDXVersion: "1.6", LayerCache: 10 << 30, LayerConcurrency: 3,
 			Hardening: Hardening{MaxImageSize: 1 << 30},

@@ -41,6 +41,28 @@ func TestProductionExampleIsValid(t *testing.T) {
 	}
 }
 
+// TestDeprecatedIntakeJournal: intake.journal (an intake path that was
+// removed) still loads, true or false, so older files keep working; serve
+// warns that it is ignored.
+func TestDeprecatedIntakeJournal(t *testing.T) {
+	t.Parallel()
+	for _, v := range []bool{true, false} {
+		c, err := Load(strings.NewReader(fmt.Sprintf("intake:\n  journal: %v\n", v)), "old.yaml")
+		if err != nil {
+			t.Fatalf("journal: %v: %v", v, err)
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("journal: %v: %v", v, err)
+		}
+		if c.Intake.Journal == nil || *c.Intake.Journal != v {
+			t.Errorf("journal: %v read as %v", v, c.Intake.Journal)
+		}
+	}
+	if Default().Intake.Journal != nil {
+		t.Error("the default sets the deprecated intake.journal")
+	}
+}
+
 func TestLoadErrors(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {

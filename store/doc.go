@@ -6,6 +6,8 @@
 // All values are JSON unless noted; all keys are bytes as described.
 //
 //	meta      "schema" → 8-byte big-endian schema version (see migrations.go).
+//	          "journal" → 8-byte generation ‖ 8-byte offset: how much of an
+//	          older version's intake journal was applied (legacyjournal.go).
 //	images    image ref "host/repo@sha256:…" → Record. The per-digest state machine:
 //	          discovered → analysed → attested → evaluated → promoted | denied,
 //	          and any non-final state → failed. Every change is a compare-and-set

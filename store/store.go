@@ -56,7 +56,6 @@ type DB struct {
 	closing    chan struct{}
 	writerDone chan struct{}
 	closeOnce  sync.Once
-	jrnl       *journal // WithIntakeJournal
 }
 
 type options struct {
@@ -66,7 +65,6 @@ type options struct {
 	now         func() time.Time
 	logger      *slog.Logger
 	readOnly    bool
-	journal     bool
 }
 
 // Option configures Open.
@@ -171,13 +169,13 @@ func Open(path string, opts ...Option) (db *DB, err error) {
 		_ = b.Close()
 		return nil, err
 	}
-	db.intake, db.closing, db.writerDone = make(chan *intakeReq), make(chan struct{}), make(chan struct{})
-	// Events a crash left in the intake journal are applied first, with or
-	// without WithIntakeJournal.
-	if err := db.openJournal(o.journal); err != nil {
+	// Events an older version acknowledged from its intake journal and
+	// never applied come first (legacyjournal.go).
+	if err := db.applyLegacyJournal(); err != nil {
 		_ = b.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	db.intake, db.closing, db.writerDone = make(chan *intakeReq), make(chan struct{}), make(chan struct{})
 	go db.groupCommit()
 	return db, nil
 }
@@ -192,9 +190,6 @@ func (db *DB) Close() error {
 		if db.closing != nil {
 			close(db.closing)
 			<-db.writerDone
-			if db.jrnl != nil {
-				db.closeJournal()
-			}
 		}
 	})
 	return db.bolt.Close()
