@@ -33,7 +33,8 @@
 // # Rules
 //
 // Reads and writes only happen inside View/Update/Batch closures and bytes are
-// copied out before a transaction ends. Intake writes go through db.Batch so
-// that a burst of webhooks shares fsyncs. bbolt allows one process per file:
+// copied out before a transaction ends. Intake writes (Intake, Enqueue) go
+// through one writer, the group commit, so that a burst of webhooks shares
+// transactions and fsyncs. bbolt allows one process per file:
 // Open always sets a lock timeout and reports ErrLocked instead of hanging.
 package store

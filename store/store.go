@@ -20,9 +20,8 @@ import (
 // the file lock before it reports ErrLocked.
 const DefaultLockTimeout = 2 * time.Second
 
-// Intake batching defaults (see WithBatch): measured with
-// BenchmarkIntakeHTTP, 2 ms keeps the p99 acknowledgement under 10 ms while
-// dozens of concurrent deliveries still share one fsync.
+// Defaults of bbolt's Batch (see WithBatch), which blobs and tags recorded
+// outside intake go through; intake has its own group commit (Intake).
 const (
 	DefaultBatchDelay = 2 * time.Millisecond
 	DefaultBatchSize  = 256
@@ -82,9 +81,9 @@ func WithLockTimeout(d time.Duration) Option {
 	}
 }
 
-// WithBatch tunes how intake writes are coalesced (db.Batch): a batch
-// commits after delay or once size calls are waiting, whichever comes first.
-// Shorter delays cut acknowledgement latency; bigger batches share fsyncs.
+// WithBatch tunes how bbolt's Batch (PutBlob, RecordTag) coalesces writes:
+// a batch commits after delay or once size calls are waiting, whichever
+// comes first.
 func WithBatch(delay time.Duration, size int) Option {
 	return func(o *options) error {
 		if delay <= 0 || size <= 0 {

@@ -101,6 +101,32 @@ func TestEnqueueDedupe(t *testing.T) {
 	}
 }
 
+// TestEnqueueIsIntake: Enqueue goes through the intake writer — the tag it
+// was named by lands in the same transaction as the job, audited like a
+// delivery.
+func TestEnqueueIsIntake(t *testing.T) {
+	t.Parallel()
+	db, _ := open(t)
+	ctx := context.Background()
+	res, err := db.Enqueue(ctx, EnqueueRequest{Ref: ref(1), Tag: "registry.local/app/n1:v1", Source: "cli"})
+	if err != nil || res.Duplicate || res.JobID == 0 {
+		t.Fatalf("enqueue = %+v, %v", res, err)
+	}
+	if hist, err := db.TagHistory(ctx, "registry.local/app/n1:v1"); err != nil || len(hist) != 1 || hist[0].Digest != fmt.Sprintf("sha256:%064x", 1) {
+		t.Fatalf("tag history = %+v, %v", hist, err)
+	}
+	again, err := db.Enqueue(ctx, EnqueueRequest{Ref: ref(1), Source: "cli"})
+	if err != nil || !again.Duplicate || again.JobID != res.JobID {
+		t.Fatalf("enqueue of a known image = %+v, %v; want a duplicate naming job %d", again, err, res.JobID)
+	}
+	if seq, _, _ := db.AuditHead(ctx); seq != 2 {
+		t.Fatalf("%d audit entries, want 2 (queued, known)", seq)
+	}
+	if _, err := db.Enqueue(ctx, EnqueueRequest{Ref: "not-a-ref"}); !errors.Is(err, ErrInvalidItem) {
+		t.Fatalf("enqueue of a bad ref = %v, want ErrInvalidItem", err)
+	}
+}
+
 func TestEnqueueConcurrentBatch(t *testing.T) {
 	t.Parallel()
 	db, _ := open(t)
