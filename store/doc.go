@@ -17,8 +17,11 @@
 //	          cursor order is the claim order, so webhook events (PriorityEvent)
 //	          are claimed before poller backfill (PriorityBackfill).
 //	byref     image ref → 8-byte job ID of the newest job for that ref. There is
-//	          at most one pending or claimed job per ref.
-//	events    intake dedupe key (e.g. a webhook event ID) → RFC 3339 time first seen.
+//	          at most one pending or claimed job per ref. Prune removes the
+//	          entry with the job it names (Retention.Jobs: done and dead only).
+//	events    intake dedupe key (e.g. a webhook event ID) → RFC 3339 time first seen
+//	          (always stamped; Prune stamps a value it cannot read with the
+//	          time it finds it, and deletes keys older than Retention.Events).
 //	tags      "host/repo:tag" ‖ 0x00 ‖ 8-byte big-endian UnixNano → digest.
 //	          The history of what a tag pointed at, oldest first.
 //	blobs     "sha256:<hex>" → raw bytes (not JSON) of a document attestd made
