@@ -21,7 +21,7 @@ func TestExampleConfigIsValid(t *testing.T) {
 		t.Fatalf("configs/attestd.yaml does not validate: %v", err)
 	}
 	want := Default()
-	if c.Jobs != want.Jobs || c.Intake != want.Intake || c.Workers != want.Workers || c.Log != want.Log ||
+	if c.Jobs != want.Jobs || c.Intake != want.Intake || c.Retention != want.Retention || c.Workers != want.Workers || c.Log != want.Log ||
 		!cmp.Equal(c.Analysis, want.Analysis) || !cmp.Equal(c.Signing, want.Signing) {
 		t.Errorf("the example's documented defaults drifted from Default():\n%s", cmp.Diff(want.Jobs, c.Jobs))
 	}
@@ -93,6 +93,8 @@ func TestLoadErrors(t *testing.T) {
 		{"watch unknown registry", "watch:\n- registry: nope\n  repositories: [a]\n", []string{"watch[0].registry", "add it there"}},
 		{"bad listen", "listen: 8080\n", []string{"listen", "host:port"}},
 		{"several at once", "workers: 0\nlog: {level: loud}\n", []string{"workers", "log.level"}},
+		{"retention too short", "retention: {events: 10m}\n", []string{"retention.events", "at least 1h"}},
+		{"negative retention", "retention: {records: -1h}\n", []string{"retention.records", "0 (keep forever)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -130,6 +130,9 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 		g.Go(func() error { return poller.Run(gctx) })
 	}
 	g.Go(func() error { return newIntakeAuditor(db, stats).run(gctx, time.Minute) })
+	if ret := retention(cfg); ret != (store.Retention{}) {
+		g.Go(func() error { return pruneLoop(gctx, db, ret, pruneInterval, log) })
+	}
 	if r.vulnScanner != nil && cfg.Analysis.Vulnerabilities.RescanInterval > 0 {
 		g.Go(func() error { return rescanLoop(gctx, cfg, db, r.vulnScanner, &r.vulnMetrics, log) })
 	}
