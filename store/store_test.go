@@ -416,6 +416,54 @@ func TestBackupRoundTrip(t *testing.T) {
 	}
 }
 
+// TestIntakeIsInBackup: once Intake returns, a backup taken right after
+// holds the event — its record, its job and its dedupe key — also while
+// other deliveries are being committed: what intake acknowledges, `store
+// backup` keeps.
+func TestIntakeIsInBackup(t *testing.T) {
+	t.Parallel()
+	db, _ := open(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 4 {
+				n := w*100 + i
+				ev := fmt.Sprint("ev-", n)
+				res, err := db.Intake(ctx, []IntakeItem{{Ref: ref(n), EventKey: ev, Source: "webhook:test"}})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				path := filepath.Join(dir, ev+".db")
+				if _, err := db.BackupFile(ctx, path); err != nil {
+					t.Error(err)
+					return
+				}
+				b, err := Open(path)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := b.Image(ctx, ref(n)); err != nil {
+					t.Errorf("backup after intake of %s lacks the record: %v", ev, err)
+				}
+				if j, err := b.Job(ctx, res[0].JobID); err != nil || j.Ref != ref(n) || j.Status != JobPending {
+					t.Errorf("backup after intake of %s: job %d = %+v, %v", ev, res[0].JobID, j, err)
+				}
+				// The dedupe key is there: the event ID alone (naming an
+				// image the backup never saw) makes a redelivery.
+				if again, err := b.Intake(ctx, []IntakeItem{{Ref: ref(n + 1000), EventKey: ev}}); err != nil || !again[0].Duplicate {
+					t.Errorf("redelivery of %s to the backup = %+v, %v", ev, again, err)
+				}
+				b.Close()
+			}
+		})
+	}
+	wg.Wait()
+}
+
 func TestSchemaTooNew(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "a.db")
