@@ -49,8 +49,8 @@ type IntakeResult struct {
 // transaction for every Intake call waiting at that moment (see
 // groupCommit). It returns only once that transaction is durable, so a
 // webhook may be acknowledged right after, and its results are final: a
-// queued item's job exists (JobID), a duplicate's is the newest job of its
-// image, and a backup taken after it holds them. Items are validated before
+// queued item's job exists (JobID), a duplicate names its image's newest job
+// (0 once Prune removed it), and a backup taken after it holds them. Items are validated before
 // anything is written: one bad item fails the whole call.
 func (db *DB) Intake(ctx context.Context, items []IntakeItem) ([]IntakeResult, error) {
 	for i, it := range items {
