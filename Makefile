@@ -44,7 +44,7 @@ bench: $(BENCHSTAT)
 bench-analysis:
 	$(GO) run ./test/cmd/benchanalysis -runs 3 -big
 
-## bench-intake: durable webhook intake of the real daemon (journal on and off) under open- and closed-loop loads from a separate process
+## bench-intake: durable webhook intake of the real daemon (1- and 10-event POSTs, open- and closed-loop loads from a separate process) beside the no-storage ceiling, with the durable/ceiling ratios of throughput and p99
 bench-intake:
 	$(GO) run ./test/cmd/benchintake -runs 3
 

@@ -43,6 +43,7 @@ type Config struct {
 	Analysis   Analysis   `yaml:"analysis"`
 	Signing    Signing    `yaml:"signing"`
 	Gate       Gate       `yaml:"gate"`
+	Retention  Retention  `yaml:"retention"`
 
 	// file is where the config came from, for error messages.
 	file string
@@ -114,13 +115,30 @@ type Intake struct {
 	// only record them (attestd requeue processes one on demand). New
 	// pushes are always processed.
 	Existing string `yaml:"existing"`
-	// Journal acknowledges webhook and poller events once appended to the
-	// intake journal (data_dir/attestd.db.journal, one sequential write and
-	// fsync per group of deliveries) and applies them to the database right
-	// behind it, instead of acknowledging after a database commit. Either
-	// way nothing is acknowledged before it is on disk; the journal
-	// acknowledges bursts several times faster (docs: ARCHITECTURE).
-	Journal bool `yaml:"journal"`
+	// Journal is deprecated, ignored: events are acknowledged once committed
+	// to the database, the only intake path. Accepted (true or false) so
+	// that older configuration files still load; serve warns when it is set.
+	Journal *bool `yaml:"journal,omitempty"`
+}
+
+// Retention bounds how long the store keeps what it no longer needs; the
+// daemon prunes at start and hourly, in small transactions. 0 keeps
+// forever. The audit log has no retention: it is always kept whole (it is
+// hash-chained from its first entry and is the evidence of every decision).
+type Retention struct {
+	// Events: the dedupe key of each delivery (webhook event ID), from when
+	// it was first seen. A redelivery after its key is gone is recognised
+	// by its image instead: a duplicate, no second job.
+	Events Duration `yaml:"events"`
+	// Jobs: done and dead jobs, from their last update. Pending and running
+	// jobs are never pruned.
+	Jobs Duration `yaml:"jobs"`
+	// Records: image records that ended denied or failed — never promoted —
+	// with no job pending or running and no platform child pointing at
+	// them, from their last update. Off by default: a pruned image can no
+	// longer be requeued or overridden, and is processed afresh if it is
+	// pushed again.
+	Records Duration `yaml:"records"`
 }
 
 // Signing configures keyless Sigstore signing of every analysed image: the
@@ -415,7 +433,8 @@ func Default() *Config {
 			MaxAttempts: 5, Backoff: Duration(5 * time.Second), MaxBackoff: Duration(5 * time.Minute),
 			Timeout: Duration(30 * time.Minute), ShutdownGrace: Duration(8 * time.Second),
 		},
-		Intake: Intake{MaxBodyBytes: 1 << 20, PollInterval: Duration(5 * time.Minute), Existing: "process", Journal: true},
+		Intake:    Intake{MaxBodyBytes: 1 << 20, PollInterval: Duration(5 * time.Minute), Existing: "process"},
+		Retention: Retention{Events: Duration(30 * 24 * time.Hour), Jobs: Duration(30 * 24 * time.Hour)},
 		Analysis: Analysis{
 			SPDXVersion: "2.3", CycloneDXVersion: "1.6", LayerCache: 10 << 30, LayerConcurrency: 3,
 			Hardening: Hardening{MaxImageSize: 1 << 30},
@@ -551,6 +570,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Intake.Existing != "process" && c.Intake.Existing != "record" {
 		bad("intake.existing", "%q is not process or record", c.Intake.Existing)
+	}
+	for f, d := range map[string]Duration{"retention.events": c.Retention.Events, "retention.jobs": c.Retention.Jobs, "retention.records": c.Retention.Records} {
+		if d < 0 || (d > 0 && d < Duration(time.Hour)) {
+			bad(f, "must be 0 (keep forever) or at least 1h, got %s", time.Duration(d))
+		}
 	}
 	if sg := c.Signing; sg.Enabled() {
 		switch {

@@ -21,7 +21,7 @@ func TestExampleConfigIsValid(t *testing.T) {
 		t.Fatalf("configs/attestd.yaml does not validate: %v", err)
 	}
 	want := Default()
-	if c.Jobs != want.Jobs || c.Intake != want.Intake || c.Workers != want.Workers || c.Log != want.Log ||
+	if c.Jobs != want.Jobs || c.Intake != want.Intake || c.Retention != want.Retention || c.Workers != want.Workers || c.Log != want.Log ||
 		!cmp.Equal(c.Analysis, want.Analysis) || !cmp.Equal(c.Signing, want.Signing) {
 		t.Errorf("the example's documented defaults drifted from Default():\n%s", cmp.Diff(want.Jobs, c.Jobs))
 	}
@@ -38,6 +38,28 @@ func TestProductionExampleIsValid(t *testing.T) {
 	}
 	if !c.Signing.PublicGood || c.Signing.TokenFile == "" {
 		t.Errorf("the production example should sign keylessly with the public-good instance: %+v", c.Signing)
+	}
+}
+
+// TestDeprecatedIntakeJournal: intake.journal (an intake path that was
+// removed) still loads, true or false, so older files keep working; serve
+// warns that it is ignored.
+func TestDeprecatedIntakeJournal(t *testing.T) {
+	t.Parallel()
+	for _, v := range []bool{true, false} {
+		c, err := Load(strings.NewReader(fmt.Sprintf("intake:\n  journal: %v\n", v)), "old.yaml")
+		if err != nil {
+			t.Fatalf("journal: %v: %v", v, err)
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("journal: %v: %v", v, err)
+		}
+		if c.Intake.Journal == nil || *c.Intake.Journal != v {
+			t.Errorf("journal: %v read as %v", v, c.Intake.Journal)
+		}
+	}
+	if Default().Intake.Journal != nil {
+		t.Error("the default sets the deprecated intake.journal")
 	}
 }
 
@@ -71,6 +93,8 @@ func TestLoadErrors(t *testing.T) {
 		{"watch unknown registry", "watch:\n- registry: nope\n  repositories: [a]\n", []string{"watch[0].registry", "add it there"}},
 		{"bad listen", "listen: 8080\n", []string{"listen", "host:port"}},
 		{"several at once", "workers: 0\nlog: {level: loud}\n", []string{"workers", "log.level"}},
+		{"retention too short", "retention: {events: 10m}\n", []string{"retention.events", "at least 1h"}},
+		{"negative retention", "retention: {records: -1h}\n", []string{"retention.records", "0 (keep forever)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -11,7 +10,9 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// IntakeItem is one accepted registry event.
+// IntakeItem is one accepted registry event. Its JSON form (the Go field
+// names) is what an older version's intake journal holds: rename no field
+// (legacyjournal.go).
 type IntakeItem struct {
 	Ref      string // host/repo@sha256:…
 	Tag      string // "host/repo:tag" when the event named one
@@ -43,19 +44,21 @@ type IntakeResult struct {
 	RecordedOnly bool // baseline: recorded without a job
 }
 
-// Intake records a batch of accepted events in one transaction (shared with
-// every other Intake call waiting at that moment: see groupCommit):
-// tag history, dedupe keys, new records and jobs. It returns only once they
-// are durable, so a webhook may be acknowledged right after. With the intake
-// journal (WithIntakeJournal) durable means appended to the journal, the
-// results are advisory (JobID 0) and bbolt follows (journal.go). Items are
-// validated before anything is written: one bad item fails the whole call.
+// Intake records a batch of accepted events — tag history, dedupe keys, new
+// records, jobs and their audit entries — in the group commit: one bbolt
+// transaction for every Intake call waiting at that moment (see
+// groupCommit). It returns only once that transaction is durable, so a
+// webhook may be acknowledged right after, and its results are final: a
+// queued item's job exists (JobID), a duplicate names its image's newest job
+// (0 once Prune removed it), and a backup taken after it holds them. Items are validated before
+// anything is written: one bad item fails the whole call.
 func (db *DB) Intake(ctx context.Context, items []IntakeItem) ([]IntakeResult, error) {
 	for i, it := range items {
 		if _, _, _, err := SplitRef(it.Ref); err != nil {
 			return nil, fmt.Errorf("%w %d: %w", ErrInvalidItem, i, err)
 		}
-		// Keys bbolt would refuse only when the journal applies them.
+		// A key bbolt would refuse is the sender's error, found here rather
+		// than in the writer.
 		for _, k := range []struct{ name, v string }{{"ref", it.Ref}, {"tag", it.Tag}, {"event key", it.EventKey}, {"baseline key", it.BaselineKey}} {
 			if len(k.v) > maxIntakeKey {
 				return nil, fmt.Errorf("%w %d: %s is %d bytes, more than %d", ErrInvalidItem, i, k.name, len(k.v), maxIntakeKey)
@@ -69,24 +72,6 @@ func (db *DB) Intake(ctx context.Context, items []IntakeItem) ([]IntakeResult, e
 		return nil, errors.New("intake: store opened read-only")
 	}
 	req := &intakeReq{items: items, done: make(chan struct{})}
-	if j := db.jrnl; j != nil {
-		j.calls.Add(1) // the materializer yields while calls come in
-		j.inflight.Add(1)
-		defer j.inflight.Add(-1)
-		// Work that needs no order is done here, in parallel, not by
-		// the single writer: the advisory results and the items' JSON.
-		req.out = db.advise(j, items)
-		for i, it := range items {
-			b, err := json.Marshal(it)
-			if err != nil {
-				return nil, fmt.Errorf("intake item %d: %w", i, err)
-			}
-			if i > 0 {
-				req.enc = append(req.enc, ',')
-			}
-			req.enc = append(req.enc, b...)
-		}
-	}
 	select {
 	case db.intake <- req:
 	case <-db.closing:
@@ -110,7 +95,6 @@ const maxIntakeKey = 4096
 // intakeReq is one Intake call waiting for the group commit.
 type intakeReq struct {
 	items []IntakeItem
-	enc   []byte // journal: the items as JSON, comma-separated
 	out   []IntakeResult
 	err   error
 	done  chan struct{}
@@ -142,10 +126,6 @@ func (db *DB) groupCommit() {
 			default:
 				break drain
 			}
-		}
-		if db.jrnl != nil {
-			db.journalGroup(group)
-			continue
 		}
 		err := db.bolt.Update(func(tx *bolt.Tx) error {
 			now := db.now().UTC()

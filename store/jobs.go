@@ -49,9 +49,10 @@ type Job struct {
 	UpdatedAt  time.Time `json:"updatedAt"`
 }
 
-// EnqueueRequest is one accepted image from intake.
+// EnqueueRequest is one image queued by hand (attestd submit, the API).
 type EnqueueRequest struct {
 	Ref      string // host/repo@sha256:…
+	Tag      string // "host/repo:tag" when the image was named by it
 	Priority Priority
 	Source   string // "webhook:distribution", "poller", "cli", …
 	// EventKey, when set, dedupes redeliveries of the same event even before
@@ -144,61 +145,17 @@ func putQueued(tx *bolt.Tx, j *Job) error {
 	return tx.Bucket(bucketQueue).Put(queueKey(j.Priority, j.ID), queueValue(j.NotBefore))
 }
 
-// Enqueue records an accepted image and queues one job for it. Dedupe is by
-// (registry, repository, digest), i.e. by ref: an image that is already known
-// gets no second job, however many times (or by which intake) it is reported.
-// It goes through db.Batch, so concurrent intake requests share one fsync; it
-// returns only after the write is durable.
+// Enqueue records one image and queues a job for it: an Intake of one item,
+// through the same writer and transaction as webhook deliveries. Dedupe is
+// by (registry, repository, digest), i.e. by ref: an image that is already
+// known gets no second job, however many times (or by which intake) it is
+// reported. It returns only after the write is durable.
 func (db *DB) Enqueue(ctx context.Context, req EnqueueRequest) (EnqueueResult, error) {
-	reg, repo, dgst, err := SplitRef(req.Ref)
-	if err != nil {
-		return EnqueueResult{}, fmt.Errorf("enqueue: %w", err)
-	}
-	if err := ctx.Err(); err != nil {
-		return EnqueueResult{}, err
-	}
-	var res EnqueueResult
-	err = db.bolt.Batch(func(tx *bolt.Tx) error {
-		res = EnqueueResult{} // Batch may run fn more than once
-		now := db.now().UTC()
-		if req.EventKey != "" {
-			ev := tx.Bucket(bucketEvents)
-			if ev.Get([]byte(req.EventKey)) != nil {
-				res.Duplicate = true
-				return nil
-			}
-			if err := ev.Put([]byte(req.EventKey), []byte(now.Format(time.RFC3339Nano))); err != nil {
-				return err
-			}
-		}
-		if tx.Bucket(bucketImages).Get([]byte(req.Ref)) != nil {
-			res.Duplicate = true
-			if id := tx.Bucket(bucketByRef).Get([]byte(req.Ref)); id != nil {
-				res.JobID = binary.BigEndian.Uint64(id)
-			}
-			return nil
-		}
-		r := &Record{Ref: req.Ref, Registry: reg, Repository: repo, Digest: dgst, State: StateDiscovered,
-			Source: req.Source, Rev: 1, CreatedAt: now, UpdatedAt: now}
-		if err := putRecord(tx, r); err != nil {
-			return err
-		}
-		j, err := newJob(tx, req.Ref, req.Priority, req.Source, now, time.Time{})
-		if err != nil {
-			return err
-		}
-		res.JobID = j.ID
-		e := AuditEntry{Time: now, Actor: req.Source, Action: AuditEventAccepted, Subject: req.Ref, Repo: reg + "/" + repo, Digest: dgst,
-			Details: map[string]string{"result": "queued"}}
-		if req.EventKey != "" {
-			e.Details["event"] = req.EventKey
-		}
-		return appendAudit(tx, e)
-	})
+	res, err := db.Intake(ctx, []IntakeItem{{Ref: req.Ref, Tag: req.Tag, Priority: req.Priority, Source: req.Source, EventKey: req.EventKey}})
 	if err != nil {
 		return EnqueueResult{}, fmt.Errorf("enqueue %s: %w", req.Ref, err)
 	}
-	return res, nil
+	return EnqueueResult{JobID: res[0].JobID, Duplicate: res[0].Duplicate}, nil
 }
 
 // Claim hands the next ready job to owner for lease. Pending jobs are taken

@@ -20,9 +20,8 @@ import (
 // the file lock before it reports ErrLocked.
 const DefaultLockTimeout = 2 * time.Second
 
-// Intake batching defaults (see WithBatch): measured with
-// BenchmarkIntakeHTTP, 2 ms keeps the p99 acknowledgement under 10 ms while
-// dozens of concurrent deliveries still share one fsync.
+// Defaults of bbolt's Batch (see WithBatch), which blobs and tags recorded
+// outside intake go through; intake has its own group commit (Intake).
 const (
 	DefaultBatchDelay = 2 * time.Millisecond
 	DefaultBatchSize  = 256
@@ -56,7 +55,6 @@ type DB struct {
 	closing    chan struct{}
 	writerDone chan struct{}
 	closeOnce  sync.Once
-	jrnl       *journal // WithIntakeJournal
 }
 
 type options struct {
@@ -66,7 +64,6 @@ type options struct {
 	now         func() time.Time
 	logger      *slog.Logger
 	readOnly    bool
-	journal     bool
 }
 
 // Option configures Open.
@@ -84,9 +81,9 @@ func WithLockTimeout(d time.Duration) Option {
 	}
 }
 
-// WithBatch tunes how intake writes are coalesced (db.Batch): a batch
-// commits after delay or once size calls are waiting, whichever comes first.
-// Shorter delays cut acknowledgement latency; bigger batches share fsyncs.
+// WithBatch tunes how bbolt's Batch (PutBlob, RecordTag) coalesces writes:
+// a batch commits after delay or once size calls are waiting, whichever
+// comes first.
 func WithBatch(delay time.Duration, size int) Option {
 	return func(o *options) error {
 		if delay <= 0 || size <= 0 {
@@ -171,13 +168,13 @@ func Open(path string, opts ...Option) (db *DB, err error) {
 		_ = b.Close()
 		return nil, err
 	}
-	db.intake, db.closing, db.writerDone = make(chan *intakeReq), make(chan struct{}), make(chan struct{})
-	// Events a crash left in the intake journal are applied first, with or
-	// without WithIntakeJournal.
-	if err := db.openJournal(o.journal); err != nil {
+	// Events an older version acknowledged from its intake journal and
+	// never applied come first (legacyjournal.go).
+	if err := db.applyLegacyJournal(); err != nil {
 		_ = b.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	db.intake, db.closing, db.writerDone = make(chan *intakeReq), make(chan struct{}), make(chan struct{})
 	go db.groupCommit()
 	return db, nil
 }
@@ -192,9 +189,6 @@ func (db *DB) Close() error {
 		if db.closing != nil {
 			close(db.closing)
 			<-db.writerDone
-			if db.jrnl != nil {
-				db.closeJournal()
-			}
 		}
 	})
 	return db.bolt.Close()

@@ -101,6 +101,32 @@ func TestEnqueueDedupe(t *testing.T) {
 	}
 }
 
+// TestEnqueueIsIntake: Enqueue goes through the intake writer — the tag it
+// was named by lands in the same transaction as the job, audited like a
+// delivery.
+func TestEnqueueIsIntake(t *testing.T) {
+	t.Parallel()
+	db, _ := open(t)
+	ctx := context.Background()
+	res, err := db.Enqueue(ctx, EnqueueRequest{Ref: ref(1), Tag: "registry.local/app/n1:v1", Source: "cli"})
+	if err != nil || res.Duplicate || res.JobID == 0 {
+		t.Fatalf("enqueue = %+v, %v", res, err)
+	}
+	if hist, err := db.TagHistory(ctx, "registry.local/app/n1:v1"); err != nil || len(hist) != 1 || hist[0].Digest != fmt.Sprintf("sha256:%064x", 1) {
+		t.Fatalf("tag history = %+v, %v", hist, err)
+	}
+	again, err := db.Enqueue(ctx, EnqueueRequest{Ref: ref(1), Source: "cli"})
+	if err != nil || !again.Duplicate || again.JobID != res.JobID {
+		t.Fatalf("enqueue of a known image = %+v, %v; want a duplicate naming job %d", again, err, res.JobID)
+	}
+	if seq, _, _ := db.AuditHead(ctx); seq != 2 {
+		t.Fatalf("%d audit entries, want 2 (queued, known)", seq)
+	}
+	if _, err := db.Enqueue(ctx, EnqueueRequest{Ref: "not-a-ref"}); !errors.Is(err, ErrInvalidItem) {
+		t.Fatalf("enqueue of a bad ref = %v, want ErrInvalidItem", err)
+	}
+}
+
 func TestEnqueueConcurrentBatch(t *testing.T) {
 	t.Parallel()
 	db, _ := open(t)
@@ -388,6 +414,54 @@ func TestBackupRoundTrip(t *testing.T) {
 	if _, err := db.BackupFile(ctx, filepath.Join(t.TempDir(), "no", "such", "dir", "b.db")); err == nil {
 		t.Fatal("backup into a missing dir succeeded")
 	}
+}
+
+// TestIntakeIsInBackup: once Intake returns, a backup taken right after
+// holds the event — its record, its job and its dedupe key — also while
+// other deliveries are being committed: what intake acknowledges, `store
+// backup` keeps.
+func TestIntakeIsInBackup(t *testing.T) {
+	t.Parallel()
+	db, _ := open(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 4 {
+				n := w*100 + i
+				ev := fmt.Sprint("ev-", n)
+				res, err := db.Intake(ctx, []IntakeItem{{Ref: ref(n), EventKey: ev, Source: "webhook:test"}})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				path := filepath.Join(dir, ev+".db")
+				if _, err := db.BackupFile(ctx, path); err != nil {
+					t.Error(err)
+					return
+				}
+				b, err := Open(path)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := b.Image(ctx, ref(n)); err != nil {
+					t.Errorf("backup after intake of %s lacks the record: %v", ev, err)
+				}
+				if j, err := b.Job(ctx, res[0].JobID); err != nil || j.Ref != ref(n) || j.Status != JobPending {
+					t.Errorf("backup after intake of %s: job %d = %+v, %v", ev, res[0].JobID, j, err)
+				}
+				// The dedupe key is there: the event ID alone (naming an
+				// image the backup never saw) makes a redelivery.
+				if again, err := b.Intake(ctx, []IntakeItem{{Ref: ref(n + 1000), EventKey: ev}}); err != nil || !again[0].Duplicate {
+					t.Errorf("redelivery of %s to the backup = %+v, %v", ev, again, err)
+				}
+				b.Close()
+			}
+		})
+	}
+	wg.Wait()
 }
 
 func TestSchemaTooNew(t *testing.T) {

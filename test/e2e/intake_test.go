@@ -288,9 +288,9 @@ func TestPollerExistingRecord(t *testing.T) {
 }
 
 // TestKillMidBurstKeepsEveryAcknowledgedEvent: attestd is SIGKILLed while
-// senders are in the middle of a burst of webhook deliveries (most of it
-// acknowledged from the intake journal and not yet in the database); after
-// a restart every acknowledged event has its record and exactly one job.
+// senders are in the middle of a burst of webhook deliveries; after a
+// restart every acknowledged event (committed before its 202) has its
+// record and exactly one job.
 func TestKillMidBurstKeepsEveryAcknowledgedEvent(t *testing.T) {
 	dir := t.TempDir()
 	secret := filepath.Join(dir, "hook-secret")
@@ -374,9 +374,6 @@ jobs: {backoff: 1m}
 
 	d2 := startProcess(t, attestdBinary(t), nil, addr, args...)
 	d2.stop()
-	if log, _ := os.ReadFile(d2.log.Name()); !strings.Contains(string(log), "intake journal: replayed") {
-		t.Error("the restart replayed nothing from the intake journal: the kill did not land mid-burst and the test proves little")
-	}
 	db := openStore(t, dataDir)
 	ctx := context.Background()
 	jobs, err := db.Jobs(ctx)

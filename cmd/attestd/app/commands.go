@@ -123,14 +123,14 @@ func resolveImage(ctx context.Context, rc *registry.Client, image string) (resol
 	return resolved{parsed: parsed, digest: dgst}, nil
 }
 
-// enqueueResolved records the tag and enqueues the digest at event priority.
+// enqueueResolved enqueues the digest at event priority, with the tag it
+// was named by, through the store's intake writer like a webhook delivery.
 func enqueueResolved(ctx context.Context, db *store.DB, r resolved, source string) (submission, error) {
+	req := store.EnqueueRequest{Ref: r.digest.String(), Source: source}
 	if tag, ok := r.parsed.(name.Tag); ok {
-		if err := db.RecordTag(ctx, tag.String(), r.digest.DigestStr()); err != nil {
-			return submission{}, err
-		}
+		req.Tag = tag.String()
 	}
-	res, err := db.Enqueue(ctx, store.EnqueueRequest{Ref: r.digest.String(), Source: source})
+	res, err := db.Enqueue(ctx, req)
 	if err != nil {
 		return submission{}, err
 	}

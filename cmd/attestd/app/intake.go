@@ -70,10 +70,7 @@ func (s *intakeSink) Accept(ctx context.Context, evs []watch.Event) (watch.Accep
 	if err != nil {
 		return watch.Accepted{}, err
 	}
-	var (
-		acc watch.Accepted
-		job bool // a job exists now (not journaled: OnIntakeApplied wakes for those)
-	)
+	var acc watch.Accepted
 	for i, r := range res {
 		switch {
 		case items[i].Deleted:
@@ -84,15 +81,10 @@ func (s *intakeSink) Accept(ctx context.Context, evs []watch.Event) (watch.Accep
 			acc.Recorded++
 		default:
 			acc.Queued++
-			if r.JobID != 0 { // journaled: the job is created when applied
-				job = true
-				s.log.InfoContext(ctx, "image queued", "digest", items[i].Ref, "job", r.JobID, "source", items[i].Source)
-			} else {
-				s.log.InfoContext(ctx, "image accepted", "digest", items[i].Ref, "source", items[i].Source)
-			}
+			s.log.InfoContext(ctx, "image queued", "digest", items[i].Ref, "job", r.JobID, "source", items[i].Source)
 		}
 	}
-	if job {
+	if acc.Queued > 0 { // Intake returned: the jobs exist
 		s.wake()
 	}
 	return acc, nil

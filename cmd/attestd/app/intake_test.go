@@ -128,33 +128,52 @@ sources:
 
 // TestSinkRefusesItemsTheStoreCannotKey: an event the store cannot record
 // (a tag longer than any key intake allows) is the sender's error (4xx, not
-// retried), not a storage failure, and nothing is recorded — also when
-// acknowledging goes through the intake journal.
+// retried), not a storage failure, and nothing is recorded.
 func TestSinkRefusesItemsTheStoreCannotKey(t *testing.T) {
 	t.Parallel()
-	for _, journal := range []bool{false, true} {
-		var opts []store.Option
-		if journal {
-			opts = append(opts, store.WithIntakeJournal())
-		}
-		db, err := store.Open(filepath.Join(t.TempDir(), "a.db"), opts...)
+	db, err := store.Open(filepath.Join(t.TempDir(), "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	sink := &intakeSink{db: db, wake: func() {}, log: slog.New(slog.DiscardHandler)}
+	_, err = sink.Accept(context.Background(), []watch.Event{{Registry: "127.0.0.1:5000", Repository: "demo/app",
+		Digest: "sha256:" + strings.Repeat("2", 64), Tag: strings.Repeat("t", 5000), Action: watch.ActionPush}})
+	var ie *watch.InputError
+	if !errors.As(err, &ie) || !strings.Contains(err.Error(), "tag is") {
+		t.Errorf("Accept = %v, want an input error naming the tag", err)
+	}
+	st, err := db.Stats(context.Background())
+	if err != nil || len(st.Jobs) != 0 || len(st.Images) != 0 {
+		t.Errorf("recorded: %+v %v", st, err)
+	}
+}
+
+// TestIntakeSinkWakesForQueuedJobs: when Accept returns, every queued event
+// is a job (there is one intake path, and its results are final), and the
+// workers are woken; a redelivery queues nothing and wakes no one.
+func TestIntakeSinkWakesForQueuedJobs(t *testing.T) {
+	t.Parallel()
+	db, err := store.Open(filepath.Join(t.TempDir(), "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	wakes := 0
+	sink := &intakeSink{db: db, wake: func() { wakes++ }, log: slog.New(slog.DiscardHandler)}
+	ev := watch.Event{ID: "e1", Source: "reg", Registry: "127.0.0.1:5000", Repository: "demo/app",
+		Digest: "sha256:" + strings.Repeat("3", 64), Tag: "v1", Action: watch.ActionPush}
+	ctx := context.Background()
+	for i, want := range []watch.Accepted{{Queued: 1}, {Duplicate: 1}} {
+		acc, err := sink.Accept(ctx, []watch.Event{ev})
 		if err != nil {
 			t.Fatal(err)
 		}
-		sink := &intakeSink{db: db, wake: func() {}, log: slog.New(slog.DiscardHandler)}
-		_, err = sink.Accept(context.Background(), []watch.Event{{Registry: "127.0.0.1:5000", Repository: "demo/app",
-			Digest: "sha256:" + strings.Repeat("2", 64), Tag: strings.Repeat("t", 5000), Action: watch.ActionPush}})
-		var ie *watch.InputError
-		if !errors.As(err, &ie) || !strings.Contains(err.Error(), "tag is") {
-			t.Errorf("journal %v: Accept = %v, want an input error naming the tag", journal, err)
+		if diff := cmp.Diff(want, acc); diff != "" {
+			t.Errorf("delivery %d (-want +got):\n%s", i, diff)
 		}
-		st, err := db.Stats(context.Background())
-		if err != nil || len(st.Jobs) != 0 || len(st.Images) != 0 {
-			t.Errorf("journal %v: recorded: %+v %v", journal, st, err)
+		if jobs, _ := db.Jobs(ctx); len(jobs) != 1 || wakes != 1 {
+			t.Errorf("delivery %d: %d jobs, %d wakes; want 1 and 1", i, len(jobs), wakes)
 		}
-		if js := db.JournalStats(); js.Pending != 0 {
-			t.Errorf("journal %v: %d events journaled", journal, js.Pending)
-		}
-		db.Close()
 	}
 }

@@ -44,20 +44,6 @@ func metricsHandler(db *store.DB, stats *watch.Stats, rc *registry.Client, vm *v
 			age = time.Since(st.OldestPending).Seconds()
 		}
 		fmt.Fprintf(&b, "# HELP attestd_queue_oldest_pending_seconds Age of the oldest pending job.\n# TYPE attestd_queue_oldest_pending_seconds gauge\nattestd_queue_oldest_pending_seconds %g\n", age)
-		if js := db.JournalStats(); js.Enabled {
-			fmt.Fprintf(&b, "# HELP attestd_intake_journal_pending_events Events acknowledged from the intake journal, not yet applied to the database (jobs to come).\n# TYPE attestd_intake_journal_pending_events gauge\nattestd_intake_journal_pending_events %d\n", js.Pending)
-			b.WriteString("# HELP attestd_intake_journal_sync_seconds Intake journal appends (write + fsync), the time every acknowledgement waits for.\n# TYPE attestd_intake_journal_sync_seconds histogram\n")
-			for i, le := range store.SyncBounds {
-				fmt.Fprintf(&b, "attestd_intake_journal_sync_seconds_bucket{le=\"%g\"} %d\n", le.Seconds(), js.SyncBuckets[i])
-			}
-			n := js.SyncBuckets[len(js.SyncBuckets)-1]
-			fmt.Fprintf(&b, "attestd_intake_journal_sync_seconds_bucket{le=\"+Inf\"} %d\nattestd_intake_journal_sync_seconds_sum %g\nattestd_intake_journal_sync_seconds_count %d\n", n, js.SyncSeconds, n)
-			failing := 0
-			if js.Err != nil {
-				failing = 1
-			}
-			fmt.Fprintf(&b, "# HELP attestd_intake_journal_failing 1 while the intake journal cannot append (until a restart) or cannot apply to the database (retrying); /readyz says why.\n# TYPE attestd_intake_journal_failing gauge\nattestd_intake_journal_failing %d\n", failing)
-		}
 		b.WriteString("# HELP attestd_decisions Images by the gate's last decision.\n# TYPE attestd_decisions gauge\n")
 		for _, k := range sortedKeys(st.Decisions) {
 			fmt.Fprintf(&b, "attestd_decisions{result=%q} %d\n", k, st.Decisions[k])

@@ -58,11 +58,10 @@ func (r *runner) serveCommand() *cobra.Command {
 // the store.
 func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 	log := r.logger(cfg, r.stderr)
-	opts := []store.Option{store.WithLogger(log)}
-	if cfg.Intake.Journal {
-		opts = append(opts, store.WithIntakeJournal())
+	if cfg.Intake.Journal != nil {
+		log.Warn("intake.journal is deprecated and ignored: events are acknowledged once committed to the database; remove it from the configuration", "value", *cfg.Intake.Journal)
 	}
-	db, err := store.Open(dbPath(cfg), opts...)
+	db, err := store.Open(dbPath(cfg), store.WithLogger(log))
 	if err != nil {
 		return err
 	}
@@ -91,8 +90,6 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 	stats := watch.NewStats()
 	mux := newAPIWithDeps(db, rc, p.Wake, &ready, log, dependencyCheck(cfg, rc))
 	mux.Handle("GET /metrics", metricsHandler(db, stats, rc, &r.vulnMetrics, &r.stageMetrics))
-	// Journaled events become jobs when applied, a moment after the 202.
-	db.OnIntakeApplied(p.Wake)
 	sink := &intakeSink{db: db, rc: rc, wake: p.Wake, log: log, recordExisting: cfg.Intake.Existing == "record"}
 	if err := mountSources(mux, cfg, rc, sink, stats, log); err != nil {
 		return err
@@ -137,6 +134,9 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 		g.Go(func() error { return poller.Run(gctx) })
 	}
 	g.Go(func() error { return newIntakeAuditor(db, stats).run(gctx, time.Minute) })
+	if ret := retention(cfg); ret != (store.Retention{}) {
+		g.Go(func() error { return pruneLoop(gctx, db, ret, pruneInterval, log) })
+	}
 	if r.vulnScanner != nil && cfg.Analysis.Vulnerabilities.RescanInterval > 0 {
 		g.Go(func() error { return rescanLoop(gctx, cfg, db, r.vulnScanner, &r.vulnMetrics, log) })
 	}
@@ -210,10 +210,6 @@ func (a *api) readyz(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	if _, _, err := a.db.AuditHead(req.Context()); err != nil {
-		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
-		return
-	}
-	if err := a.db.JournalStats().Err; err != nil {
 		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
 		return
 	}
