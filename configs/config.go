@@ -367,8 +367,11 @@ type Source struct {
 	// Type is the payload format: distribution (CNCF Distribution / Debian
 	// docker-registry notifications), harbor (Default or CloudEvents
 	// payload format), cloudevents (structured or binary mode: Harbor,
-	// Zot-style image.updated, or dev.attestd.image.pushed), or generic
-	// ({"image": "…"}).
+	// Zot-style image.updated, or dev.attestd.image.pushed), generic
+	// ({"image": "…"}), dockerhub (Docker Hub webhooks, path_token), quay
+	// (Quay "Push to Repository" Webhook POST, path_token), acr (Azure
+	// Container Registry webhooks, header) or ecr (Amazon ECR "ECR Image
+	// Action" EventBridge events via an API destination, header).
 	Type string `yaml:"type"`
 	// Registry overrides the registry host named in distribution events.
 	Registry string     `yaml:"registry"`

@@ -43,6 +43,13 @@ var senders = map[string]sender{
 	"harbor":       {parser: func(c SourceConfig) (Parser, error) { return Harbor{Registry: c.Registry}, nil }, auth: []string{"header", "none"}},
 	"cloudevents":  {parser: func(c SourceConfig) (Parser, error) { return CloudEvents{Registry: c.Registry}, nil }, auth: []string{"header", "hmac", "none"}},
 	"generic":      {parser: func(SourceConfig) (Parser, error) { return Generic{}, nil }, auth: []string{"hmac", "header", "path_token", "none"}},
+	// Docker Hub and Quay can neither sign nor send headers; ACR sends the
+	// webhook's custom headers, an EventBridge API destination its
+	// connection's API-key header.
+	"dockerhub": {parser: func(c SourceConfig) (Parser, error) { return DockerHub{Registry: c.Registry}, nil }, auth: []string{"path_token"}},
+	"quay":      {parser: func(c SourceConfig) (Parser, error) { return Quay{Registry: c.Registry}, nil }, auth: []string{"path_token"}},
+	"acr":       {parser: func(c SourceConfig) (Parser, error) { return ACR{Registry: c.Registry}, nil }, auth: []string{"header"}},
+	"ecr":       {parser: func(c SourceConfig) (Parser, error) { return ECR{Registry: c.Registry}, nil }, auth: []string{"header"}},
 }
 
 // SourceTypes lists the source types, sorted.
