@@ -43,6 +43,7 @@ var senders = map[string]sender{
 	"harbor":       {parser: func(c SourceConfig) (Parser, error) { return Harbor{Registry: c.Registry}, nil }, auth: []string{"header", "none"}},
 	"cloudevents":  {parser: func(c SourceConfig) (Parser, error) { return CloudEvents{Registry: c.Registry}, nil }, auth: []string{"header", "hmac", "standard_webhooks", "none"}},
 	"generic":      {parser: func(SourceConfig) (Parser, error) { return Generic{}, nil }, auth: []string{"hmac", "standard_webhooks", "header", "path_token", "none"}},
+	"github":       {parser: func(c SourceConfig) (Parser, error) { return GitHub{Registry: c.Registry}, nil }, auth: []string{"github"}},
 }
 
 // SourceTypes lists the source types, sorted.
