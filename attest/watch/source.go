@@ -44,6 +44,9 @@ var senders = map[string]sender{
 	"cloudevents":  {parser: func(c SourceConfig) (Parser, error) { return CloudEvents{Registry: c.Registry}, nil }, auth: []string{"header", "hmac", "standard_webhooks", "none"}},
 	"generic":      {parser: func(SourceConfig) (Parser, error) { return Generic{}, nil }, auth: []string{"hmac", "standard_webhooks", "header", "path_token", "none"}},
 	"github":       {parser: func(c SourceConfig) (Parser, error) { return GitHub{Registry: c.Registry}, nil }, auth: []string{"github"}},
+	// Artifactory's events name the repository key and image path, never
+	// the Docker host clients pull from.
+	"jfrog": {parser: func(c SourceConfig) (Parser, error) { return JFrog{Registry: c.Registry}, nil }, auth: []string{"jfrog_signature", "jfrog_token"}, needsRegistry: true},
 }
 
 // SourceTypes lists the source types, sorted.
