@@ -368,12 +368,16 @@ type Source struct {
 	// docker-registry notifications), harbor (Default or CloudEvents
 	// payload format), cloudevents (structured or binary mode: Harbor,
 	// Zot-style image.updated, or dev.attestd.image.pushed), generic
-	// ({"image": "…"}), dockerhub (Docker Hub webhooks, path_token), quay
-	// (Quay "Push to Repository" Webhook POST, path_token), acr (Azure
-	// Container Registry webhooks, header) or ecr (Amazon ECR "ECR Image
-	// Action" EventBridge events via an API destination, header).
+	// ({"image": "…"}), github (package and registry_package webhooks of
+	// ghcr.io containers), jfrog (Artifactory Docker-domain webhooks; set
+	// Registry to the Docker host), dockerhub (Docker Hub webhooks,
+	// path_token), quay (Quay "Push to Repository" Webhook POST,
+	// path_token), acr (Azure Container Registry webhooks, header) or ecr
+	// (Amazon ECR "ECR Image Action" EventBridge events via an API
+	// destination, header).
 	Type string `yaml:"type"`
-	// Registry overrides the registry host named in distribution events.
+	// Registry overrides the registry host named in distribution and
+	// github events; jfrog events name none, so it is required there.
 	Registry string     `yaml:"registry"`
 	Auth     SourceAuth `yaml:"auth"`
 }
@@ -383,14 +387,18 @@ type Source struct {
 type SourceAuth struct {
 	// Type: hmac (X-Attestd-Timestamp + X-Attestd-Signature over
 	// timestamp.body), header (a static header value, e.g. a bearer token
-	// the registry is configured to send), path_token, or none.
+	// the registry is configured to send), standard_webhooks (secret
+	// whsec_…), github (X-Hub-Signature-256), jfrog_signature or
+	// jfrog_token (X-JFrog-Event-Auth, with or without payload signing),
+	// path_token, or none.
 	Type string `yaml:"type"`
 	// Header is the header name for type header (default Authorization).
 	Header string `yaml:"header"`
 	// SecretFile holds the HMAC secret, the full header value ("Bearer …")
 	// or the path token.
 	SecretFile string `yaml:"secret_file"`
-	// ReplayWindow bounds the HMAC timestamp's age (default 5m).
+	// ReplayWindow bounds the hmac and standard_webhooks timestamp's age
+	// (default 5m).
 	ReplayWindow Duration `yaml:"replay_window"`
 }
 

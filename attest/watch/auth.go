@@ -4,9 +4,11 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -141,8 +143,170 @@ type NoAuthUnsafe struct{}
 // Authenticate implements Authenticator.
 func (NoAuthUnsafe) Authenticate(*http.Request, []byte) error { return nil }
 
+// Header names of senders' own signature schemes.
+const (
+	// HeaderGitHubSignature is "sha256=" + hex(HMAC-SHA256(secret, body)).
+	HeaderGitHubSignature = "X-Hub-Signature-256"
+	// HeaderJFrogAuth is JFrog's secret token, or with "Use secret for
+	// payload signing" hex(HMAC-SHA256(secret, body)).
+	HeaderJFrogAuth = "X-JFrog-Event-Auth"
+	// Standard Webhooks (standardwebhooks.com): the message ID, Unix
+	// seconds, and space-separated "v1,<base64 HMAC-SHA256(key,
+	// id.timestamp.body)>" signatures.
+	HeaderWebhookID        = "Webhook-Id"
+	HeaderWebhookTimestamp = "Webhook-Timestamp"
+	HeaderWebhookSignature = "Webhook-Signature"
+)
+
+// BodySignature authenticates deliveries whose header carries prefix +
+// hex(HMAC-SHA256(secret, raw body)): GitHub's X-Hub-Signature-256 and
+// JFrog's X-JFrog-Event-Auth with payload signing. Neither sender signs a
+// timestamp, so a captured delivery verifies forever: the delivery ID
+// (GitHub) and the sink's (registry, repository, digest) dedupe are what
+// make a replay a no-op.
+type BodySignature struct {
+	header, prefix string
+	secret         []byte
+}
+
+// NewGitHubSignature authenticates GitHub webhooks (X-Hub-Signature-256)
+// signed with the webhook's secret.
+func NewGitHubSignature(secret []byte) (*BodySignature, error) {
+	return newBodySignature(HeaderGitHubSignature, "sha256=", secret)
+}
+
+// NewJFrogSignature authenticates JFrog Platform webhooks created with
+// "Use secret for payload signing" (X-JFrog-Event-Auth).
+func NewJFrogSignature(secret []byte) (*BodySignature, error) {
+	return newBodySignature(HeaderJFrogAuth, "", secret)
+}
+
+func newBodySignature(header, prefix string, secret []byte) (*BodySignature, error) {
+	if len(secret) < 16 {
+		return nil, fmt.Errorf("%s secret must be at least 16 bytes, got %d", header, len(secret))
+	}
+	return &BodySignature{header: header, prefix: prefix, secret: secret}, nil
+}
+
+func (*BodySignature) needsBody() {}
+
+// LogValue keeps the secret out of logs.
+func (*BodySignature) LogValue() slog.Value { return slog.StringValue("REDACTED") }
+
+// Sign returns the header value the sender sets for body.
+func (b *BodySignature) Sign(body []byte) string {
+	return b.prefix + hex.EncodeToString(b.mac(body))
+}
+
+func (b *BodySignature) mac(body []byte) []byte {
+	m := hmac.New(sha256.New, b.secret)
+	m.Write(body)
+	return m.Sum(nil)
+}
+
+// Authenticate implements Authenticator.
+func (b *BodySignature) Authenticate(r *http.Request, body []byte) error {
+	sig := r.Header.Get(b.header)
+	if sig == "" {
+		return fmt.Errorf("%w: %s header is required", ErrUnauthenticated, b.header)
+	}
+	hx, ok := strings.CutPrefix(sig, b.prefix)
+	got, err := hex.DecodeString(hx)
+	if !ok || err != nil {
+		return fmt.Errorf("%w: %s must be %s<hex HMAC-SHA256 of the body>", ErrUnauthenticated, b.header, b.prefix)
+	}
+	if !hmac.Equal(got, b.mac(body)) {
+		return fmt.Errorf("%w: %s does not match the body", ErrUnauthenticated, b.header)
+	}
+	return nil
+}
+
+// StandardWebhooks authenticates deliveries signed as the Standard Webhooks
+// specification says (symmetric "v1" signatures; asymmetric "v1a" ones are
+// skipped, so a sender that also sends them still verifies by its v1).
+type StandardWebhooks struct {
+	key    []byte
+	window time.Duration
+	now    func() time.Time
+}
+
+// standardWebhooksPrefix marks a serialized symmetric secret.
+const standardWebhooksPrefix = "whsec_"
+
+// NewStandardWebhooks takes the secret as the sender shows it,
+// "whsec_<base64>", and accepts timestamps within ±window.
+func NewStandardWebhooks(secret string, window time.Duration) (*StandardWebhooks, error) {
+	b64, ok := strings.CutPrefix(secret, standardWebhooksPrefix)
+	if !ok {
+		return nil, fmt.Errorf("standard webhooks secret must be %s<base64> as the sender shows it", standardWebhooksPrefix)
+	}
+	key, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		return nil, fmt.Errorf("standard webhooks secret after %s is not base64: %w", standardWebhooksPrefix, err)
+	}
+	// The specification's symmetric secrets are 24 to 64 random bytes.
+	if len(key) < 24 {
+		return nil, fmt.Errorf("standard webhooks secret decodes to %d bytes, the specification requires at least 24", len(key))
+	}
+	if window <= 0 {
+		return nil, fmt.Errorf("standard webhooks replay window must be positive")
+	}
+	return &StandardWebhooks{key: key, window: window, now: time.Now}, nil
+}
+
+func (*StandardWebhooks) needsBody() {}
+
+// LogValue keeps the secret out of logs.
+func (*StandardWebhooks) LogValue() slog.Value { return slog.StringValue("REDACTED") }
+
+// Sign returns the webhook-signature value for id, t and body.
+func (s *StandardWebhooks) Sign(id string, t time.Time, body []byte) string {
+	return "v1," + base64.StdEncoding.EncodeToString(s.mac(id, strconv.FormatInt(t.Unix(), 10), body))
+}
+
+func (s *StandardWebhooks) mac(id, ts string, body []byte) []byte {
+	m := hmac.New(sha256.New, s.key)
+	m.Write([]byte(id + "." + ts + "."))
+	m.Write(body)
+	return m.Sum(nil)
+}
+
+// Authenticate implements Authenticator.
+func (s *StandardWebhooks) Authenticate(r *http.Request, body []byte) error {
+	id, ts, sigs := r.Header.Get(HeaderWebhookID), r.Header.Get(HeaderWebhookTimestamp), r.Header.Get(HeaderWebhookSignature)
+	if id == "" || ts == "" || sigs == "" {
+		return fmt.Errorf("%w: %s, %s and %s headers are required", ErrUnauthenticated, HeaderWebhookID, HeaderWebhookTimestamp, HeaderWebhookSignature)
+	}
+	// The signed content is id.timestamp.body: an ID with a '.' (which the
+	// specification forbids senders to use) or a timestamp in any form but
+	// plain decimal would make that split ambiguous.
+	if strings.ContainsFunc(id, func(r rune) bool { return r == '.' || r <= ' ' || r > '~' }) || len(id) > 255 {
+		return fmt.Errorf("%w: %s must be at most 255 printable ASCII characters without '.'", ErrUnauthenticated, HeaderWebhookID)
+	}
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil || strconv.FormatInt(sec, 10) != ts {
+		return fmt.Errorf("%w: %s is not Unix seconds", ErrUnauthenticated, HeaderWebhookTimestamp)
+	}
+	if d := s.now().Sub(time.Unix(sec, 0)); d > s.window || d < -s.window {
+		return fmt.Errorf("%w: timestamp outside the ±%s replay window", ErrUnauthenticated, s.window)
+	}
+	want := s.mac(id, ts, body)
+	for _, vs := range strings.Fields(sigs) {
+		v, b64, _ := strings.Cut(vs, ",")
+		if v != "v1" {
+			continue
+		}
+		if got, err := base64.StdEncoding.DecodeString(b64); err == nil && hmac.Equal(got, want) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: no v1 signature in %s matches", ErrUnauthenticated, HeaderWebhookSignature)
+}
+
 var (
 	_ Authenticator = (*HMAC)(nil)
+	_ Authenticator = (*BodySignature)(nil)
+	_ Authenticator = (*StandardWebhooks)(nil)
 	_ Authenticator = (*Header)(nil)
 	_ Authenticator = (*PathToken)(nil)
 	_ Authenticator = NoAuthUnsafe{}

@@ -12,7 +12,9 @@ import (
 //	{"image": "registry.example.com/team/app@sha256:…"}
 //	{"images": ["registry.example.com/team/app:v1", …]}
 //
-// A tag-only reference is resolved to its digest by the sink.
+// A tag-only reference is resolved to its digest by the receiver. A
+// Standard Webhooks webhook-id header is the delivery's event ID (the
+// sender's idempotency key): image i of a list gets "ID/i".
 type Generic struct{}
 
 type genericBody struct {
@@ -24,7 +26,7 @@ type genericBody struct {
 func (Generic) ContentTypes() []string { return []string{"application/json"} }
 
 // Parse implements Parser.
-func (Generic) Parse(_ *http.Request, body []byte) ([]Incoming, error) {
+func (Generic) Parse(r *http.Request, body []byte) ([]Incoming, error) {
 	var b genericBody
 	if err := decodeStrict(body, &b); err != nil {
 		return nil, err
@@ -36,13 +38,20 @@ func (Generic) Parse(_ *http.Request, body []byte) ([]Incoming, error) {
 	if len(refs) == 0 {
 		return nil, errors.New(`want {"image": "host/repo:tag|@sha256:…"} or {"images": [...]}`)
 	}
+	var id string
+	if r != nil {
+		id = r.Header.Get(HeaderWebhookID)
+	}
 	out := make([]Incoming, 0, len(refs))
-	for i, r := range refs {
-		e, err := ParseRef(r)
+	for i, ref := range refs {
+		e, err := ParseRef(ref)
 		if err != nil {
 			return nil, fmt.Errorf("images[%d]: %w", i, err)
 		}
-		e.Action = ActionPush
+		e.Action, e.ID = ActionPush, id
+		if id != "" && len(refs) > 1 {
+			e.ID = fmt.Sprintf("%s/%d", id, i)
+		}
 		f := fmt.Sprintf("images[%d]", i)
 		out = append(out, Incoming{Event: e, Fields: Fields{Registry: f, Repository: f, Digest: f, Tag: f}})
 	}

@@ -41,8 +41,12 @@ type sender struct {
 var senders = map[string]sender{
 	"distribution": {parser: func(c SourceConfig) (Parser, error) { return Distribution{Registry: c.Registry}, nil }, auth: []string{"header", "hmac", "none"}},
 	"harbor":       {parser: func(c SourceConfig) (Parser, error) { return Harbor{Registry: c.Registry}, nil }, auth: []string{"header", "none"}},
-	"cloudevents":  {parser: func(c SourceConfig) (Parser, error) { return CloudEvents{Registry: c.Registry}, nil }, auth: []string{"header", "hmac", "none"}},
-	"generic":      {parser: func(SourceConfig) (Parser, error) { return Generic{}, nil }, auth: []string{"hmac", "header", "path_token", "none"}},
+	"cloudevents":  {parser: func(c SourceConfig) (Parser, error) { return CloudEvents{Registry: c.Registry}, nil }, auth: []string{"header", "hmac", "standard_webhooks", "none"}},
+	"generic":      {parser: func(SourceConfig) (Parser, error) { return Generic{}, nil }, auth: []string{"hmac", "standard_webhooks", "header", "path_token", "none"}},
+	"github":       {parser: func(c SourceConfig) (Parser, error) { return GitHub{Registry: c.Registry}, nil }, auth: []string{"github"}},
+	// Artifactory's events name the repository key and image path, never
+	// the Docker host clients pull from.
+	"jfrog": {parser: func(c SourceConfig) (Parser, error) { return JFrog{Registry: c.Registry}, nil }, auth: []string{"jfrog_signature", "jfrog_token"}, needsRegistry: true},
 	// Docker Hub and Quay can neither sign nor send headers; ACR sends the
 	// webhook's custom headers, an EventBridge API destination its
 	// connection's API-key header.
@@ -78,8 +82,20 @@ var authSchemes = map[string]func(SourceConfig) (Authenticator, error){
 		}
 		return NewHeader(h, string(c.Secret))
 	},
-	"path_token": func(c SourceConfig) (Authenticator, error) { return NewPathToken(string(c.Secret)) },
-	"none":       func(SourceConfig) (Authenticator, error) { return NoAuthUnsafe{}, nil },
+	"standard_webhooks": func(c SourceConfig) (Authenticator, error) {
+		w := c.ReplayWindow
+		if w == 0 {
+			w = DefaultReplayWindow
+		}
+		return NewStandardWebhooks(string(c.Secret), w)
+	},
+	"github":          func(c SourceConfig) (Authenticator, error) { return NewGitHubSignature(c.Secret) },
+	"jfrog_signature": func(c SourceConfig) (Authenticator, error) { return NewJFrogSignature(c.Secret) },
+	// jfrog_token: the webhook's secret token sent as is, for webhooks
+	// without payload signing.
+	"jfrog_token": func(c SourceConfig) (Authenticator, error) { return NewHeader(HeaderJFrogAuth, string(c.Secret)) },
+	"path_token":  func(c SourceConfig) (Authenticator, error) { return NewPathToken(string(c.Secret)) },
+	"none":        func(SourceConfig) (Authenticator, error) { return NoAuthUnsafe{}, nil },
 }
 
 // DefaultReplayWindow bounds signed timestamps when the config does not.
