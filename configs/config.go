@@ -346,15 +346,24 @@ type Watch struct {
 // for path-token authentication).
 type Source struct {
 	Name string `yaml:"name"`
-	// Type is the payload format: distribution (CNCF Distribution / Debian
-	// docker-registry notifications), harbor (Default or CloudEvents
-	// payload format), cloudevents (structured or binary mode: Harbor,
-	// Zot-style image.updated, or dev.attestd.image.pushed), or generic
-	// ({"image": "…"}).
+	// Type is the payload format: distribution (CNCF Distribution 2.x and
+	// 3.x, Debian docker-registry, GitLab container registry
+	// notifications), harbor (Default or CloudEvents payload format),
+	// cloudevents (structured or binary mode: Harbor, Zot's
+	// zotregistry.image.updated/.deleted, or dev.attestd.image.pushed), or
+	// generic ({"image": "…"}).
 	Type string `yaml:"type"`
-	// Registry overrides the registry host named in distribution events.
-	Registry string     `yaml:"registry"`
-	Auth     SourceAuth `yaml:"auth"`
+	// Registry overrides the registry host named in distribution and
+	// harbor events; for Zot (cloudevents) it is required: its events name
+	// no host.
+	Registry string `yaml:"registry"`
+	// TypePrefix (type cloudevents) is the prefix of Zot-style event types
+	// (default zotregistry: zotregistry.image.updated, …).
+	TypePrefix string `yaml:"type_prefix"`
+	// EventSource (type cloudevents), when set, is the only CloudEvents
+	// source attribute accepted (Zot sends zotregistry.dev); others are 400.
+	EventSource string     `yaml:"event_source"`
+	Auth        SourceAuth `yaml:"auth"`
 }
 
 // SourceAuth says how deliveries of a source are authenticated. It is
