@@ -364,22 +364,30 @@ type Watch struct {
 // for path-token authentication).
 type Source struct {
 	Name string `yaml:"name"`
-	// Type is the payload format: distribution (CNCF Distribution / Debian
-	// docker-registry notifications), harbor (Default or CloudEvents
-	// payload format), cloudevents (structured or binary mode: Harbor,
-	// Zot-style image.updated, or dev.attestd.image.pushed), generic
-	// ({"image": "…"}), github (package and registry_package webhooks of
-	// ghcr.io containers), jfrog (Artifactory Docker-domain webhooks; set
-	// Registry to the Docker host), dockerhub (Docker Hub webhooks,
-	// path_token), quay (Quay "Push to Repository" Webhook POST,
-	// path_token), acr (Azure Container Registry webhooks, header) or ecr
-	// (Amazon ECR "ECR Image Action" EventBridge events via an API
-	// destination, header).
+	// Type is the payload format: distribution (CNCF Distribution 2.x and
+	// 3.x, Debian docker-registry, GitLab container registry
+	// notifications), harbor (Default or CloudEvents payload format),
+	// cloudevents (structured or binary mode: Harbor, Zot's
+	// zotregistry.image.updated/.deleted, or dev.attestd.image.pushed),
+	// generic ({"image": "…"}), github (package and registry_package
+	// webhooks of ghcr.io containers), jfrog (Artifactory Docker-domain
+	// webhooks), dockerhub (Docker Hub webhooks, path_token), quay (Quay
+	// "Push to Repository" Webhook POST, path_token), acr (Azure Container
+	// Registry webhooks, header) or ecr (Amazon ECR "ECR Image Action"
+	// EventBridge events via an API destination, header). README, Registry
+	// event intake, has each sender's configuration on both sides.
 	Type string `yaml:"type"`
-	// Registry overrides the registry host named in distribution and
-	// github events; jfrog events name none, so it is required there.
-	Registry string     `yaml:"registry"`
-	Auth     SourceAuth `yaml:"auth"`
+	// Registry overrides the registry host events name (distribution,
+	// harbor, github, quay, acr, ecr; docker.io for dockerhub); jfrog and
+	// Zot (cloudevents) events name none, so it is required there.
+	Registry string `yaml:"registry"`
+	// TypePrefix (type cloudevents) is the prefix of Zot-style event types
+	// (default zotregistry: zotregistry.image.updated, …).
+	TypePrefix string `yaml:"type_prefix"`
+	// EventSource (type cloudevents), when set, is the only CloudEvents
+	// source attribute accepted (Zot sends zotregistry.dev); others are 400.
+	EventSource string     `yaml:"event_source"`
+	Auth        SourceAuth `yaml:"auth"`
 }
 
 // SourceAuth says how deliveries of a source are authenticated. It is

@@ -2,7 +2,6 @@ package watch
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -49,13 +48,6 @@ var cloudTags = tagResolver{
 	"quay.io/dgangaia/test:latest":                     []byte(imageManifest),
 	"quay.io/coreos/etcd:latest":                       []byte(imageManifest),
 	"quay.io/coreos/etcd:foo":                          []byte(imageManifest),
-}
-
-// unreachable is a Resolver whose registry does not answer.
-type unreachable struct{}
-
-func (unreachable) Resolve(context.Context, string, string, string) (string, []byte, error) {
-	return "", nil, errors.New("dial tcp: connection refused")
 }
 
 // cloudPost delivers body to the typ source (with registry as

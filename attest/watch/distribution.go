@@ -10,11 +10,21 @@ import (
 	"strings"
 )
 
-// DistributionMediaType is the envelope type CNCF Distribution sends.
-const DistributionMediaType = "application/vnd.docker.distribution.events.v1+json"
+// Envelope media types of CNCF Distribution notifications: 2.x (and the
+// GitLab fork) send v1, 3.x sends v2. The event format is the same but for
+// the target, which embeds an OCI descriptor in 3.x (so it may carry
+// annotations, platform and artifactType).
+const (
+	DistributionMediaType   = "application/vnd.docker.distribution.events.v1+json"
+	DistributionV2MediaType = "application/vnd.docker.distribution.events.v2+json"
+)
 
-// Distribution parses CNCF Distribution (docker-registry, Zot's compatible
-// mode, GitLab) notification envelopes: {"events":[…]}.
+// Distribution parses CNCF Distribution 2.x and 3.x (docker-registry,
+// GitLab's container registry) notification envelopes: {"events":[…]}.
+// Distribution retries a delivery that is not answered 2xx/3xx forever and
+// blocks the endpoint's queue meanwhile, so every well-formed event —
+// pulls, mounts, blob pushes, repository deletes, GitLab renames — is
+// answered 2xx and counted as ignored; only malformed deliveries are 400.
 type Distribution struct {
 	// Registry overrides the host taken from each event's request.host
 	// (set it when the registry is reached under another name than the one
@@ -26,19 +36,21 @@ type distEnvelope struct {
 	Events *[]distEvent `json:"events"`
 }
 
+type distDescriptor struct {
+	MediaType    string `json:"mediaType"`
+	Digest       string `json:"digest"`
+	ArtifactType string `json:"artifactType"` // 3.x: OCI descriptor field
+}
+
 type distEvent struct {
 	ID     string `json:"id"`
 	Action string `json:"action"`
 	Target struct {
-		MediaType  string `json:"mediaType"`
-		Digest     string `json:"digest"`
-		Repository string `json:"repository"`
-		URL        string `json:"url"`
-		Tag        string `json:"tag"`
-		References []struct {
-			MediaType string `json:"mediaType"`
-			Digest    string `json:"digest"`
-		} `json:"references"`
+		distDescriptor
+		Repository string           `json:"repository"`
+		URL        string           `json:"url"`
+		Tag        string           `json:"tag"`
+		References []distDescriptor `json:"references"`
 	} `json:"target"`
 	Actor struct {
 		Name string `json:"name"`
@@ -49,9 +61,17 @@ type distEvent struct {
 	} `json:"request"`
 }
 
+// Actions Distribution sends that attestd does not act on, named so that
+// they are counted as ignored (ReasonAction) rather than mistaken for the
+// manifest events they resemble.
+const (
+	actionBlob             = "_blob"             // suffix: a layer or config blob, not a manifest
+	actionDeleteRepository = "delete_repository" // a delete naming neither digest nor tag
+)
+
 // ContentTypes implements Parser.
 func (Distribution) ContentTypes() []string {
-	return []string{DistributionMediaType, "application/json"}
+	return []string{DistributionMediaType, DistributionV2MediaType, "application/json"}
 }
 
 // Parse implements Parser.
@@ -61,49 +81,90 @@ func (d Distribution) Parse(_ *http.Request, body []byte) ([]Incoming, error) {
 		return nil, fmt.Errorf("distribution envelope: %w", err)
 	}
 	if env.Events == nil {
-		return nil, fmt.Errorf(`distribution envelope: missing "events" array`)
+		// Distribution's Envelope omits an empty events list ("{}"): a
+		// well-formed envelope with nothing in it. Anything else is not an
+		// envelope.
+		var top map[string]json.RawMessage
+		if err := decodeStrict(body, &top); err != nil || top == nil || len(top) > 0 {
+			return nil, fieldErr("events", errors.New(`missing: a Distribution envelope is {"events": [...]}`))
+		}
+		return nil, nil
 	}
 	out := make([]Incoming, 0, len(*env.Events))
 	for i, e := range *env.Events {
-		host := d.Registry
-		if host == "" {
-			host = e.Request.Host
-		}
-		if host == "" && e.Target.URL != "" {
-			if u, err := url.Parse(e.Target.URL); err == nil {
-				host = u.Host
-			}
-		}
-		if e.Action == "" {
-			return nil, fieldErr(fmt.Sprintf("events[%d].action", i), errors.New("missing"))
-		}
-		in := Incoming{
-			Event: Event{ID: e.ID, Action: Action(e.Action), Registry: host, Repository: e.Target.Repository, Pusher: e.Actor.Name,
-				Digest: e.Target.Digest, Tag: e.Target.Tag, MediaType: e.Target.MediaType},
-			UserAgent: e.Request.UserAgent,
-			Fields: Fields{Registry: fmt.Sprintf("events[%d].request.host", i), Repository: fmt.Sprintf("events[%d].target.repository", i),
-				Digest: fmt.Sprintf("events[%d].target.digest", i), Tag: fmt.Sprintf("events[%d].target.tag", i)},
-		}
-		if d.Registry != "" {
-			in.Fields.Registry = "sources[].registry (attestd's configuration)"
-		}
-		index := isIndex(e.Target.MediaType)
-		for j, r := range e.Target.References {
-			in.RefTypes = append(in.RefTypes, r.MediaType)
-			if index && imageType[r.MediaType] {
-				if err := ValidDigest(r.Digest); err != nil {
-					return nil, fieldErr(fmt.Sprintf("events[%d].target.references[%d].digest", i, j), err)
-				}
-				in.Event.Children = append(in.Event.Children, r.Digest)
-			}
-		}
-		if !index && imageType[e.Target.MediaType] && len(e.Target.References) > 0 && strings.Contains(e.Target.References[0].MediaType, "config") {
-			// Distribution lists an image manifest's config first, then its layers.
-			in.ConfigType = e.Target.References[0].MediaType
+		in, err := d.event(i, e)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, in)
 	}
 	return out, nil
+}
+
+func (d Distribution) event(i int, e distEvent) (Incoming, error) {
+	p := fmt.Sprintf("events[%d]", i)
+	t := e.Target
+	if e.Action == "" {
+		return Incoming{}, fieldErr(p+".action", errors.New("missing"))
+	}
+	in := Incoming{
+		Event: Event{ID: e.ID, Action: Action(e.Action), Repository: t.Repository, Pusher: e.Actor.Name,
+			Digest: t.Digest, Tag: t.Tag, MediaType: t.MediaType},
+		UserAgent:    e.Request.UserAgent,
+		ArtifactType: t.ArtifactType,
+		Fields: Fields{Registry: p + ".request.host", Repository: p + ".target.repository",
+			Digest: p + ".target.digest", Tag: p + ".target.tag"},
+	}
+	var u *url.URL
+	if t.URL != "" {
+		var err error
+		if u, err = url.Parse(t.URL); err != nil || u.Host == "" {
+			return Incoming{}, fieldErr(p+".target.url", fmt.Errorf("%q is not an absolute URL", t.URL))
+		}
+	}
+	switch {
+	case d.Registry != "":
+		in.Event.Registry, in.Fields.Registry = d.Registry, "sources[].registry (attestd's configuration)"
+	case e.Request.Host != "":
+		in.Event.Registry = e.Request.Host
+	case u != nil:
+		in.Event.Registry, in.Fields.Registry = u.Host, p+".target.url"
+	}
+	if u != nil && strings.Contains(u.Path, "/blobs/") {
+		// Layer and config blob pushes, pulls and mounts (3.x and GitLab
+		// send them; their url is /v2/NAME/blobs/DIGEST).
+		in.Event.Action += actionBlob
+		return in, nil
+	}
+	switch Action(e.Action) {
+	case ActionPush:
+		if t.Digest == "" {
+			return Incoming{}, fieldErr(in.Fields.Digest, errors.New("a manifest push names its digest"))
+		}
+	case ActionDelete:
+		if t.Digest == "" && t.Tag == "" {
+			// RepoDeleted: only the repository.
+			in.Event.Action = actionDeleteRepository
+			return in, nil
+		}
+	}
+	index := isIndex(t.MediaType)
+	for j, r := range t.References {
+		in.RefTypes = append(in.RefTypes, r.MediaType)
+		if index && imageType[r.MediaType] {
+			if err := ValidDigest(r.Digest); err != nil {
+				return Incoming{}, fieldErr(fmt.Sprintf("%s.target.references[%d].digest", p, j), err)
+			}
+			in.Event.Children = append(in.Event.Children, r.Digest)
+		}
+	}
+	if !index && imageType[t.MediaType] && len(t.References) > 0 {
+		// With includereferences, a manifest's references are its config,
+		// then its layers (Manifest.References in both 2.x and 3.x): the
+		// config type tells a Helm chart or WASM module from an image.
+		in.ConfigType = t.References[0].MediaType
+	}
+	return in, nil
 }
 
 // jsonError adds the byte offset and line of a JSON syntax error.

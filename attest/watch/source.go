@@ -22,8 +22,10 @@ type SourceConfig struct {
 	Header       string
 	Secret       []byte
 	ReplayWindow time.Duration
-	// TypePrefix and EventSource: CloudEvents type prefix (Zot's
-	// "zotregistry") and the expected source attribute, when set.
+	// TypePrefix and EventSource (type cloudevents): the prefix of
+	// Zot-style event types (default "zotregistry": PREFIX.image.updated,
+	// PREFIX.image.deleted) and, when set, the only source attribute
+	// accepted (Zot: "zotregistry.dev").
 	TypePrefix, EventSource string
 }
 
@@ -41,7 +43,7 @@ type sender struct {
 var senders = map[string]sender{
 	"distribution": {parser: func(c SourceConfig) (Parser, error) { return Distribution{Registry: c.Registry}, nil }, auth: []string{"header", "hmac", "none"}},
 	"harbor":       {parser: func(c SourceConfig) (Parser, error) { return Harbor{Registry: c.Registry}, nil }, auth: []string{"header", "none"}},
-	"cloudevents":  {parser: func(c SourceConfig) (Parser, error) { return CloudEvents{Registry: c.Registry}, nil }, auth: []string{"header", "hmac", "standard_webhooks", "none"}},
+	"cloudevents":  {parser: newCloudEvents, auth: []string{"header", "hmac", "standard_webhooks", "none"}},
 	"generic":      {parser: func(SourceConfig) (Parser, error) { return Generic{}, nil }, auth: []string{"hmac", "standard_webhooks", "header", "path_token", "none"}},
 	"github":       {parser: func(c SourceConfig) (Parser, error) { return GitHub{Registry: c.Registry}, nil }, auth: []string{"github"}},
 	// Artifactory's events name the repository key and image path, never
@@ -54,6 +56,18 @@ var senders = map[string]sender{
 	"quay":      {parser: func(c SourceConfig) (Parser, error) { return Quay{Registry: c.Registry}, nil }, auth: []string{"path_token"}},
 	"acr":       {parser: func(c SourceConfig) (Parser, error) { return ACR{Registry: c.Registry}, nil }, auth: []string{"header"}},
 	"ecr":       {parser: func(c SourceConfig) (Parser, error) { return ECR{Registry: c.Registry}, nil }, auth: []string{"header"}},
+}
+
+// newCloudEvents builds the cloudevents parser. A type prefix says the
+// source is a Zot-style registry, whose events name no host.
+func newCloudEvents(c SourceConfig) (Parser, error) {
+	if c.TypePrefix != "" && c.Registry == "" {
+		return nil, fieldErr("registry", fmt.Errorf("%s.image.* events carry no registry host: set the host attestd pulls from", c.TypePrefix))
+	}
+	if strings.HasSuffix(c.TypePrefix, ".") || strings.ContainsAny(c.TypePrefix, " /") {
+		return nil, fieldErr("type_prefix", fmt.Errorf("%q: give the prefix without the trailing dot, e.g. zotregistry", c.TypePrefix))
+	}
+	return CloudEvents{Registry: c.Registry, TypePrefix: c.TypePrefix, Source: c.EventSource}, nil
 }
 
 // SourceTypes lists the source types, sorted.

@@ -271,25 +271,6 @@ func TestPathToken(t *testing.T) {
 	}
 }
 
-func FuzzDistribution(f *testing.F) {
-	for _, n := range []string{"distribution-push.json", "distribution-push-cosign-sig.json", "synthetic-index.json", "synthetic-two-events.json", "synthetic-delete.json"} {
-		f.Add(load(f, n))
-	}
-	f.Fuzz(func(t *testing.T, body []byte) {
-		in, err := Distribution{}.Parse(nil, body)
-		if err != nil {
-			return
-		}
-		for _, x := range in {
-			if everything.Classify(x) == "" && x.Event.Action == ActionPush {
-				if !digestRe.MatchString(x.Event.Digest) && x.Event.Tag == "" {
-					t.Fatalf("accepted an event without digest or tag: %+v", x.Event)
-				}
-			}
-		}
-	})
-}
-
 func FuzzGeneric(f *testing.F) {
 	for _, n := range []string{"generic-digest.json", "generic-list.json"} {
 		f.Add(load(f, n))

@@ -109,7 +109,7 @@ func mountSources(mux *http.ServeMux, cfg *configs.Config, rc *registry.Client, 
 	for i, src := range cfg.Sources {
 		field := fmt.Sprintf("sources[%d]", i)
 		sc := watch.SourceConfig{Name: src.Name, Type: src.Type, Registry: src.Registry, Auth: src.Auth.Type, Header: src.Auth.Header,
-			ReplayWindow: time.Duration(src.Auth.ReplayWindow)}
+			ReplayWindow: time.Duration(src.Auth.ReplayWindow), TypePrefix: src.TypePrefix, EventSource: src.EventSource}
 		if src.Auth.SecretFile != "" {
 			b, err := os.ReadFile(src.Auth.SecretFile)
 			if err != nil {

@@ -28,10 +28,10 @@ const (
 	readHeaderTimeout = 10 * time.Second
 	// readTimeout bounds reading a whole request: a webhook body is at most
 	// intake.max_body_bytes, and a sender that trickles it is cut off.
-	readTimeout = 30 * time.Second
-	writeTimeout      = 5 * time.Minute // backups stream through the API
-	idleTimeout       = 2 * time.Minute
-	shutdownTimeout   = 5 * time.Second
+	readTimeout     = 30 * time.Second
+	writeTimeout    = 5 * time.Minute // backups stream through the API
+	idleTimeout     = 2 * time.Minute
+	shutdownTimeout = 5 * time.Second
 )
 
 func timeDuration(d configs.Duration) time.Duration { return time.Duration(d) }
