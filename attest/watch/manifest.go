@@ -12,9 +12,10 @@ var imageConfigTypes = map[string]bool{
 	"application/vnd.docker.container.image.v1+json": true,
 }
 
-// maxManifestBytes bounds a manifest a delivery includes or the receiver
-// fetches to resolve a tag (the distribution spec's recommended limit).
-const maxManifestBytes = 4 << 20
+// MaxManifestBytes bounds a manifest the receiver reads to resolve a tag
+// (the distribution spec's recommended limit); a Resolver should stop
+// reading there.
+const MaxManifestBytes = 4 << 20
 
 // describe fills MediaType, ConfigType, ArtifactType and (for an index)
 // Children of in from its manifest bytes.

@@ -44,7 +44,7 @@ var ErrNotFound = errors.New("not found")
 // digest (Docker Hub, Quay, a CI's "host/repo:tag").
 type Resolver interface {
 	// Resolve returns the digest and the manifest registry/repository:tag
-	// points at now (at most maxManifestBytes). An error wrapping
+	// points at now (at most MaxManifestBytes). An error wrapping
 	// ErrNotFound answers 422; any other 503, so the sender retries.
 	Resolve(ctx context.Context, registry, repository, tag string) (digest string, manifest []byte, err error)
 }
@@ -273,6 +273,9 @@ func (h *Receiver) resolveTag(ctx context.Context, x *Incoming) (int, error) {
 	}
 	if err := ValidDigest(d); err != nil {
 		return http.StatusServiceUnavailable, fmt.Errorf("resolving %s: registry answered %w", ref, err)
+	}
+	if len(m) > MaxManifestBytes {
+		return http.StatusUnprocessableEntity, fmt.Errorf("resolving %s: manifest is %d bytes, more than %d", ref, len(m), MaxManifestBytes)
 	}
 	if err := checkManifest(d, m); err != nil {
 		return http.StatusServiceUnavailable, fmt.Errorf("resolving %s: %w", ref, err)
