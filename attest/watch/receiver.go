@@ -37,6 +37,13 @@ type Parser interface {
 	ContentTypes() []string
 }
 
+// Bounds of one delivery: events in it, and tag-only events among them
+// (each costs a registry request before the answer).
+const (
+	MaxEvents   = 1000
+	MaxResolves = 64
+)
+
 // ErrNotFound is wrapped by a Resolver when the tag does not exist.
 var ErrNotFound = errors.New("not found")
 
@@ -179,6 +186,10 @@ func (h *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.malformed(w, err)
 		return
 	}
+	if len(in) > MaxEvents {
+		h.malformed(w, fmt.Errorf("%d events in one delivery, more than %d: send them in several", len(in), MaxEvents))
+		return
+	}
 	for i := range in {
 		if err := in[i].check(); err != nil {
 			h.malformed(w, err)
@@ -193,10 +204,17 @@ func (h *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	resp := Response{Received: len(in), Ignored: map[string]int{}}
 	var keep []Event
+	resolved := 0
 	for i := range in {
 		x := &in[i]
 		reason := h.filter.Classify(*x)
 		if reason == "" && x.Event.Digest == "" && x.Event.Action == ActionPush {
+			// Only watched repositories are asked, and only so many per
+			// delivery: each is a registry request before the answer.
+			if resolved++; resolved > MaxResolves {
+				h.malformed(w, fmt.Errorf("more than %d tags to resolve in one delivery: send them in several", MaxResolves))
+				return
+			}
 			code, err := h.resolveTag(r.Context(), x)
 			if err != nil {
 				if code == http.StatusServiceUnavailable {

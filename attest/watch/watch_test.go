@@ -287,3 +287,58 @@ func FuzzGeneric(f *testing.F) {
 		}
 	})
 }
+
+// TestDeliveryBounds: a delivery carries at most MaxEvents events and asks
+// the registry about at most MaxResolves tags; beyond either it is a 400 and
+// nothing is stored or resolved.
+func TestDeliveryBounds(t *testing.T) {
+	t.Parallel()
+	d := "@sha256:" + strings.Repeat("a", 64)
+	for _, tc := range []struct {
+		name string
+		refs func(i int) string
+		n    int
+		code int
+	}{
+		{"events at the bound", func(i int) string { return fmt.Sprintf("127.0.0.1:5000/app%d%s", i, d) }, MaxEvents, 202},
+		{"events over the bound", func(i int) string { return fmt.Sprintf("127.0.0.1:5000/app%d%s", i, d) }, MaxEvents + 1, 400},
+		{"resolves over the bound", func(i int) string { return fmt.Sprintf("127.0.0.1:5000/app%d:v1", i) }, MaxResolves + 1, 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			refs := make([]string, tc.n)
+			for i := range refs {
+				refs[i] = tc.refs(i)
+			}
+			body, _ := json.Marshal(map[string][]string{"images": refs})
+			sink, res := &recordingSink{}, &countingResolver{}
+			h, err := NewReceiver("src", Generic{}, NoAuthUnsafe{}, everything, sink, ReceiverOptions{MaxBody: 1 << 20, Resolver: res})
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := httptest.NewRequest("POST", "/hooks/src", bytes.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, req)
+			if w.Code != tc.code {
+				t.Fatalf("status %d, want %d: %s", w.Code, tc.code, w.Body)
+			}
+			if tc.code != 202 && (len(sink.events) != 0 || res.n > MaxResolves) {
+				t.Fatalf("refused delivery stored %d events after %d resolves", len(sink.events), res.n)
+			}
+		})
+	}
+}
+
+// countingResolver resolves every tag to one image, counting.
+type countingResolver struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *countingResolver) Resolve(context.Context, string, string, string) (string, []byte, error) {
+	c.mu.Lock()
+	c.n++
+	c.mu.Unlock()
+	return sha256Digest([]byte(imageManifest)), []byte(imageManifest), nil
+}
