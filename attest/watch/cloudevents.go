@@ -32,6 +32,11 @@ type CloudEvents struct {
 	// "zotregistry.dev", Harbor "/projects/ID/webhook/policies/ID"); any
 	// other is a 400.
 	Source string
+	// SignedBody: the source's authentication signs the body only (hmac,
+	// standard_webhooks). Binary mode's attributes are ce-* headers no
+	// signature covers — a captured delete could be replayed as a push —
+	// so only structured mode is accepted.
+	SignedBody bool
 }
 
 // AttestdEventType is the CloudEvents type CI systems send to attestd.
@@ -54,6 +59,9 @@ type ceEvent struct {
 
 // Parse implements Parser.
 func (c CloudEvents) Parse(r *http.Request, body []byte) ([]Incoming, error) {
+	if c.SignedBody && r != nil && r.Header.Get("Ce-Specversion") != "" {
+		return nil, fieldErr("ce-specversion", errors.New("this source signs the body, and binary mode's ce-* attributes are outside it: send structured mode (application/cloudevents+json)"))
+	}
 	ev, err := decodeCloudEvent(r, body)
 	if err != nil {
 		return nil, err

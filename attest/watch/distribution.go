@@ -122,15 +122,11 @@ func (d Distribution) event(i int, e distEvent) (Incoming, error) {
 			return Incoming{}, fieldErr(p+".target.url", fmt.Errorf("%q is not an absolute URL", t.URL))
 		}
 	}
-	switch {
-	case d.Registry != "":
-		in.Event.Registry, in.Fields.Registry = d.Registry, "sources[].registry (attestd's configuration)"
-	case e.Request.Host != "":
-		in.Event.Registry = e.Request.Host
-	case u != nil:
-		in.Event.Registry, in.Fields.Registry = u.Host, p+".target.url"
-	}
-	if u != nil && strings.Contains(u.Path, "/blobs/") {
+	// The host is attestd's configuration, never the event's: Distribution
+	// fills request.host (and target.url) from the Host header of whichever
+	// client pushed or pulled, so a pusher could name another registry.
+	in.Event.Registry, in.Fields.Registry = d.Registry, "sources[].registry (attestd's configuration)"
+	if u != nil && strings.HasPrefix(u.Path, "/v2/"+t.Repository+"/blobs/") {
 		// Layer and config blob pushes, pulls and mounts (3.x and GitLab
 		// send them; their url is /v2/NAME/blobs/DIGEST).
 		in.Event.Action += actionBlob

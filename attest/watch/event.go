@@ -9,6 +9,7 @@ import (
 	"context"
 	"path"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -111,6 +112,13 @@ func artifactMediaType(mt string) bool {
 	return false
 }
 
+// runnableLayer reports filesystem layer media types (OCI and Docker, any
+// compression, foreign and non-distributable ones included).
+func runnableLayer(mt string) bool {
+	return strings.HasPrefix(mt, "application/vnd.oci.image.layer.") ||
+		strings.HasPrefix(mt, "application/vnd.docker.image.rootfs.")
+}
+
 // Classify returns "" when the event should become a job (or, for a
 // delete, be recorded), else the reason it is ignored. The event's values
 // were validated (Incoming.check) before.
@@ -137,14 +145,19 @@ func (f Filter) Classify(in Incoming) string {
 		return ReasonMediaType
 	}
 	if e.Action == ActionPush {
-		if in.ArtifactType != "" || artifactMediaType(in.ConfigType) {
+		if artifactMediaType(in.ConfigType) {
 			return ReasonArtifact
 		}
 		if in.ConfigType != "" && !imageConfigTypes[in.ConfigType] {
 			return ReasonNotImage
 		}
-		for _, t := range in.RefTypes {
-			if artifactMediaType(t) {
+		// An image config with a filesystem layer is an image, whatever
+		// else the manifest carries: marking it as an artifact must not
+		// let a pusher keep an image from being analysed. Without one,
+		// an artifactType or an artifact layer (cosign's simple signing,
+		// BuildKit's in-toto attestations) makes it an artifact.
+		if !(imageConfigTypes[in.ConfigType] && slices.ContainsFunc(in.RefTypes, runnableLayer)) {
+			if in.ArtifactType != "" || slices.ContainsFunc(in.RefTypes, artifactMediaType) {
 				return ReasonArtifact
 			}
 		}
@@ -161,7 +174,7 @@ func (f Filter) Classify(in Incoming) string {
 // Watched reports whether a rule selects registry/repo.
 func (f Filter) Watched(registry, repo string) bool {
 	for _, r := range f.Rules {
-		if r.Registry != registry {
+		if !strings.EqualFold(r.Registry, registry) {
 			continue
 		}
 		for _, p := range r.Repositories {

@@ -15,7 +15,12 @@ import (
 // A tag-only reference is resolved to its digest by the receiver. A
 // Standard Webhooks webhook-id header is the delivery's event ID (the
 // sender's idempotency key): image i of a list gets "ID/i".
-type Generic struct{}
+type Generic struct {
+	// TrustWebhookID: the source authenticates with Standard Webhooks,
+	// whose signature covers webhook-id; otherwise the header is ignored
+	// (anyone replaying a signed body could set it).
+	TrustWebhookID bool
+}
 
 type genericBody struct {
 	Image  string   `json:"image"`
@@ -26,7 +31,7 @@ type genericBody struct {
 func (Generic) ContentTypes() []string { return []string{"application/json"} }
 
 // Parse implements Parser.
-func (Generic) Parse(r *http.Request, body []byte) ([]Incoming, error) {
+func (g Generic) Parse(r *http.Request, body []byte) ([]Incoming, error) {
 	var b genericBody
 	if err := decodeStrict(body, &b); err != nil {
 		return nil, err
@@ -39,7 +44,7 @@ func (Generic) Parse(r *http.Request, body []byte) ([]Incoming, error) {
 		return nil, errors.New(`want {"image": "host/repo:tag|@sha256:…"} or {"images": [...]}`)
 	}
 	var id string
-	if r != nil {
+	if r != nil && g.TrustWebhookID {
 		id = r.Header.Get(HeaderWebhookID)
 	}
 	out := make([]Incoming, 0, len(refs))

@@ -26,6 +26,9 @@ func (in *Incoming) describe(manifest []byte) error {
 		Config       *struct {
 			MediaType string `json:"mediaType"`
 		} `json:"config"`
+		Layers []struct {
+			MediaType string `json:"mediaType"`
+		} `json:"layers"`
 		Manifests []struct {
 			MediaType string `json:"mediaType"`
 			Digest    string `json:"digest"`
@@ -41,6 +44,11 @@ func (in *Incoming) describe(manifest []byte) error {
 		in.ConfigType = m.Config.MediaType
 	}
 	in.ArtifactType = m.ArtifactType
+	if len(in.RefTypes) == 0 {
+		for _, l := range m.Layers {
+			in.RefTypes = append(in.RefTypes, l.MediaType)
+		}
+	}
 	if len(in.Event.Children) == 0 && isIndex(in.Event.MediaType) {
 		for _, c := range m.Manifests {
 			if imageType[c.MediaType] && ValidDigest(c.Digest) == nil {

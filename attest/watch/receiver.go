@@ -139,7 +139,7 @@ func (h *Receiver) malformed(w http.ResponseWriter, err error) {
 }
 
 // ServeHTTP implements http.Handler. Order: method, header authentication,
-// a delivery slot, size cap, body authentication, content type, parse,
+// size cap, body authentication, a delivery slot, content type, parse,
 // validation, filter, tag resolution, durable accept — so nothing is written
 // for any rejected delivery.
 func (h *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -155,12 +155,6 @@ func (h *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if !h.acquire(r.Context()) {
-		w.Header().Set("Retry-After", "1")
-		h.reject(w, http.StatusServiceUnavailable, "busy", fmt.Sprintf("source %s is handling %d deliveries; retry", h.name, cap(h.slots)))
-		return
-	}
-	defer func() { <-h.slots }()
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.maxBody))
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -177,6 +171,15 @@ func (h *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// Slots bound the work done for authenticated deliveries (parse,
+	// tag resolution, the commit); taken before authentication, slow
+	// unsigned bodies could hold them all.
+	if !h.acquire(r.Context()) {
+		w.Header().Set("Retry-After", "1")
+		h.reject(w, http.StatusServiceUnavailable, "busy", fmt.Sprintf("source %s is handling %d deliveries; retry", h.name, cap(h.slots)))
+		return
+	}
+	defer func() { <-h.slots }()
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || !contains(h.parser.ContentTypes(), mt) {
 		h.reject(w, http.StatusUnsupportedMediaType, "content_type", fmt.Sprintf("content type %q not accepted; want one of %v", r.Header.Get("Content-Type"), h.parser.ContentTypes()))
 		return
@@ -204,18 +207,19 @@ func (h *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	resp := Response{Received: len(in), Ignored: map[string]int{}}
 	var keep []Event
-	resolved := 0
+	resolved := map[string]resolution{}
 	for i := range in {
 		x := &in[i]
 		reason := h.filter.Classify(*x)
 		if reason == "" && x.Event.Digest == "" && x.Event.Action == ActionPush {
 			// Only watched repositories are asked, and only so many per
 			// delivery: each is a registry request before the answer.
-			if resolved++; resolved > MaxResolves {
+			key := x.Event.Registry + "/" + x.Event.Repository + ":" + x.Event.Tag
+			if _, ok := resolved[key]; !ok && len(resolved) >= MaxResolves {
 				h.malformed(w, fmt.Errorf("more than %d tags to resolve in one delivery: send them in several", MaxResolves))
 				return
 			}
-			code, err := h.resolveTag(r.Context(), x)
+			code, err := h.resolveTag(r.Context(), x, resolved)
 			if err != nil {
 				if code == http.StatusServiceUnavailable {
 					w.Header().Set("Retry-After", "10")
@@ -276,13 +280,18 @@ func (h *Receiver) acquire(ctx context.Context) bool {
 // now. The status is 422 when the tag does not exist (or the source cannot
 // resolve tags) and 503 when the registry did not answer: the sender retries,
 // nothing was acknowledged.
-func (h *Receiver) resolveTag(ctx context.Context, x *Incoming) (int, error) {
+func (h *Receiver) resolveTag(ctx context.Context, x *Incoming, seen map[string]resolution) (int, error) {
 	e := &x.Event
 	ref := e.Registry + "/" + e.Repository + ":" + e.Tag
 	if h.resolve == nil {
 		return http.StatusUnprocessableEntity, fmt.Errorf("%s names no digest and source %s cannot resolve tags", ref, h.name)
 	}
-	d, m, err := h.resolve.Resolve(ctx, e.Registry, e.Repository, e.Tag)
+	r, ok := seen[ref]
+	if !ok {
+		r.digest, r.manifest, r.err = h.resolve.Resolve(ctx, e.Registry, e.Repository, e.Tag)
+		seen[ref] = r
+	}
+	d, m, err := r.digest, r.manifest, r.err
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return http.StatusUnprocessableEntity, fmt.Errorf("resolving %s: %w", ref, err)
@@ -303,6 +312,13 @@ func (h *Receiver) resolveTag(ctx context.Context, x *Incoming) (int, error) {
 		return http.StatusUnprocessableEntity, fmt.Errorf("resolving %s: %w", ref, err)
 	}
 	return 0, nil
+}
+
+// resolution is one tag's answer, asked once per delivery.
+type resolution struct {
+	digest   string
+	manifest []byte
+	err      error
 }
 
 func orDefault(s, def string) string {

@@ -41,11 +41,13 @@ type sender struct {
 
 // senders is every source type attestd receives.
 var senders = map[string]sender{
-	"distribution": {parser: func(c SourceConfig) (Parser, error) { return Distribution{Registry: c.Registry}, nil }, auth: []string{"header", "hmac", "none"}},
+	"distribution": {parser: func(c SourceConfig) (Parser, error) { return Distribution{Registry: c.Registry}, nil }, auth: []string{"header", "hmac", "none"}, needsRegistry: true},
 	"harbor":       {parser: func(c SourceConfig) (Parser, error) { return Harbor{Registry: c.Registry}, nil }, auth: []string{"header", "none"}},
 	"cloudevents":  {parser: newCloudEvents, auth: []string{"header", "hmac", "standard_webhooks", "none"}},
-	"generic":      {parser: func(SourceConfig) (Parser, error) { return Generic{}, nil }, auth: []string{"hmac", "standard_webhooks", "header", "path_token", "none"}},
-	"github":       {parser: func(c SourceConfig) (Parser, error) { return GitHub{Registry: c.Registry}, nil }, auth: []string{"github"}},
+	"generic": {parser: func(c SourceConfig) (Parser, error) {
+		return Generic{TrustWebhookID: c.Auth == "standard_webhooks"}, nil
+	}, auth: []string{"hmac", "standard_webhooks", "header", "path_token", "none"}},
+	"github": {parser: func(c SourceConfig) (Parser, error) { return GitHub{Registry: c.Registry}, nil }, auth: []string{"github"}},
 	// Artifactory's events name the repository key and image path, never
 	// the Docker host clients pull from.
 	"jfrog": {parser: func(c SourceConfig) (Parser, error) { return JFrog{Registry: c.Registry}, nil }, auth: []string{"jfrog_signature", "jfrog_token"}, needsRegistry: true},
@@ -67,7 +69,7 @@ func newCloudEvents(c SourceConfig) (Parser, error) {
 	if strings.HasSuffix(c.TypePrefix, ".") || strings.ContainsAny(c.TypePrefix, " /") {
 		return nil, fieldErr("type_prefix", fmt.Errorf("%q: give the prefix without the trailing dot, e.g. zotregistry", c.TypePrefix))
 	}
-	return CloudEvents{Registry: c.Registry, TypePrefix: c.TypePrefix, Source: c.EventSource}, nil
+	return CloudEvents{Registry: c.Registry, TypePrefix: c.TypePrefix, Source: c.EventSource, SignedBody: signsBody(c.Auth)}, nil
 }
 
 // SourceTypes lists the source types, sorted.
@@ -110,6 +112,16 @@ var authSchemes = map[string]func(SourceConfig) (Authenticator, error){
 	"jfrog_token": func(c SourceConfig) (Authenticator, error) { return NewHeader(HeaderJFrogAuth, string(c.Secret)) },
 	"path_token":  func(c SourceConfig) (Authenticator, error) { return NewPathToken(string(c.Secret)) },
 	"none":        func(SourceConfig) (Authenticator, error) { return NoAuthUnsafe{}, nil },
+}
+
+// signsBody reports the schemes whose signature covers the body but not the
+// other headers: with them, only what the body says may be believed.
+func signsBody(auth string) bool {
+	switch auth {
+	case "hmac", "standard_webhooks", "github", "jfrog_signature":
+		return true
+	}
+	return false
 }
 
 // DefaultReplayWindow bounds signed timestamps when the config does not.

@@ -99,9 +99,9 @@ func checkJSON(body []byte) error {
 				if prev, dup := f.keys[fk]; dup {
 					f.key = k
 					if prev == k {
-						return fmt.Errorf("duplicate key %q at %s: a JSON object may name a field once", k, path())
+						return &FieldError{Field: path(), Err: fmt.Errorf("duplicate key %q: a JSON object may name a field once", k)}
 					}
-					return fmt.Errorf("duplicate key at %s: %q and %q name the same field", path(), prev, k)
+					return &FieldError{Field: path(), Err: fmt.Errorf("duplicate key: %q and %q name the same field", prev, k)}
 				}
 				f.keys[fk], f.key, f.expectKey = k, k, false
 				continue

@@ -24,9 +24,9 @@ func TestCheckJSON(t *testing.T) {
 		{"keys that only look alike", `{"digest":1,"digests":2,"dіgest":3}`, ""}, // Cyrillic і does not fold to i
 		{"trailing whitespace", "{\"a\":1}\n\t ", ""},
 		{"depth 32", nest(32), ""},
-		{"duplicate key", `{"digest":"a","digest":"b"}`, `duplicate key "digest" at $.digest`},
+		{"duplicate key", `{"digest":"a","digest":"b"}`, `$.digest: duplicate key "digest"`},
 		{"duplicate key at depth", `{"events":[{"target":{"tag":"a"}},{"target":{"tag":"a","x":{},"tag":"b"}}]}`, `$.events[1].target.tag`},
-		{"duplicate key after a nested value", `{"a":{"b":[1,{"c":2}]},"a":1}`, `duplicate key "a" at $.a`},
+		{"duplicate key after a nested value", `{"a":{"b":[1,{"c":2}]},"a":1}`, `$.a: duplicate key "a"`},
 		{"case-folded duplicate", `{"Digest":"a","digest":"b"}`, `"Digest" and "digest" name the same field`},
 		{"upper-case duplicate", `{"repository":"a","REPOSITORY":"b"}`, `"repository" and "REPOSITORY"`},
 		{"long s (U+017F) folds to s", `{"digest":"a","digeſt":"b"}`, `"digest" and "digeſt"`},

@@ -141,19 +141,21 @@ type Fields struct {
 func (in *Incoming) check() error {
 	e := &in.Event
 	f := in.Fields
-	relevant := e.Action == ActionPush || e.Action == ActionDelete
-	if e.Registry != "" || relevant {
-		if err := ValidHost(e.Registry); err != nil {
-			return fieldErr(orDefault(f.Registry, "registry"), err)
-		}
+	if e.Action != ActionPush && e.Action != ActionDelete {
+		// Irrelevant (a pull, a ping): its values do not matter, and a
+		// sender that gets a 4xx for it may retry forever — behind it,
+		// every later push.
+		return nil
 	}
-	if e.Repository != "" || relevant {
-		if err := ValidRepository(e.Repository); err != nil {
-			return fieldErr(orDefault(f.Repository, "repository"), err)
-		}
-		if len(e.Registry)+1+len(e.Repository) > maxNameLen {
-			return fieldErr(orDefault(f.Repository, "repository"), fmt.Errorf("registry host and repository are %d characters, more than %d", len(e.Registry)+1+len(e.Repository), maxNameLen))
-		}
+	e.Registry = strings.ToLower(e.Registry) // host names are case-insensitive
+	if err := ValidHost(e.Registry); err != nil {
+		return fieldErr(orDefault(f.Registry, "registry"), err)
+	}
+	if err := ValidRepository(e.Repository); err != nil {
+		return fieldErr(orDefault(f.Repository, "repository"), err)
+	}
+	if len(e.Registry)+1+len(e.Repository) > maxNameLen {
+		return fieldErr(orDefault(f.Repository, "repository"), fmt.Errorf("registry host and repository are %d characters, more than %d", len(e.Registry)+1+len(e.Repository), maxNameLen))
 	}
 	if e.Digest != "" {
 		if err := ValidDigest(e.Digest); err != nil {
@@ -170,7 +172,7 @@ func (in *Incoming) check() error {
 			return fieldErr(fmt.Sprintf("children[%d]", i), err)
 		}
 	}
-	if relevant && e.Digest == "" && e.Tag == "" {
+	if e.Digest == "" && e.Tag == "" {
 		return fieldErr(orDefault(f.Digest, "digest"), errors.New("the event names neither a digest nor a tag"))
 	}
 	if in.Manifest != nil {

@@ -66,7 +66,7 @@ func TestDistributionClassify(t *testing.T) {
 		{"distribution-push.json", Filter{Rules: []Rule{{Registry: "127.0.0.1:5000", Repositories: []string{"prod/*"}}}}, []string{ReasonNotWatched}},
 		{"distribution-push.json", Filter{Rules: []Rule{{Registry: "other:5000", Repositories: []string{"**"}}}}, []string{ReasonNotWatched}},
 	} {
-		in, err := Distribution{}.Parse(nil, load(t, tc.file))
+		in, err := Distribution{Registry: "127.0.0.1:5000"}.Parse(nil, load(t, tc.file))
 		if err != nil {
 			t.Fatalf("%s: %v", tc.file, err)
 		}
@@ -78,7 +78,7 @@ func TestDistributionClassify(t *testing.T) {
 			t.Errorf("%s (-want +got):\n%s", tc.file, diff)
 		}
 	}
-	in, _ := Distribution{}.Parse(nil, load(t, "distribution-push.json"))
+	in, _ := Distribution{Registry: "127.0.0.1:5000"}.Parse(nil, load(t, "distribution-push.json"))
 	if e := in[0].Event; e.Ref() != "127.0.0.1:5000/demo/hello@sha256:2e8f9f12e5673cd129cdbd504990bd61f3c5de14aff882a0bbf7e50f9ef2ea81" || e.Tag != "v1" {
 		t.Errorf("event = %+v", e)
 	}
@@ -209,7 +209,7 @@ func TestReceiverStatuses(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			sink := &recordingSink{}
-			h := newRecv(t, Distribution{}, tc.auth, sink)
+			h := newRecv(t, Distribution{Registry: "127.0.0.1:5000"}, tc.auth, sink)
 			req := httptest.NewRequest(tc.method, "/hooks/src", bytes.NewReader(tc.body))
 			req.Header = tc.headers.Clone()
 			w := httptest.NewRecorder()
@@ -234,7 +234,7 @@ func TestReceiverStatuses(t *testing.T) {
 func TestReceiverSinkFailureIs503(t *testing.T) {
 	t.Parallel()
 	hdr, _ := NewHeader("Authorization", "Bearer s3cret-token")
-	h := newRecv(t, Distribution{}, hdr, &recordingSink{err: errors.New("disk full")})
+	h := newRecv(t, Distribution{Registry: "127.0.0.1:5000"}, hdr, &recordingSink{err: errors.New("disk full")})
 	req := httptest.NewRequest("POST", "/hooks/src", bytes.NewReader(load(t, "distribution-push.json")))
 	req.Header.Set("Content-Type", DistributionMediaType)
 	req.Header.Set("Authorization", "Bearer s3cret-token")
@@ -311,7 +311,7 @@ func TestDeliveryBounds(t *testing.T) {
 				refs[i] = tc.refs(i)
 			}
 			body, _ := json.Marshal(map[string][]string{"images": refs})
-			sink, res := &recordingSink{}, &countingResolver{}
+			sink, res := &recordingSink{}, &countingResolver{m: []byte(imageManifest)}
 			h, err := NewReceiver("src", Generic{}, NoAuthUnsafe{}, everything, sink, ReceiverOptions{MaxBody: 1 << 20, Resolver: res})
 			if err != nil {
 				t.Fatal(err)
@@ -323,22 +323,9 @@ func TestDeliveryBounds(t *testing.T) {
 			if w.Code != tc.code {
 				t.Fatalf("status %d, want %d: %s", w.Code, tc.code, w.Body)
 			}
-			if tc.code != 202 && (len(sink.events) != 0 || res.n > MaxResolves) {
-				t.Fatalf("refused delivery stored %d events after %d resolves", len(sink.events), res.n)
+			if tc.code != 202 && (len(sink.events) != 0 || res.n.Load() > MaxResolves) {
+				t.Fatalf("refused delivery stored %d events after %d resolves", len(sink.events), res.n.Load())
 			}
 		})
 	}
-}
-
-// countingResolver resolves every tag to one image, counting.
-type countingResolver struct {
-	mu sync.Mutex
-	n  int
-}
-
-func (c *countingResolver) Resolve(context.Context, string, string, string) (string, []byte, error) {
-	c.mu.Lock()
-	c.n++
-	c.mu.Unlock()
-	return sha256Digest([]byte(imageManifest)), []byte(imageManifest), nil
 }

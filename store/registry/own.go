@@ -77,12 +77,23 @@ func (o *ownSet) noteManifestPut(req *http.Request) {
 		dgst = ref
 	}
 	if dgst != "" {
-		o.add(req.URL.Host + "/" + repo + "@" + dgst)
+		o.add(ownKey(req.URL.Host, repo, dgst))
 	}
+}
+
+// ownKey names a manifest as registry events do: host in lower case, and
+// Docker Hub's API hosts as docker.io.
+func ownKey(host, repo, dgst string) string {
+	host = strings.ToLower(host)
+	switch host {
+	case "index.docker.io", "registry-1.docker.io":
+		host = "docker.io"
+	}
+	return host + "/" + repo + "@" + dgst
 }
 
 // Own reports whether this process wrote the manifest registry/repository@digest
 // (recently: see ownCap).
 func (c *Client) Own(registry, repository, digest string) bool {
-	return c.transport.own.has(registry + "/" + repository + "@" + digest)
+	return c.transport.own.has(ownKey(registry, repository, digest))
 }

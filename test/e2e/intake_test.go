@@ -38,6 +38,7 @@ watch:
 sources:
   - name: registry
     type: distribution
+    registry: %[1]s
     auth: {type: header, header: Authorization, secret_file: %[2]s}
 intake: {poll_interval: 0s}
 jobs: {backoff: 200ms}
@@ -304,6 +305,7 @@ watch:
 sources:
   - name: registry
     type: distribution
+    registry: %[1]s
     auth: {type: header, header: Authorization, secret_file: %[2]s}
 intake: {poll_interval: 0s}
 workers: 1

@@ -35,7 +35,7 @@ registries: [{host: "127.0.0.1:5000"}]
 watch: [{registry: "127.0.0.1:5000", repositories: ["**"]}]
 intake: {max_body_bytes: 2048}
 sources:
-  - {name: reg, type: distribution, auth: {type: header, secret_file: %q}}
+  - {name: reg, type: distribution, registry: "127.0.0.1:5000", auth: {type: header, secret_file: %q}}
   - {name: ci, type: generic, auth: {type: hmac, secret_file: %q}}
 `, bearerFile, hmacFile)), "test.yaml")
 	if err != nil {

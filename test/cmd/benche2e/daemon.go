@@ -118,6 +118,7 @@ watch:
 sources:
   - name: registry
     type: distribution
+    registry: %s
     auth: {type: header, header: Authorization, secret_file: %s}
 intake:
   poll_interval: 0s
@@ -135,7 +136,7 @@ gate:
     - from: "%s/staging/*"
       to: "%s/prod/{name}"
       tags: semver
-`, addr, dataDir, workers, reg, reg, b.secretFile, b.stk.SigningConfig, b.stk.TrustedRoot, b.tokenFile,
+`, addr, dataDir, workers, reg, reg, reg, b.secretFile, b.stk.SigningConfig, b.stk.TrustedRoot, b.tokenFile,
 		b.vulnDB, b.policy, reg, reg)
 }
 

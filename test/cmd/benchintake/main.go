@@ -234,6 +234,7 @@ watch:
 sources:
   - name: registry
     type: distribution
+    registry: %[1]s
     auth: {type: header, header: Authorization, secret_file: %[2]s}
 intake: {poll_interval: 0s}
 workers: 1

@@ -95,6 +95,7 @@ watch:
 sources:
   - name: registry
     type: distribution
+    registry: %s
     auth: {type: header, header: Authorization, secret_file: %s}
 signing:
   signing_config: %s
@@ -113,7 +114,7 @@ gate:
     - from: "%s/demo/*"
       to: "%s/prod/{name}"
       tags: semver
-`, addr, filepath.Join(dir, "data"), s.RegistryHost, s.RegistryHost, secretFile, s.SigningConfig, s.TrustedRoot, tokenFile,
+`, addr, filepath.Join(dir, "data"), s.RegistryHost, s.RegistryHost, s.RegistryHost, secretFile, s.SigningConfig, s.TrustedRoot, tokenFile,
 		demoExceptions(), policyPath, s.RegistryHost, s.RegistryHost)
 	if err := os.WriteFile(policyPath, []byte(fmt.Sprintf(demoPolicy, s.IssuerURL, identity)), 0o644); err != nil {
 		return err
