@@ -144,7 +144,7 @@ func runCeiling(dir string, l wrkLoad) (result, error) {
 		return res, err
 	}
 	filter := watch.Filter{Rules: []watch.Rule{{Registry: registryHost, Repositories: []string{"**"}}}}
-	recv, err := watch.NewReceiver("registry", watch.Distribution{}, auth, filter, nopSink{}, watch.ReceiverOptions{})
+	recv, err := watch.NewReceiver("registry", watch.Distribution{Registry: registryHost}, auth, filter, nopSink{}, watch.ReceiverOptions{})
 	if err != nil {
 		return res, err
 	}
