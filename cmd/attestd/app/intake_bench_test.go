@@ -92,7 +92,7 @@ const benchRegistry = "127.0.0.1:5000"
 func benchSink(b *testing.B, sink watch.Sink, l loadgen.Load) {
 	auth, _ := watch.NewHeader("Authorization", "Bearer bench-secret")
 	filter := watch.Filter{Rules: []watch.Rule{{Registry: benchRegistry, Repositories: []string{"**"}}}}
-	recv, err := watch.NewReceiver("bench", watch.Distribution{}, auth, filter, sink, watch.ReceiverOptions{})
+	recv, err := watch.NewReceiver("bench", watch.Distribution{Registry: benchRegistry}, auth, filter, sink, watch.ReceiverOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
