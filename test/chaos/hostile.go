@@ -1,0 +1,293 @@
+package chaos
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// hostile is one hostile image: how it was made and what must become of it.
+type hostile struct {
+	name string
+	// mustDeny: a final state other than promoted. Otherwise any final
+	// state will do (the image may be harmless once read safely), as long
+	// as the daemon stays within its bounds.
+	mustDeny bool
+	make     func(ctx context.Context, c *Campaign, repoTag string) (string, error) // returns the digest; "" when the registry refused it
+}
+
+func (c *Campaign) hostiles() []hostile {
+	marker := "attestd-chaos-" + nonce()
+	return []hostile{
+		{"decompression bomb (" + gib(c.o.BombBytes) + " from a few MiB)", true, func(ctx context.Context, c *Campaign, ref string) (string, error) {
+			b, err := newBomb(c.o.BombBytes)
+			if err != nil {
+				return "", err
+			}
+			img, err := onBase(c.bases["amd64"], b)
+			if err != nil {
+				return "", err
+			}
+			return pushDigest(ctx, ref, img)
+		}},
+		{"layer stream that never ends", true, func(ctx context.Context, c *Campaign, ref string) (string, error) {
+			l, err := layerOf([]entry{{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "endless-" + nonce()}, data: []byte("x")}})
+			if err != nil {
+				return "", err
+			}
+			d, _ := l.Digest()
+			c.prox["registry"].Endless(d.String())
+			img, err := onBase(c.bases["amd64"], l)
+			if err != nil {
+				return "", err
+			}
+			return pushDigest(ctx, ref, img)
+		}},
+		{"tar entries with ../, absolute paths, hard links and symlinks out, symlink loops", false, func(ctx context.Context, c *Campaign, ref string) (string, error) {
+			l, err := escapeLayer(marker)
+			if err != nil {
+				return "", err
+			}
+			img, err := onBase(c.bases["amd64"], l)
+			if err != nil {
+				return "", err
+			}
+			return pushDigest(ctx, ref, img)
+		}},
+		{fmt.Sprintf("%d tiny files", c.o.ManyFiles), false, func(ctx context.Context, c *Campaign, ref string) (string, error) {
+			l, err := manyFilesLayer(c.o.ManyFiles)
+			if err != nil {
+				return "", err
+			}
+			img, err := onBase(c.bases["amd64"], l)
+			if err != nil {
+				return "", err
+			}
+			return pushDigest(ctx, ref, img)
+		}},
+		{fmt.Sprintf("image index with %d children", c.o.IndexFanout), true, func(ctx context.Context, c *Campaign, ref string) (string, error) {
+			child, err := appImage(c.bases["amd64"], "65532")
+			if err != nil {
+				return "", err
+			}
+			if _, err := pushImage(ctx, c.stk.RegistryHost+"/chaos-base/fanout:child", child); err != nil {
+				return "", err
+			}
+			idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+			var adds []mutate.IndexAddendum
+			for i := range c.o.IndexFanout {
+				img := mutate.Annotations(child, map[string]string{"chaos.n": fmt.Sprint(i)}).(v1.Image)
+				adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64", Variant: fmt.Sprintf("v%d", i)}}})
+			}
+			idx = mutate.AppendManifests(idx, adds...)
+			return pushDigest(ctx, ref, idx)
+		}},
+		{fmt.Sprintf("%d junk referrers (sigstore bundle type) on one image", c.o.Referrers), true, func(ctx context.Context, c *Campaign, ref string) (string, error) {
+			img, err := appImage(c.bases["amd64"], "65532")
+			if err != nil {
+				return "", err
+			}
+			if err := c.junkReferrers(ctx, ref, img, c.o.Referrers); err != nil {
+				return "", err
+			}
+			return pushDigest(ctx, ref, img)
+		}},
+		{"100 MB manifest", true, func(ctx context.Context, c *Campaign, ref string) (string, error) {
+			return putHugeManifest(ctx, ref, 100<<20)
+		}},
+	}
+}
+
+// hostilePhase pushes each hostile image and checks what became of it and
+// of the daemon: still alive, memory and disk bounded, nothing written
+// outside its own files.
+func (c *Campaign) hostilePhase(ctx context.Context) error {
+	hs := c.hostiles()
+	for i, h := range hs {
+		repo := fmt.Sprintf("staging/hostile-%d", i)
+		start := time.Now()
+		c.logf("hostile: %s", h.name)
+		d, err := h.make(ctx, c, c.stk.RegistryHost+"/"+repo+":v1.0.0")
+		res := hostileResult{Name: h.name, MustDeny: h.mustDeny}
+		switch {
+		case err != nil && d == "":
+			res.Outcome = "registry refused it: " + firstLine(err.Error())
+			res.OK = true
+		case err != nil:
+			return err
+		default:
+			p := &pushed{ref: c.regHost + "/" + repo + "@" + d, repo: repo, tag: "v1.0.0", digest: d, allow: !h.mustDeny, hostile: h.name, at: time.Now(), phase: "hostile"}
+			c.mu.Lock()
+			c.images = append(c.images, p)
+			c.mu.Unlock()
+			recs, werr := c.waitFinal(ctx, []*pushed{p}, 4*time.Minute)
+			if werr != nil {
+				res.Outcome = werr.Error()
+				break
+			}
+			r := recs[p.ref]
+			res.Outcome = string(r.State)
+			if r.LastError != "" {
+				res.Outcome += ": " + firstLine(r.LastError)
+			} else if r.Decision != nil && len(r.Decision.Reasons) > 0 {
+				res.Outcome += ": " + firstLine(strings.Join(r.Decision.Reasons, "; "))
+			}
+			res.OK = !h.mustDeny || r.State != "promoted"
+			if h.mustDeny {
+				p.allow = false
+			} else {
+				p.allow = r.State == "promoted"
+			}
+		}
+		res.Took = time.Since(start)
+		res.DataBytes = dirBytes(c.d.dataDir)
+		c.rep.Hostile = append(c.rep.Hostile, res)
+		if !c.d.alive() {
+			return fmt.Errorf("the daemon died on hostile image %q", h.name)
+		}
+	}
+	// Nothing escaped the daemon's own files.
+	for _, pat := range []string{"/tmp/attestd-chaos-*", "/etc/attestd-chaos-*"} {
+		m, _ := filepath.Glob(pat)
+		c.rep.Escaped = append(c.rep.Escaped, m...)
+	}
+	return nil
+}
+
+type hostileResult struct {
+	Name      string
+	MustDeny  bool
+	Outcome   string
+	OK        bool
+	Took      time.Duration
+	DataBytes int64
+}
+
+func pushDigest(ctx context.Context, ref string, t remote.Taggable) (string, error) {
+	d, err := pushImage(ctx, ref, t)
+	if err != nil {
+		return "", err
+	}
+	return d.DigestStr(), nil
+}
+
+// junkReferrers pushes n manifests claiming to be Sigstore bundles about
+// img (its subject) and a referrers fallback index listing them, before
+// img itself is pushed: the daemon meets them on its first look.
+func (c *Campaign) junkReferrers(ctx context.Context, ref string, img v1.Image, n int) error {
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		return err
+	}
+	repo := tag.Context()
+	opts := []remote.Option{remote.WithContext(ctx), remote.WithUserAgent("attestd-chaos"), remote.WithJobs(8)}
+	junk := static.NewLayer([]byte(`{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","junk":true}`), "application/vnd.dev.sigstore.bundle.v0.3+json")
+	if err := remote.WriteLayer(repo, junk, opts...); err != nil {
+		return err
+	}
+	emptyCfg := static.NewLayer([]byte("{}"), "application/vnd.oci.empty.v1+json")
+	if err := remote.WriteLayer(repo, emptyCfg, opts...); err != nil {
+		return err
+	}
+	sd, _ := img.Digest()
+	ssz, _ := img.Size()
+	jd, _ := junk.Digest()
+	jsz, _ := junk.Size()
+	cd, _ := emptyCfg.Digest()
+	type desc struct {
+		MediaType    string            `json:"mediaType"`
+		Digest       string            `json:"digest"`
+		Size         int64             `json:"size"`
+		ArtifactType string            `json:"artifactType,omitempty"`
+		Annotations  map[string]string `json:"annotations,omitempty"`
+	}
+	const bundleType = "application/vnd.dev.sigstore.bundle.v0.3+json"
+	var list []desc
+	for i := range n {
+		m, _ := json.Marshal(map[string]any{
+			"schemaVersion": 2, "mediaType": string(types.OCIManifestSchema1), "artifactType": bundleType,
+			"config":      desc{MediaType: "application/vnd.oci.empty.v1+json", Digest: cd.String(), Size: 2},
+			"layers":      []desc{{MediaType: bundleType, Digest: jd.String(), Size: jsz}},
+			"subject":     desc{MediaType: string(types.OCIManifestSchema1), Digest: sd.String(), Size: ssz},
+			"annotations": map[string]string{"dev.sigstore.bundle.predicateType": "https://slsa.dev/provenance/v1", "chaos.n": fmt.Sprint(i)},
+		})
+		h := sha256.Sum256(m)
+		d := "sha256:" + hex.EncodeToString(h[:])
+		if err := remote.Put(repo.Digest(d), rawManifest{m, types.OCIManifestSchema1}, opts...); err != nil {
+			return fmt.Errorf("referrer %d: %w", i, err)
+		}
+		list = append(list, desc{MediaType: string(types.OCIManifestSchema1), Digest: d, Size: int64(len(m)), ArtifactType: bundleType,
+			Annotations: map[string]string{"dev.sigstore.bundle.predicateType": "https://slsa.dev/provenance/v1"}})
+	}
+	idx, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": string(types.OCIImageIndex), "manifests": list})
+	fallback := repo.Tag(strings.Replace(sd.String(), ":", "-", 1))
+	return remote.Put(fallback, rawManifest{idx, types.OCIImageIndex}, opts...)
+}
+
+type rawManifest struct {
+	b  []byte
+	mt types.MediaType
+}
+
+func (r rawManifest) RawManifest() ([]byte, error)        { return r.b, nil }
+func (r rawManifest) MediaType() (types.MediaType, error) { return r.mt, nil }
+
+// putHugeManifest PUTs an image manifest of size bytes (padded with an
+// annotation). Registries cap manifest size; what this one answered is the
+// outcome when it refuses.
+func putHugeManifest(ctx context.Context, ref string, size int) (string, error) {
+	pad := make([]byte, size/2)
+	_, _ = rand.Read(pad)
+	m, _ := json.Marshal(map[string]any{
+		"schemaVersion": 2, "mediaType": string(types.OCIManifestSchema1),
+		"config":      map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2},
+		"layers":      []any{},
+		"annotations": map[string]string{"pad": hex.EncodeToString(pad)},
+	})
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		return "", err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://"+tag.RegistryStr()+"/v2/"+tag.RepositoryStr()+"/manifests/"+tag.TagStr(), bytes.NewReader(m))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", string(types.OCIManifestSchema1))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return "", fmt.Errorf("PUT of a %d MB manifest: %s", len(m)>>20, resp.Status)
+	}
+	h := sha256.Sum256(m)
+	return "sha256:" + hex.EncodeToString(h[:]), nil
+}
+
+func gib(n int64) string { return fmt.Sprintf("%.0f GiB", float64(n)/(1<<30)) }
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > 200 {
+		s = s[:200] + "…"
+	}
+	return s
+}
