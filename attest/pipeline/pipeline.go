@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/attestd/attestd/store"
@@ -70,6 +71,11 @@ type Options struct {
 	// OnStage, if set, is called after each call of a stage with its
 	// result and how long it took (metrics): one hook for every stage.
 	OnStage func(stage string, err error, took time.Duration)
+	// Healthy, if set, is asked before each claim: while it returns an
+	// error (the data directory's filesystem is full) workers claim
+	// nothing, so no job spends its attempts on a host problem, and they
+	// resume by themselves once it passes.
+	Healthy func() error
 }
 
 // Pipeline runs jobs. Construct with New.
@@ -166,7 +172,22 @@ func (p *Pipeline) Run(ctx context.Context) error {
 
 func (p *Pipeline) worker(ctx, work context.Context, n int) {
 	owner := p.o.Owner + "/" + strconv.Itoa(n)
+	paused := false
 	for ctx.Err() == nil {
+		if p.o.Healthy != nil {
+			if err := p.o.Healthy(); err != nil {
+				if !paused && n == 0 {
+					p.log.ErrorContext(ctx, "workers paused: claiming no job until the host recovers", "err", err)
+				}
+				paused = true
+				p.sleep(ctx, idlePoll)
+				continue
+			}
+			if paused && n == 0 {
+				p.log.InfoContext(ctx, "workers resumed")
+			}
+			paused = false
+		}
 		j, err := p.q.Claim(ctx, owner, p.o.JobTimeout+p.o.Grace)
 		switch {
 		case errors.Is(err, store.ErrNoJob):
@@ -214,42 +235,81 @@ func (p *Pipeline) Process(ctx context.Context, jobID uint64) error {
 }
 
 // runJob runs j and records its outcome durably: done, retried with backoff,
-// or buried. Bookkeeping uses a context that survives shutdown so an
-// outcome is never lost between "stage finished" and "job recorded".
+// or buried.
 func (p *Pipeline) runJob(ctx context.Context, j *store.Job, owner string) error {
 	log := p.log.With("job", j.ID, "digest", j.Ref)
 	err := p.advance(ctx, j.Ref, log)
 
-	bctx, bcancel := context.WithTimeout(context.WithoutCancel(ctx), bookkeepingTimeout)
-	defer bcancel()
-	var berr error
+	var record func(context.Context) error
 	switch {
 	case err == nil:
-		berr = p.q.Complete(bctx, j.ID, owner)
+		record = func(bctx context.Context) error { return p.q.Complete(bctx, j.ID, owner) }
 		log.InfoContext(ctx, "job done", "attempt", j.Attempts)
 	case ctx.Err() != nil && !IsPermanent(err):
 		// Shutdown cut the attempt short: back in the queue, no penalty wait.
-		berr = p.q.Retry(bctx, j.ID, owner, fmt.Errorf("interrupted by shutdown: %w", err), 0)
+		cause := fmt.Errorf("interrupted by shutdown: %w", err)
+		record = func(bctx context.Context) error { return p.q.Retry(bctx, j.ID, owner, cause, 0) }
 		log.InfoContext(ctx, "job interrupted, requeued", "err", err)
+	case HostFull(err):
+		// The disk is full: not the job's fault, never buried for it.
+		b := p.backoff(j.Attempts)
+		record = func(bctx context.Context) error { return p.q.Retry(bctx, j.ID, owner, err, b) }
+		log.WarnContext(ctx, "job failed on a full disk, will retry", "attempt", j.Attempts, "backoff", b, "err", err)
 	case IsPermanent(err) || j.Attempts >= p.o.MaxAttempts:
-		berr = p.q.Bury(bctx, j.ID, owner, err)
+		record = func(bctx context.Context) error { return p.q.Bury(bctx, j.ID, owner, err) }
 		log.ErrorContext(ctx, "job failed for good", "attempt", j.Attempts, "err", err)
 	default:
 		b := p.backoff(j.Attempts)
-		berr = p.q.Retry(bctx, j.ID, owner, err, b)
+		record = func(bctx context.Context) error { return p.q.Retry(bctx, j.ID, owner, err, b) }
 		log.WarnContext(ctx, "job failed, will retry", "attempt", j.Attempts, "backoff", b, "err", err)
 	}
-	if berr != nil {
-		// The claim stays; ReleaseClaims at the next start re-drives it.
-		log.ErrorContext(ctx, "recording job outcome failed", "err", berr)
-		if err == nil {
-			err = berr
-		}
+	if berr := p.bookkeep(ctx, record, log); berr != nil && err == nil {
+		err = berr
 	}
 	if p.o.OnJobDone != nil {
 		p.o.OnJobDone(j, err)
 	}
 	return err
+}
+
+// bookkeep records a job's outcome durably. A failed write (the disk filled
+// up between the stage and the write) is repeated with backoff until it
+// succeeds or the pipeline stops: the outcome is not dropped and the claim
+// not left to expire. Stopped, the claim stays and ReleaseClaims at the
+// next start re-drives the job. The writes use a context that survives
+// shutdown, so an outcome is never lost between "stage finished" and "job
+// recorded".
+func (p *Pipeline) bookkeep(ctx context.Context, record func(context.Context) error, log *slog.Logger) error {
+	d := time.Second
+	for try := 1; ; try++ {
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookkeepingTimeout)
+		err := record(bctx)
+		cancel()
+		if err == nil {
+			if try > 1 {
+				log.InfoContext(ctx, "job outcome recorded", "tries", try)
+			}
+			return nil
+		}
+		if try == 1 {
+			log.ErrorContext(ctx, "recording job outcome failed, retrying", "err", err)
+		}
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrNotOwner) {
+			return err // the claim is gone: another owner has the job
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(d):
+		}
+		d = min(2*d, 30*time.Second)
+	}
+}
+
+// HostFull reports whether err comes from a full filesystem (ENOSPC,
+// EDQUOT): a problem of the host, not of the job.
+func HostFull(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
 
 func (p *Pipeline) backoff(attempt int) time.Duration {

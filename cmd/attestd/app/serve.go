@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -211,6 +212,10 @@ func (a *api) readyz(w http.ResponseWriter, req *http.Request) {
 	}
 	if _, _, err := a.db.AuditHead(req.Context()); err != nil {
 		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
+		return
+	}
+	if err := diskSpace(filepath.Dir(a.db.Path())); err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
 	if req.URL.Query().Get("deep") == "1" && a.deps != nil {

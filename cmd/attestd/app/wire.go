@@ -113,6 +113,7 @@ func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Cli
 		Logger:        log,
 		OnJobDone:     done,
 		OnStage:       r.stageMetrics.observe,
+		Healthy:       func() error { return diskSpace(cfg.DataDir) },
 	})
 }
 
