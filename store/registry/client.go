@@ -148,8 +148,11 @@ func WithMaxRetries(n int) Option {
 	}
 }
 
-// WithInsecureRegistriesUnsafe allows plain HTTP to these hosts. Loopback
-// hosts are always plain HTTP (as in ggcr); anything else needs this.
+// WithInsecureRegistriesUnsafe allows plain HTTP to these hosts
+// ("name[:port]", exactly as in references). Loopback hosts (127.0.0.0/8,
+// ::1, localhost) may always use plain HTTP; every other host gets HTTPS
+// unless listed here (see Transport.scheme). Even here, credentials are
+// never sent in plain HTTP: such a request fails with ErrPlainHTTP.
 func WithInsecureRegistriesUnsafe(hosts ...string) Option {
 	return func(o *options) error { o.insecure = append(o.insecure, hosts...); return nil }
 }
@@ -189,6 +192,7 @@ func New(opts ...Option) (*Client, error) {
 	}
 	for _, h := range o.insecure {
 		c.insecure[h] = true
+		c.transport.insecure[h] = true
 	}
 	return c, nil
 }
