@@ -11,4 +11,6 @@ var (
 	// ErrTooManyReferrers: a subject lists more referrers than the
 	// client considers (WithMaxReferrers); none of them were read.
 	ErrTooManyReferrers = errors.New("too many referrers")
+	// ErrTooLarge: a manifest larger than the caller reads.
+	ErrTooLarge = errors.New("too large")
 )
