@@ -334,8 +334,11 @@ func (z Size) MarshalYAML() (any, error) { return int64(z), nil }
 type Registry struct {
 	// Host is "name[:port]" as in image references, e.g. "registry.example.com".
 	Host string `yaml:"host"`
-	// Insecure allows plain HTTP to a non-loopback host. Loopback hosts
-	// (127.0.0.1, ::1, localhost) always use plain HTTP.
+	// Insecure allows plain HTTP to a non-loopback host, anonymously
+	// only: credentials are never sent in plain HTTP beyond loopback
+	// (Validate refuses insecure with auth). Loopback hosts (127.0.0.0/8,
+	// ::1, localhost) may always use plain HTTP; every other host gets
+	// HTTPS, private addresses included.
 	Insecure bool `yaml:"insecure"`
 	Auth     Auth `yaml:"auth"`
 	// RateLimit caps requests per second to this host (0: attestd's default).
@@ -741,6 +744,9 @@ func (c *Config) Validate() error {
 		if (r.Auth.Username == "") != (r.Auth.PasswordFile == "") {
 			bad(f+".auth", "username and password_file go together (or leave both unset to use the docker config and credential helpers)")
 		}
+		if r.Insecure && (r.Auth.Username != "" || r.Auth.PasswordFile != "") && !loopback(r.Host) {
+			bad(f+".insecure", "plain HTTP to %q would send its credentials (auth) in the clear, and attestd refuses to: serve the registry over TLS and drop insecure, or drop auth and use it anonymously", r.Host)
+		}
 		if r.RateLimit < 0 {
 			bad(f+".rate_limit", "must not be negative")
 		}
@@ -798,6 +804,17 @@ func ParseLevel(s string) (slog.Level, error) {
 
 // File is where the config was loaded from ("" for defaults).
 func (c *Config) File() string { return c.file }
+
+// loopback reports whether host[:port] is a loopback address or
+// localhost (as store/registry.IsLoopback, which configs may not import):
+// the only hosts credentials may reach in plain HTTP.
+func loopback(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	ip := net.ParseIP(host)
+	return host == "localhost" || ip != nil && ip.IsLoopback()
+}
 
 // Registry returns the settings for host (zero value when not configured).
 func (c *Config) Registry(host string) Registry {

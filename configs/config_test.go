@@ -89,6 +89,7 @@ func TestLoadErrors(t *testing.T) {
 		{"bad spdx", "analysis:\n  spdx_version: \"3.0\"\n", []string{"analysis.spdx_version"}},
 		{"bad go", "analysis:\n  hardening: {min_go_version: \"1.25\"}\n", []string{"min_go_version", "go1.25"}},
 		{"builder without uri", "analysis:\n  builders: [{repository: \"r/*\", id: ci}]\n", []string{"analysis.builders[0].id", "URI"}},
+		{"insecure with auth", "registries:\n- host: 10.0.0.5:5000\n  insecure: true\n  auth: {username: u, password_file: pw}\n", []string{"registries[0].insecure", "in the clear", "TLS", "anonymously"}},
 		{"scheme in host", "registries:\n- host: https://r.example\n", []string{"bare host"}},
 		{"watch unknown registry", "watch:\n- registry: nope\n  repositories: [a]\n", []string{"watch[0].registry", "add it there"}},
 		{"bad listen", "listen: 8080\n", []string{"listen", "host:port"}},
@@ -181,4 +182,24 @@ func FuzzLoad(f *testing.F) {
 		}
 		_ = c.Validate()
 	})
+}
+
+// TestInsecureAuth: credentials and plain HTTP go together only on
+// loopback; an insecure registry elsewhere is anonymous.
+func TestInsecureAuth(t *testing.T) {
+	t.Parallel()
+	for host, ok := range map[string]bool{
+		"127.0.0.1:5000": true, "localhost:5000": true, "[::1]:5000": true, "localhost": true,
+		"10.0.0.5:5000": false, "192.168.1.2": false, "[fd00::1]:5000": false, "registry.example.com": false,
+	} {
+		c := Default()
+		c.Registries = []Registry{{Host: host, Insecure: true, Auth: Auth{Username: "u", PasswordFile: "pw"}}}
+		if err := c.Validate(); (err == nil) != ok {
+			t.Errorf("%s insecure with auth: %v, want accepted %v", host, err, ok)
+		}
+		c.Registries[0].Auth = Auth{}
+		if err := c.Validate(); err != nil {
+			t.Errorf("%s insecure, anonymous: %v", host, err)
+		}
+	}
 }

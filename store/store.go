@@ -49,6 +49,8 @@ type DB struct {
 	path   string
 	now    func() time.Time
 	logger *slog.Logger
+	// syncDir fsyncs a directory (SyncDir; tests inject failures).
+	syncDir func(dir string) error
 
 	// The intake group-commit writer (read-write opens only).
 	intake     chan *intakeReq
@@ -64,6 +66,7 @@ type options struct {
 	now         func() time.Time
 	logger      *slog.Logger
 	readOnly    bool
+	syncDir     func(dir string) error
 }
 
 // Option configures Open.
@@ -115,7 +118,7 @@ func ReadOnly() Option {
 // is reported as ErrCorrupt, a file held by another process as ErrLocked.
 func Open(path string, opts ...Option) (db *DB, err error) {
 	o := options{lockTimeout: DefaultLockTimeout, now: time.Now, logger: slog.New(slog.DiscardHandler),
-		batchDelay: DefaultBatchDelay, batchSize: DefaultBatchSize}
+		batchDelay: DefaultBatchDelay, batchSize: DefaultBatchSize, syncDir: SyncDir}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, fmt.Errorf("open store: %w", err)
@@ -132,7 +135,7 @@ func Open(path string, opts ...Option) (db *DB, err error) {
 		if o.readOnly {
 			return nil, fmt.Errorf("open store %s: %w: no database yet (run attestd serve or process first)", path, ErrNotFound)
 		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		if err := mkdirAllSynced(filepath.Dir(path), 0o700, o.syncDir); err != nil {
 			return nil, fmt.Errorf("open store: create data dir: %w", err)
 		}
 	case statErr != nil:
@@ -155,8 +158,17 @@ func Open(path string, opts ...Option) (db *DB, err error) {
 		}
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	if errors.Is(statErr, os.ErrNotExist) {
+		// bbolt synced the new file's content; its name is durable only
+		// once the directory is: without this a crash could lose the
+		// database (and every job it acknowledged) whole.
+		if err := o.syncDir(filepath.Dir(path)); err != nil {
+			_ = b.Close()
+			return nil, fmt.Errorf("open store %s: the new database's directory entry is not durable: %w; check the data directory's file system", path, err)
+		}
+	}
 	b.MaxBatchDelay, b.MaxBatchSize = o.batchDelay, o.batchSize
-	db = &DB{bolt: b, path: path, now: o.now, logger: o.logger}
+	db = &DB{bolt: b, path: path, now: o.now, logger: o.logger, syncDir: o.syncDir}
 	if o.readOnly {
 		if err := db.checkSchema(); err != nil {
 			_ = b.Close()
@@ -211,9 +223,10 @@ func (db *DB) Backup(ctx context.Context, w io.Writer) (int64, error) {
 	return n, nil
 }
 
-// BackupFile writes a snapshot to path atomically: a temp file in the same
-// directory, fsynced, then renamed, so a failed backup never leaves a
-// half-written file under the requested name.
+// BackupFile writes a snapshot to path atomically and durably: a temp file
+// in the same directory, fsynced, then renamed, then the directory
+// fsynced, so a failed backup never leaves a half-written file under the
+// requested name, and a backup reported written survives a crash.
 func (db *DB) BackupFile(ctx context.Context, path string) (int64, error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, ".attestd-backup-*")
@@ -237,6 +250,9 @@ func (db *DB) BackupFile(ctx context.Context, path string) (int64, error) {
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return 0, fmt.Errorf("backup: %w", err)
+	}
+	if err := db.syncDir(dir); err != nil {
+		return 0, fmt.Errorf("backup %s: written, but not durable yet: %w", path, err)
 	}
 	return n, nil
 }

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -866,4 +869,108 @@ func (w *world) coldVerifier() *verify.Verifier {
 		w.t.Fatal(err)
 	}
 	return v
+}
+
+// TestAttackReferrerFlood: someone with push access lists 10,000 junk
+// referrers beside the digest's genuine bundles (in the fallback index,
+// which anyone who can push may rewrite). The gate denies, naming the
+// cap, in bounded time and memory, without reading a single bundle; the
+// promotion of the earlier allow is stopped too. Not parallel: it
+// measures the process's allocations.
+func TestAttackReferrerFlood(t *testing.T) {
+	w := newWorld(t, testPolicy, false)
+	ref := w.image("v1")
+	w.signAll(ref)
+	w.mustAllow(ref)
+	genuine, err := w.rc.Referrers(w.ctx, ref, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mt, _ := sgbundle.MediaTypeString("0.3")
+	im := v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex, Manifests: genuine}
+	for i := range 10_000 {
+		im.Manifests = append(im.Manifests, v1.Descriptor{MediaType: types.OCIManifestSchema1, Size: 600, ArtifactType: mt,
+			Digest: v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%064x", i)}})
+	}
+	raw, _ := json.Marshal(im)
+	dg, _, _ := v1.SHA256(bytes.NewReader(raw))
+	fallback := "/v2/" + w.stage.RepositoryStr() + "/manifests/" + strings.Replace(ref.DigestStr(), ":", "-", 1)
+	f := func(rw http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != fallback {
+			return false
+		}
+		rw.Header().Set("Docker-Content-Digest", dg.String())
+		if r.Method == http.MethodPut { // the summary's writer updating the index: accepted, not kept
+			_, _ = io.Copy(io.Discard, r.Body)
+			rw.WriteHeader(http.StatusCreated)
+			return true
+		}
+		rw.Header().Set("Content-Type", string(types.OCIImageIndex))
+		rw.Header().Set("Content-Length", fmt.Sprint(len(raw)))
+		if r.Method == http.MethodGet {
+			_, _ = rw.Write(raw)
+		}
+		return true
+	}
+	w.intercept.Store(&f)
+
+	// The allow stored before the flood does not carry the promotion:
+	// it decides again, on the flooded digest.
+	if err := w.promote(ref); err == nil {
+		t.Fatal("promoted a digest flooded with referrers")
+	} else {
+		t.Logf("promotion: %v", err)
+	}
+	if w.prodHas(ref.DigestStr()) {
+		t.Error("the flooded digest reached prod")
+	}
+
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	blobs := w.blobGets.Load()
+	start := time.Now()
+	ev, err := w.gate.Check(w.ctx, w.target(ref), nil)
+	took := time.Since(start)
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Decision.Allow {
+		t.Fatal("allowed")
+	}
+	if took > 10*time.Second {
+		t.Errorf("denying took %s", took)
+	}
+	// The listing is ~1.5 MB, parsed once; reading the referrers would
+	// be thousands of requests and their bundles.
+	alloc := after.TotalAlloc - before.TotalAlloc
+	if alloc > 64<<20 {
+		t.Errorf("denying allocated %d MiB", alloc>>20)
+	}
+	if n := w.blobGets.Load() - blobs; n != 0 {
+		t.Errorf("%d blobs read while denying", n)
+	}
+	t.Logf("denied in %s, %d MiB allocated", took, alloc>>20)
+	d := w.mustDeny(ref, "at most 1024")
+	if !slices.ContainsFunc(d.Reasons, func(r string) bool { return strings.HasPrefix(r, "verify.referrers") }) {
+		t.Errorf("reasons %q lack the verify.referrers rule", d.Reasons)
+	}
+}
+
+// TestJunkReferrersSkippedFactsStillCount: junk referrers under the cap
+// (unsigned, oversized, another digest's) are rejected one by one, and
+// the genuine bundles from allowed signers still allow.
+func TestJunkReferrersSkippedFactsStillCount(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, true)
+	ref := w.image("v1")
+	w.signAll(ref)
+	for i := range 20 {
+		w.attach(ref, attest.PredicateHardening, []byte(fmt.Sprintf(`{"junk":%d}`, i)))
+	}
+	d := w.mustAllow(ref)
+	if len(w.input(ref).Subjects[0].Rejected) < 20 {
+		t.Errorf("junk not listed as rejected: %+v (decision %+v)", w.input(ref).Subjects[0].Rejected, d)
+	}
 }

@@ -115,7 +115,21 @@ func (g *Gate) Check(ctx context.Context, t *pipeline.Target, tags []string) (*E
 	if ctx.Err() != nil {
 		return nil, ctx.Err() // shutting down: evaluate again later
 	}
+	incomplete(ev)
 	return ev, nil
+}
+
+// incomplete denies, in every policy mode, a digest some subject of which
+// had attachments the verifier did not consider (more than it reads):
+// what was left unread could be anything, so nothing is decided on part.
+func incomplete(ev *Evaluation) {
+	for _, s := range ev.Subjects {
+		if s.Result.Incomplete == "" {
+			continue
+		}
+		ev.Decision.Allow = false
+		ev.Decision.Violations = append(ev.Decision.Violations, policy.Violation{Rule: "verify.referrers", Subject: s.Digest, Message: s.Result.Incomplete})
+	}
 }
 
 // signVSA signs the decision and attaches it to the digest. Its content

@@ -329,6 +329,9 @@ func (g *Gate) checkDestination(ctx context.Context, dst name.Repository, plan *
 		if err != nil {
 			return err
 		}
+		if res.Incomplete != "" {
+			return fmt.Errorf("%s: %s: promotion stopped before the tag", dst, res.Incomplete)
+		}
 		verified := map[string]bool{}
 		for _, evs := range res.All {
 			for _, e := range evs {

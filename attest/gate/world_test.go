@@ -92,15 +92,22 @@ type world struct {
 	vsaBundles []string
 	// blobGets counts the registry's blob reads.
 	blobGets *atomic.Int64
+	// intercept, when set, answers the requests it returns true for in
+	// the registry's place (what another registry would serve).
+	intercept *atomic.Pointer[func(http.ResponseWriter, *http.Request) bool]
 }
 
 func newWorld(t *testing.T, policyYAML string, referrersAPI bool) *world {
 	t.Helper()
 	reg := ggcrregistry.New(ggcrregistry.WithReferrersSupport(referrersAPI), ggcrregistry.Logger(log.New(io.Discard, "", 0)))
 	blobGets := &atomic.Int64{}
+	intercept := &atomic.Pointer[func(http.ResponseWriter, *http.Request) bool]{}
 	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
 			blobGets.Add(1)
+		}
+		if f := intercept.Load(); f != nil && (*f)(rw, r) {
+			return
 		}
 		reg.ServeHTTP(rw, r)
 	}))
@@ -113,7 +120,7 @@ func newWorld(t *testing.T, policyYAML string, referrersAPI bool) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &world{t: t, ctx: context.Background(), vs: vs, rc: rc, host: strings.TrimPrefix(srv.URL, "http://"), store: newMemStore(), now: time.Now().UTC(), blobGets: blobGets}
+	w := &world{t: t, ctx: context.Background(), vs: vs, rc: rc, host: strings.TrimPrefix(srv.URL, "http://"), store: newMemStore(), now: time.Now().UTC(), blobGets: blobGets, intercept: intercept}
 	w.stage, _ = name.NewRepository(w.host + "/staging/app")
 	w.prod, _ = name.NewRepository(w.host + "/prod/app")
 	w.setPolicy(policyYAML)

@@ -32,11 +32,17 @@ import (
 )
 
 // Bounds on what the registry (anyone who can push) makes the verifier read
-// for one digest: bundles past them are rejected, never read.
+// for one digest. More referrers than the cap fail the whole digest
+// (Result.Incomplete, a deny): junk can be skipped, but which bundles
+// would be read of too many is the pusher's choice. A bundle over a byte
+// bound is rejected unread, the others still count.
 const (
-	// MaxBundles is how many bundle referrers are read.
-	MaxBundles = 1024
-	// maxBundleBytes bounds one bundle, maxBundlesBytes all of them.
+	// MaxBundles is how many bundle referrers one digest may have; the
+	// registry client refuses more referrers of any type first
+	// (registry.WithMaxReferrers, by default as many).
+	MaxBundles = registry.DefaultMaxReferrers
+	// maxBundleBytes bounds one bundle, maxBundlesBytes all of them (per
+	// digest, in listing order, and held in memory across the process).
 	maxBundleBytes  = 64 << 20
 	maxBundlesBytes = 256 << 20
 	// maxBundleManifest bounds a bundle's manifest.
@@ -83,6 +89,8 @@ type Verifier struct {
 	layers *layerCache
 	// inFlight bounds the bundle bytes all Verify calls hold at once.
 	inFlight *semaphore.Weighted
+	// The bounds above, as fields so tests can lower them.
+	maxBundles, maxBundle, maxBundlesTotal int64
 }
 
 // allowed is an expected identity and the predicate types it may sign.
@@ -119,7 +127,8 @@ func New(trusted root.TrustedMaterial, ids []Identity, reg *registry.Client, o O
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}
-	v := &Verifier{v: sv, reg: reg, cache: &verdicts{max: maxVerdictBytes}, layers: &layerCache{}, inFlight: semaphore.NewWeighted(maxBundlesBytes)}
+	v := &Verifier{v: sv, reg: reg, cache: &verdicts{max: maxVerdictBytes}, layers: &layerCache{}, inFlight: semaphore.NewWeighted(maxBundlesBytes),
+		maxBundles: MaxBundles, maxBundle: maxBundleBytes, maxBundlesTotal: maxBundlesBytes}
 	for i, id := range ids {
 		ci, err := sgverify.NewShortCertificateIdentity(id.Issuer, id.IssuerRegex, id.Subject, id.SubjectRegex)
 		if err != nil {
@@ -170,6 +179,10 @@ type Result struct {
 	Rejected []Rejection
 	// Classic lists the classic tag images read, with all their layers.
 	Classic []ClassicTag
+	// Incomplete says why the digest's attachments were not all
+	// considered (more referrers than the verifier reads): nothing is
+	// Verified then, and the gate denies whatever the policy says.
+	Incomplete string
 }
 
 // PredicateTypes lists the verified predicate types, sorted.
@@ -378,14 +391,19 @@ func (v *Verifier) verify(ctx context.Context, ref string, remembered bool) (Res
 		return Result{}, err
 	}
 	refs, err := v.reg.Referrers(ctx, d, mt)
+	if errors.Is(err, registry.ErrTooManyReferrers) {
+		return incomplete(err.Error()), nil
+	}
 	if err != nil && !registry.IsNotFound(err) {
 		return Result{}, fmt.Errorf("verify %s: %w", ref, err)
 	}
-	ents, bad, release, err := v.bundles(ctx, d, refs, remembered)
+	if int64(len(refs)) > v.maxBundles {
+		return incomplete(fmt.Sprintf("referrers of %s: %d bundles are attached, attestd verifies at most %d per subject and reads none of them: delete the stray referrers from the registry", d, len(refs), v.maxBundles)), nil
+	}
+	ents, bad, err := v.bundles(ctx, d, refs, remembered)
 	if err != nil {
 		return Result{}, fmt.Errorf("verify %s: %w", ref, err)
 	}
-	defer release()
 	// cosign's classic layout (signing.format classic, or another signer).
 	classic, cbad, ctags, err := v.classic(ctx, d)
 	if err != nil {
@@ -401,6 +419,12 @@ func (v *Verifier) verify(ctx context.Context, ref string, remembered bool) (Res
 	return res, nil
 }
 
+// incomplete is the result for a digest whose attachments were not read.
+func incomplete(reason string) Result {
+	return Result{Verified: map[string]Evidence{}, All: map[string][]Evidence{}, Incomplete: reason,
+		Rejected: []Rejection{{Bundle: "referrers", Reason: reason}}}
+}
+
 // errBadManifest marks a referrer manifest that is not a bundle manifest
 // of the subject: a verdict on its bytes, remembered like one.
 var errBadManifest = errors.New("not a bundle manifest of this digest")
@@ -408,27 +432,31 @@ var errBadManifest = errors.New("not a bundle manifest of this digest")
 // fetchConcurrency bounds the reads of one Verify in flight at once.
 const fetchConcurrency = 8
 
-// bundles reads the bundles of subject's referrers refs (bundle
-// manifests): every manifest is read and checked, at most MaxBundles
-// of them and maxBundlesBytes in all (in listing order, by the sizes the
-// manifests declare: a longer blob fails to parse), and each bundle blob
-// whose verdict is not remembered is read and parsed. Reads run
-// concurrently; the outcome is in listing order.
-func (v *Verifier) bundles(ctx context.Context, subject name.Digest, refs []v1.Descriptor, remembered bool) (_ []entity, _ []Rejection, release func(), _ error) {
+// bundles reads and verifies the bundles of subject's referrers refs
+// (bundle manifests), at most maxBundles of them (Verify refuses more).
+// First every manifest is read and checked, keeping only its bundle
+// layer's descriptor; then, in listing order by the sizes the manifests
+// declare (a longer blob fails to parse), a bundle over maxBundle or
+// past maxBundlesTotal for the digest is rejected unread. Each other
+// bundle whose verdict is not remembered is read, verified and dropped
+// one by one: a Verify holds at most fetchConcurrency bundles, and all
+// Verify calls of the process together at most maxBundlesBytes, never a
+// digest's bundles all at once. The outcome is in listing order; every
+// entity returned carries its verdict.
+func (v *Verifier) bundles(ctx context.Context, subject name.Digest, refs []v1.Descriptor, remembered bool) ([]entity, []Rejection, error) {
 	type slot struct {
 		layer  v1.Descriptor
 		reason string
 		ent    entity
 	}
+	if int64(len(refs)) > v.maxBundles {
+		return nil, nil, fmt.Errorf("%d bundles attached, over %d", len(refs), v.maxBundles)
+	}
 	slots := make([]slot, len(refs))
 	g := errgroup.Group{}
 	g.SetLimit(fetchConcurrency)
 	for i, desc := range refs {
-		switch {
-		case i >= MaxBundles:
-			slots[i].reason = fmt.Sprintf("more than %d bundles are attached: only the first %d (in listing order) are read", MaxBundles, MaxBundles)
-			continue
-		case desc.Size > maxBundleManifest:
+		if desc.Size > maxBundleManifest {
 			slots[i].reason = fmt.Sprintf("manifest of %d bytes: a bundle's is under %d", desc.Size, maxBundleManifest)
 			continue
 		}
@@ -451,47 +479,54 @@ func (v *Verifier) bundles(ctx context.Context, subject name.Digest, refs []v1.D
 		})
 	}
 	_ = g.Wait()
-	var total, need int64
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	alg, hx, _ := strings.Cut(subject.DigestStr(), ":")
+	raw, err := hex.DecodeString(hx)
+	if alg != "sha256" || err != nil || len(raw) != 32 {
+		return nil, nil, fmt.Errorf("digest %q is not sha256:<64 hex>", subject.DigestStr())
+	}
+	var total int64
 	for i, desc := range refs {
 		sl := &slots[i]
 		if sl.reason != "" {
 			continue
 		}
 		size := sl.layer.Size
-		if size > min(maxBundleBytes, maxBundlesBytes-total) {
-			sl.reason = fmt.Sprintf("bundle of %d bytes: over the %d bytes read per bundle, or the %d per digest", size, maxBundleBytes, maxBundlesBytes)
+		if size > min(v.maxBundle, v.maxBundlesTotal-total) {
+			sl.reason = fmt.Sprintf("bundle of %d bytes: over the %d bytes read per bundle, or the %d per digest; not read", size, v.maxBundle, v.maxBundlesTotal)
 			continue
 		}
 		total += size
 		key := verdictKey(sl.layer, subject.DigestStr())
 		sl.ent = entity{label: desc.Digest.String(), key: key, verdict: v.cache.get(key)}
-		if sl.ent.verdict == nil {
-			need += size
-		}
-	}
-	// Bundles read are held until verified: all Verify calls of the
-	// process together hold at most maxBundlesBytes of them.
-	need = min(need, maxBundlesBytes)
-	if err := v.inFlight.Acquire(ctx, need); err != nil {
-		return nil, nil, nil, err
-	}
-	release = func() { v.inFlight.Release(need) }
-	for i := range refs {
-		sl := &slots[i]
-		if sl.reason != "" || sl.ent.verdict != nil {
+		if sl.ent.verdict != nil {
 			continue
 		}
 		g.Go(func() error {
+			// The bundle's bytes are held from here until judged.
+			if err := v.inFlight.Acquire(ctx, size); err != nil {
+				sl.reason = err.Error()
+				return nil
+			}
+			defer v.inFlight.Release(size)
 			b, err := v.readBundle(ctx, subject.Context(), sl.layer)
 			if err != nil {
 				sl.reason = err.Error()
 				return nil
 			}
 			sl.ent.SignedEntity = b
+			vd := v.judge(subject.DigestStr(), raw, sl.ent)
+			v.cache.put(key, vd)
+			sl.ent.SignedEntity, sl.ent.verdict = nil, vd
 			return nil
 		})
 	}
 	_ = g.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
 	var ents []entity
 	var bad []Rejection
 	for i, desc := range refs {
@@ -501,7 +536,7 @@ func (v *Verifier) bundles(ctx context.Context, subject name.Digest, refs []v1.D
 		}
 		ents = append(ents, slots[i].ent)
 	}
-	return ents, bad, release, nil
+	return ents, bad, nil
 }
 
 // bundleLayer reads the referrer manifest desc of subject and returns its
@@ -511,7 +546,10 @@ func (v *Verifier) bundles(ctx context.Context, subject name.Digest, refs []v1.D
 // with subject can refer to something else.
 func (v *Verifier) bundleLayer(ctx context.Context, subject name.Digest, desc v1.Descriptor) (v1.Descriptor, error) {
 	repo := subject.Context()
-	raw, _, err := v.reg.Manifest(ctx, repo.Digest(desc.Digest.String()))
+	raw, _, err := v.reg.ManifestAtMost(ctx, repo.Digest(desc.Digest.String()), maxBundleManifest)
+	if errors.Is(err, registry.ErrTooLarge) {
+		return v1.Descriptor{}, fmt.Errorf("%w: %w", errBadManifest, err)
+	}
 	if err != nil {
 		return v1.Descriptor{}, err
 	}

@@ -436,8 +436,9 @@ func writeFileAtomic(path string, b []byte) error {
 	return writeAtomic(path, func(w io.Writer) error { _, err := w.Write(b); return err })
 }
 
-// writeAtomic fills a temp file beside path, fsyncs it and renames it into
-// place; on any error the temp file is removed and path is untouched.
+// writeAtomic fills a temp file beside path, fsyncs it, renames it into
+// place and fsyncs the directory; on any error before the rename the temp
+// file is removed and path is untouched.
 func writeAtomic(path string, fill func(io.Writer) error) (err error) {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-")
 	if err != nil {
@@ -458,7 +459,29 @@ func writeAtomic(path string, fill func(io.Writer) error) (err error) {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), path)
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	// The rename is durable once the directory is: latest.json must never
+	// survive a crash that lost the archive it names.
+	return syncDir(filepath.Dir(path))
+}
+
+// syncDir fsyncs a directory (store.SyncDir, which sbom/vuln may not
+// import).
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("vulndb: sync directory %s: %w", dir, err)
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("vulndb: sync directory %s: %w", dir, err)
+	}
+	return nil
 }
 
 // Status describes the installed database.

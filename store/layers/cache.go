@@ -296,6 +296,8 @@ func (c *Cache) download(ctx context.Context, l Layer, fetch Fetch) (int64, erro
 	if err := f.Close(); err != nil {
 		return 0, fmt.Errorf("layer cache: %w", err)
 	}
+	// No directory fsync: Open indexes whatever the directory holds, so a
+	// rename a crash loses costs one download again, never a wrong layer.
 	if err := os.Rename(tmp, c.path(l.Digest)); err != nil {
 		return 0, fmt.Errorf("layer cache: %w", err)
 	}

@@ -37,6 +37,19 @@ import (
 // tolerate before answering 429 (which the transport then honours).
 const DefaultRateLimit = 200
 
+// DefaultMaxReferrers is how many referrers of one subject a Client
+// considers unless told otherwise (WithMaxReferrers): anyone who can push
+// to a repository can attach thousands, and each may cost a manifest
+// read. A subject with more is refused whole (ErrTooManyReferrers), never
+// read in part: which part would be the attacker's choice.
+const DefaultMaxReferrers = 1024
+
+// maxReferrersIndex bounds the referrers listing of one subject parsed
+// (about 4 KiB per referrer at the cap); a larger one is refused like
+// one with too many referrers. go-containerregistry has read it, under
+// its own 100 MiB manifest limit, by then.
+const maxReferrersIndex = 4 << 20
+
 // Per-call deadlines. A call whose ctx has an earlier deadline keeps it.
 const (
 	ResolveTimeout = 30 * time.Second
@@ -83,6 +96,8 @@ type core struct {
 	writers   map[string]*rawWriter
 	writersAt time.Time
 	locks     keyedMutex // see rawWriter.locks
+
+	maxReferrers int // see WithMaxReferrers
 }
 
 type options struct {
@@ -95,6 +110,7 @@ type options struct {
 	hostRPS    map[string]float64
 	userAgent  string
 	logger     *slog.Logger
+	maxRefs    int
 }
 
 // Option configures New.
@@ -148,10 +164,26 @@ func WithMaxRetries(n int) Option {
 	}
 }
 
-// WithInsecureRegistriesUnsafe allows plain HTTP to these hosts. Loopback
-// hosts are always plain HTTP (as in ggcr); anything else needs this.
+// WithInsecureRegistriesUnsafe allows plain HTTP to these hosts
+// ("name[:port]", exactly as in references). Loopback hosts (127.0.0.0/8,
+// ::1, localhost) may always use plain HTTP; every other host gets HTTPS
+// unless listed here (see Transport.scheme). Even here, credentials are
+// never sent in plain HTTP: such a request fails with ErrPlainHTTP.
 func WithInsecureRegistriesUnsafe(hosts ...string) Option {
 	return func(o *options) error { o.insecure = append(o.insecure, hosts...); return nil }
+}
+
+// WithMaxReferrers sets how many referrers of one subject Referrers
+// considers (default DefaultMaxReferrers); past it, it refuses them all
+// with ErrTooManyReferrers.
+func WithMaxReferrers(n int) Option {
+	return func(o *options) error {
+		if n < 1 {
+			return fmt.Errorf("max referrers must be at least 1, got %d", n)
+		}
+		o.maxRefs = n
+		return nil
+	}
 }
 
 // WithBaseTransport replaces the network transport under the retry layer.
@@ -173,7 +205,7 @@ func WithLogger(l *slog.Logger) Option {
 func New(opts ...Option) (*Client, error) {
 	o := options{
 		keychain: authn.DefaultKeychain, base: remote.DefaultTransport, rps: DefaultRateLimit, burst: 2 * DefaultRateLimit,
-		maxRetries: defaultMaxRetries, userAgent: "attestd", logger: slog.New(slog.DiscardHandler),
+		maxRetries: defaultMaxRetries, userAgent: "attestd", logger: slog.New(slog.DiscardHandler), maxRefs: DefaultMaxReferrers,
 	}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
@@ -183,12 +215,14 @@ func New(opts ...Option) (*Client, error) {
 	c := &Client{core: &core{
 		transport: newTransport(o.base, o.rps, o.burst, o.maxRetries, o.logger),
 		keychain:  o.keychain, insecure: map[string]bool{}, userAgent: o.userAgent, logger: o.logger, now: time.Now,
+		maxReferrers: o.maxRefs,
 	}}
 	for h, rps := range o.hostRPS {
 		c.transport.hostRPS[h] = rate.Limit(rps)
 	}
 	for _, h := range o.insecure {
 		c.insecure[h] = true
+		c.transport.insecure[h] = true
 	}
 	return c, nil
 }
@@ -360,6 +394,25 @@ func (c *Client) Manifest(ctx context.Context, ref name.Digest) ([]byte, types.M
 	return d.Manifest, d.MediaType, nil
 }
 
+// ManifestAtMost is Manifest for a manifest anyone may have pushed: one
+// the registry says (HEAD) is larger than max bytes is refused unread.
+func (c *Client) ManifestAtMost(ctx context.Context, ref name.Digest, max int64) ([]byte, types.MediaType, error) {
+	ctx, cancel := withTimeout(ctx, FetchTimeout)
+	defer cancel()
+	desc, err := remote.Head(ref, c.RemoteOptions(ctx)...)
+	if err != nil {
+		return nil, "", fmt.Errorf("manifest %s: %w", ref, err)
+	}
+	if desc.Size > max {
+		return nil, "", fmt.Errorf("manifest %s: %w: %d bytes, over the %d read", ref, ErrTooLarge, desc.Size, max)
+	}
+	raw, mt, err := c.Manifest(ctx, ref)
+	if err == nil && int64(len(raw)) > max {
+		return nil, "", fmt.Errorf("manifest %s: %w: %d bytes, over the %d read", ref, ErrTooLarge, len(raw), max)
+	}
+	return raw, mt, err
+}
+
 // Child is one platform manifest of an index.
 type Child struct {
 	Digest   v1.Hash
@@ -458,7 +511,9 @@ func (c *Client) Catalog(ctx context.Context, reg name.Registry) ([]string, erro
 
 // Referrers lists the manifests whose subject is ref: the OCI 1.1 referrers
 // API where the registry has it, else the "sha256-<hex>" fallback tag index.
-// artifactType filters when non-empty.
+// artifactType filters when non-empty. A subject listing more than the
+// client's maximum (WithMaxReferrers) is refused with ErrTooManyReferrers
+// before any of them is read: the cap bounds the work, whatever was pushed.
 func (c *Client) Referrers(ctx context.Context, ref name.Digest, artifactType string) ([]v1.Descriptor, error) {
 	ctx, cancel := withTimeout(ctx, FetchTimeout)
 	defer cancel()
@@ -468,6 +523,9 @@ func (c *Client) Referrers(ctx context.Context, ref name.Digest, artifactType st
 	im, err := c.referrersIndex(ctx, ref)
 	if err != nil {
 		return nil, fmt.Errorf("referrers of %s: %w", ref, err)
+	}
+	if max := c.maxReferrers; max > 0 && len(im.Manifests) > max {
+		return nil, fmt.Errorf("referrers of %s: %w: %d are attached, attestd considers at most %d per subject and reads none of them: delete the stray referrers from the registry", ref, ErrTooManyReferrers, len(im.Manifests), max)
 	}
 	out := im.Manifests
 	if artifactType != "" {
@@ -497,20 +555,25 @@ func (c *Client) referrersIndex(ctx context.Context, ref name.Digest) (*v1.Index
 	if err != nil {
 		return nil, err
 	}
+	var idx v1.ImageIndex
 	if api {
-		idx, err := remote.Referrers(ref, c.RemoteOptions(ctx)...)
-		if err != nil {
-			return nil, err
+		idx, err = remote.Referrers(ref, c.RemoteOptions(ctx)...)
+	} else {
+		tag := ref.Context().Tag(strings.Replace(ref.DigestStr(), ":", "-", 1))
+		idx, err = remote.Index(tag, c.RemoteOptions(ctx)...)
+		if IsNotFound(err) {
+			return &v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex}, nil
 		}
-		return idx.IndexManifest()
-	}
-	tag := ref.Context().Tag(strings.Replace(ref.DigestStr(), ":", "-", 1))
-	idx, err := remote.Index(tag, c.RemoteOptions(ctx)...)
-	if IsNotFound(err) {
-		return &v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex}, nil
 	}
 	if err != nil {
 		return nil, err
+	}
+	raw, err := idx.RawManifest()
+	if err != nil {
+		return nil, err
+	}
+	if len(raw) > maxReferrersIndex {
+		return nil, fmt.Errorf("%w: the listing is %d bytes, over the %d attestd parses per subject: delete the stray referrers from the registry", ErrTooManyReferrers, len(raw), maxReferrersIndex)
 	}
 	return idx.IndexManifest()
 }
@@ -555,10 +618,9 @@ func (c *Client) hasReferrersAPI(ctx context.Context, ref name.Digest) (bool, er
 	}
 }
 
-// artifactType reads a manifest's artifactType (or its config media type),
-// and fills in its annotations.
+// artifactType reads a manifest's artifactType (or its config media type).
 func (c *Client) artifactType(ctx context.Context, ref name.Digest) (string, error) {
-	raw, _, err := c.Manifest(ctx, ref)
+	raw, _, err := c.ManifestAtMost(ctx, ref, maxReferrerManifest)
 	if err != nil {
 		return "", err
 	}

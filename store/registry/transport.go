@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -55,6 +56,9 @@ type Transport struct {
 
 	hostRPS map[string]rate.Limit
 	own     ownSet // manifests this process PUT (Client.Own)
+	// insecure are the hosts configured for plain HTTP
+	// (WithInsecureRegistriesUnsafe); see scheme.
+	insecure map[string]bool
 
 	mu       sync.Mutex
 	limiters map[string]*rate.Limiter
@@ -69,6 +73,7 @@ func newTransport(inner http.RoundTripper, rps float64, burst, maxRetries int, l
 	return &Transport{
 		inner: inner, rps: lim, burst: max(burst, 1), maxRetries: maxRetries, base: defaultBaseBackoff,
 		logger: logger, sleep: sleepCtx, limiters: map[string]*rate.Limiter{}, hostRPS: map[string]rate.Limit{},
+		insecure: map[string]bool{},
 	}
 }
 
@@ -101,6 +106,53 @@ func (t *Transport) limiter(host string) *rate.Limiter {
 // RoundTrip implements http.RoundTripper.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
+	req, upgraded, err := t.scheme(req)
+	if err != nil {
+		return nil, err
+	}
+	if upgraded {
+		resp, err := t.roundTrip(ctx, req)
+		var rh tls.RecordHeaderError
+		if errors.As(err, &rh) {
+			return nil, fmt.Errorf("%s %s: the registry %s answers in plain HTTP, and attestd speaks HTTPS to every registry that is not loopback: serve it over TLS, or set insecure: true for it in registries[] (anonymous access only): %w",
+				req.Method, req.URL.Redacted(), req.URL.Host, err)
+		}
+		return resp, err
+	}
+	return t.roundTrip(ctx, req)
+}
+
+// scheme decides how req may travel. Plain HTTP is for loopback hosts
+// and hosts configured insecure only: go-containerregistry also picks
+// http for RFC 1918 and *.local names, and falls back to it when
+// pinging; such a request to any other host is sent over HTTPS instead
+// (upgraded). Credentials never travel in plain HTTP beyond loopback: a
+// request to an insecure host carrying an Authorization header (basic,
+// or a bearer token), or an OAuth2 token form (a refresh token or
+// password in its body), is refused.
+func (t *Transport) scheme(req *http.Request) (_ *http.Request, upgraded bool, _ error) {
+	if req.URL == nil || !strings.EqualFold(req.URL.Scheme, "http") || IsLoopback(req.URL.Host) {
+		return req, false, nil
+	}
+	if !t.insecure[req.URL.Host] {
+		r := req.Clone(req.Context())
+		r.URL.Scheme = "https"
+		return r, true, nil
+	}
+	what := ""
+	switch {
+	case req.Header.Get("Authorization") != "":
+		what = "an Authorization header"
+	case req.Method == http.MethodPost && strings.HasPrefix(req.Header.Get("Content-Type"), "application/x-www-form-urlencoded"):
+		what = "a token request (its form carries the credentials)"
+	default:
+		return req, false, nil
+	}
+	return nil, false, fmt.Errorf("%s %s: %w: %s would go in the clear to %s, which is not loopback: serve the registry over TLS and drop insecure: true from registries[], or use it anonymously (no credentials for %s in the config or the docker config)",
+		req.Method, req.URL.Redacted(), ErrPlainHTTP, what, req.URL.Host, req.URL.Host)
+}
+
+func (t *Transport) roundTrip(ctx context.Context, req *http.Request) (*http.Response, error) {
 	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
 	t.own.noteManifestPut(req)
 	for attempt := 0; ; attempt++ {

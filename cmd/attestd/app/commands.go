@@ -594,7 +594,8 @@ func (s *remoteSource) Requeue(ctx context.Context, ref string) (*store.Job, err
 }
 
 // Backup streams the daemon's snapshot into a temp file and renames it into
-// place only when the whole stream arrived and reopens as a valid store.
+// place only when the whole stream arrived and reopens as a valid store;
+// the file is fsynced before the rename, the directory after it.
 func (s *remoteSource) Backup(ctx context.Context, path string) (int64, error) {
 	f, err := os.CreateTemp(filepath.Dir(path), ".attestd-backup-*")
 	if err != nil {
@@ -620,6 +621,9 @@ func (s *remoteSource) Backup(ctx context.Context, path string) (int64, error) {
 	check.Close()
 	if err := os.Rename(tmp, path); err != nil {
 		return 0, fmt.Errorf("backup: %w", err)
+	}
+	if err := store.SyncDir(filepath.Dir(path)); err != nil {
+		return 0, fmt.Errorf("backup %s: written, but not durable yet: %w", path, err)
 	}
 	return cw.n, nil
 }

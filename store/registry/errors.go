@@ -1,0 +1,16 @@
+package registry
+
+import "errors"
+
+// Sentinels of the registry client; match them with errors.Is.
+var (
+	// ErrPlainHTTP: a request would have gone over plain HTTP where
+	// attestd does not allow it (credentials to a host that is not
+	// loopback).
+	ErrPlainHTTP = errors.New("plain HTTP refused")
+	// ErrTooManyReferrers: a subject lists more referrers than the
+	// client considers (WithMaxReferrers); none of them were read.
+	ErrTooManyReferrers = errors.New("too many referrers")
+	// ErrTooLarge: a manifest larger than the caller reads.
+	ErrTooLarge = errors.New("too large")
+)
