@@ -35,18 +35,23 @@ const (
 
 // Job is one run of the pipeline for one image ref.
 type Job struct {
-	ID         uint64    `json:"id"`
-	Ref        string    `json:"ref"`
-	Priority   Priority  `json:"priority"`
-	Source     string    `json:"source,omitempty"`
-	Status     JobStatus `json:"status"`
-	Attempts   int       `json:"attempts"`
-	LastError  string    `json:"lastError,omitempty"`
-	NotBefore  time.Time `json:"notBefore,omitzero"`
-	Owner      string    `json:"owner,omitempty"`
-	LeaseUntil time.Time `json:"leaseUntil,omitzero"`
-	CreatedAt  time.Time `json:"createdAt"`
-	UpdatedAt  time.Time `json:"updatedAt"`
+	ID       uint64    `json:"id"`
+	Ref      string    `json:"ref"`
+	Priority Priority  `json:"priority"`
+	Source   string    `json:"source,omitempty"`
+	Status   JobStatus `json:"status"`
+	Attempts int       `json:"attempts"`
+	// Interrupted counts attempts cut short because the process died
+	// (released at the next start). They do not count as Attempts: a
+	// daemon killed while a job runs says nothing about the job. The
+	// pipeline buries a job interrupted too often (a crash loop).
+	Interrupted int       `json:"interrupted,omitempty"`
+	LastError   string    `json:"lastError,omitempty"`
+	NotBefore   time.Time `json:"notBefore,omitzero"`
+	Owner       string    `json:"owner,omitempty"`
+	LeaseUntil  time.Time `json:"leaseUntil,omitzero"`
+	CreatedAt   time.Time `json:"createdAt"`
+	UpdatedAt   time.Time `json:"updatedAt"`
 }
 
 // EnqueueRequest is one image queued by hand (attestd submit, the API).
@@ -294,7 +299,8 @@ func (db *DB) Bury(ctx context.Context, id uint64, owner string, cause error) er
 // ReleaseClaims returns claimed jobs to the queue: all of them when
 // expiredOnly is false (at start: with bbolt's exclusive file lock, any claim
 // found belongs to a process that died), else those whose lease ran out.
-// The attempt that was cut short still counts.
+// At start the attempt that was cut short does not count: it moves from
+// Attempts to Interrupted. An expired lease (a hung attempt) still counts.
 func (db *DB) ReleaseClaims(ctx context.Context, expiredOnly bool) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
@@ -316,6 +322,10 @@ func (db *DB) ReleaseClaims(ctx context.Context, expiredOnly bool) (int, error) 
 				continue
 			}
 			j.Status, j.Owner, j.LeaseUntil, j.UpdatedAt = JobPending, "", time.Time{}, now
+			if !expiredOnly && j.Attempts > 0 {
+				j.Attempts--
+				j.Interrupted++
+			}
 			if err := putJob(tx, &j); err != nil {
 				return err
 			}

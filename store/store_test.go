@@ -230,8 +230,13 @@ func TestReleaseClaims(t *testing.T) {
 	if n, err := db.ReleaseClaims(ctx, false); err != nil || n != 1 {
 		t.Fatalf("release all = %d, %v; want 1", n, err)
 	}
-	if j, _ := db.Job(ctx, b.ID); j.Status != JobPending || j.Attempts != 1 {
-		t.Fatalf("released job = %+v", j)
+	// At start, the attempt the dead process was running is not charged.
+	if j, _ := db.Job(ctx, b.ID); j.Status != JobPending || j.Attempts != 0 || j.Interrupted != 1 {
+		t.Fatalf("released job = %+v, want attempts 0, interrupted 1", j)
+	}
+	// An expired lease is a hung attempt: it counts.
+	if j, _ := db.Job(ctx, a.ID); j.Attempts != 1 || j.Interrupted != 0 {
+		t.Fatalf("expired job = %+v, want attempts 1, interrupted 0", j)
 	}
 }
 

@@ -1,0 +1,134 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/attestd/attestd/store"
+)
+
+// A full disk is the host's problem: the job is retried, never buried,
+// however many attempts it took.
+func TestFullDiskNeverBuries(t *testing.T) {
+	t.Parallel()
+	db := openDB(t)
+	s := &stage{err: fmt.Errorf("write cache/layers/partial-1: %w", syscall.ENOSPC)}
+	p, _ := New(db, Stages{Resolver: s}, Options{MaxAttempts: 1, Backoff: time.Millisecond})
+	ids := enqueue(t, db, ref(1))
+	ctx := context.Background()
+	for range 3 {
+		_ = p.Process(ctx, ids[0])
+		time.Sleep(3 * time.Millisecond)
+	}
+	j, _ := db.Job(ctx, ids[0])
+	rec, _ := db.Image(ctx, ref(1))
+	if j.Status != store.JobPending || rec.State.Final() || !strings.Contains(j.LastError, "no space left") {
+		t.Fatalf("after 3 attempts on a full disk (max 1): job %+v, image %s", j, rec.State)
+	}
+}
+
+// Attempts the process died in do not count; a job the process keeps
+// dying in is buried as a suspected crash loop, with that reason.
+func TestCrashLoopBuried(t *testing.T) {
+	t.Parallel()
+	db := openDB(t)
+	s := &stage{}
+	p, _ := New(db, Stages{Resolver: s}, Options{MaxAttempts: 1})
+	ids := enqueue(t, db, ref(1))
+	ctx := context.Background()
+	for range maxInterruptions {
+		if _, err := db.Claim(ctx, "dead", time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.ReleaseClaims(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j, _ := db.Job(ctx, ids[0])
+	if j.Attempts != 0 || j.Interrupted != maxInterruptions {
+		t.Fatalf("after %d deaths: %+v", maxInterruptions, j)
+	}
+	err := p.Process(ctx, ids[0])
+	j, _ = db.Job(ctx, ids[0])
+	rec, _ := db.Image(ctx, ref(1))
+	if err == nil || j.Status != store.JobDead || rec.State != store.StateFailed || !strings.Contains(rec.LastError, "crash loop") {
+		t.Fatalf("job %+v, image %s %q, err %v", j, rec.State, rec.LastError, err)
+	}
+	if len(s.calls) != 0 {
+		t.Fatalf("stages ran: %v", s.calls)
+	}
+}
+
+// While Healthy fails no job is claimed; once it passes the workers go on
+// by themselves.
+func TestUnhealthyHostPausesClaims(t *testing.T) {
+	t.Parallel()
+	db := openDB(t)
+	s := &stage{}
+	var full atomic.Bool
+	full.Store(true)
+	p, _ := New(db, Stages{Resolver: s}, Options{Workers: 2, Healthy: func() error {
+		if full.Load() {
+			return errors.New("data_dir: filesystem full")
+		}
+		return nil
+	}})
+	ids := enqueue(t, db, ref(1))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- p.Run(ctx) }()
+	time.Sleep(300 * time.Millisecond)
+	if j, _ := db.Job(ctx, ids[0]); j.Status != store.JobPending || j.Attempts != 0 {
+		t.Fatalf("claimed while unhealthy: %+v", j)
+	}
+	full.Store(false)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if j, _ := db.Job(ctx, ids[0]); j.Status == store.JobDone {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("not done 10s after the host recovered")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	<-done
+}
+
+// flakyQueue fails the first n writes of a job's outcome, as a disk that
+// filled up between the stage and the bookkeeping would.
+type flakyQueue struct {
+	Queue
+	fails atomic.Int32
+}
+
+func (q *flakyQueue) Complete(ctx context.Context, id uint64, owner string) error {
+	if q.fails.Add(-1) >= 0 {
+		return fmt.Errorf("complete: %w", syscall.ENOSPC)
+	}
+	return q.Queue.Complete(ctx, id, owner)
+}
+
+// An outcome that could not be recorded is recorded once the store takes
+// writes again: not dropped, and the claim not left to expire.
+func TestOutcomeRecordedAfterWriteFailure(t *testing.T) {
+	t.Parallel()
+	db := openDB(t)
+	q := &flakyQueue{Queue: db}
+	q.fails.Store(2)
+	p, _ := New(q, Stages{Resolver: &stage{}}, Options{})
+	ids := enqueue(t, db, ref(1))
+	if err := p.Process(context.Background(), ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	if j, _ := db.Job(context.Background(), ids[0]); j.Status != store.JobDone {
+		t.Fatalf("job %+v", j)
+	}
+}
