@@ -13,7 +13,7 @@ IMAGE       ?=
 # Unit packages also run under the race detector; e2e drives real processes.
 RACE_PKGS   := ./store/... ./attest/... ./configs/... ./cmd/...
 
-.PHONY: all build test unit e2e bench bench-analysis bench-intake bench-vuln bench-e2e lint demo stack tools image clean
+.PHONY: all build test unit e2e bench bench-analysis bench-intake bench-vuln bench-e2e chaos lint demo stack tools image clean
 
 all: build
 
@@ -51,6 +51,10 @@ bench-intake:
 ## bench-e2e: the stock CLI pipeline (syft, cosign attest ×3, cosign sign, crane copy ×2, cosign verify) vs attestd push → verified prod tag, per image and for a fleet on a shared base (attestd 200 images, each CLI fleet 12: its rate does not depend on N), with the floor, attestd's stage times and registry requests per image; also written to bin/bench-e2e.txt
 bench-e2e:
 	$(GO) run ./test/cmd/benche2e -runs 3 -fleet 200 -cli-fleet 12
+
+## chaos: the reliability campaign against the real stack — 200 images, 50 kill -9s, faults and outages of the registry, Fulcio, the TSA, Rekor and the OIDC token, a full data disk (tmpfs: run as root), hostile images — then the invariant table (also bin/chaos.txt); exit 1 if one breaks. The short version runs in make test.
+chaos: tools
+	$(GO) run ./test/cmd/chaos
 
 ## bench-vuln: attestd's vulnerability DB build and scan vs the stock grype CLI (wall, peak RSS)
 bench-vuln:
