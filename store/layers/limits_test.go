@@ -183,7 +183,7 @@ func TestLayerLimits(t *testing.T) {
 	}, {
 		name: "endless uncompressed tar",
 		cap:  limit, l: Layer{Digest: fakeDigest, MediaType: "application/vnd.oci.image.layer.v1.tar"},
-		body:    func() io.ReadCloser { return &endless{head: bomb(t, 0), tail: []byte("x")} },
+		body: func() io.ReadCloser { return &endless{head: bomb(t, 0), tail: []byte("x")} },
 		// Compressed and uncompressed are the same bytes here, and
 		// both limits default to the cap: the download's counter trips
 		// first.
