@@ -294,6 +294,9 @@ func (c *Cache) get(ctx context.Context, l Layer, fetch Fetch, b *Budget) (*Hand
 	// The declared size is checked before anything is fetched: a blob may
 	// not be longer than it (download enforces that), so it is the most
 	// the layer can cost.
+	if l.Size < 0 {
+		return nil, &LimitError{Digest: l.Digest, Limit: Limit{N: l.Size}, Compressed: true}
+	}
 	if l.Size > c.lim.CompressedBytes.N {
 		return nil, &LimitError{Digest: l.Digest, Limit: c.lim.CompressedBytes, Compressed: true}
 	}
