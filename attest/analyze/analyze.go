@@ -89,7 +89,7 @@ type Options struct {
 	// MaxIndexManifests bounds the entries of an index (platform images
 	// and attestation manifests). Default DefaultMaxIndexManifests.
 	MaxIndexManifests int
-	Version          string // attestd's version, for provenance
+	Version           string // attestd's version, for provenance
 	// Vulns scans each platform's SBOM; nil disables the scan.
 	Vulns  VulnScanner
 	Logger *slog.Logger
