@@ -450,7 +450,7 @@ func (a *Analyzer) blob(ctx context.Context, repo name.Repository, digest string
 		return nil, fmt.Errorf("analyze: blob %s: %w", digest, err)
 	}
 	if int64(len(b)) > max {
-		return nil, fmt.Errorf("analyze: blob %s is larger than %d bytes", digest, max)
+		return nil, fmt.Errorf("analyze: blob %s: %w: larger than %d bytes; no image config needs that much", digest, ErrLimit, max)
 	}
 	h, _, err := v1.SHA256(bytes.NewReader(b))
 	if err != nil || h.String() != digest {

@@ -369,3 +369,52 @@ func TestLimitsApplyToCachedLayers(t *testing.T) {
 func reader(b []byte) func() io.ReadCloser {
 	return func() io.ReadCloser { return io.NopCloser(bytes.NewReader(b)) }
 }
+
+// A download that fails for the downloader's own reasons (its image's
+// budget) says nothing about the layer: a Get waiting on it downloads the
+// layer itself instead of inheriting the error.
+func TestWaiterIgnoresAnotherImagesBudget(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c, _ := Open(t.TempDir(), 1<<20)
+	b, l := blob(t, strings.Repeat("x", 4096))
+	release := make(chan struct{})
+	var calls atomic.Int32
+	first := true
+	var mu sync.Mutex
+	fetch := func(context.Context) (io.ReadCloser, error) {
+		calls.Add(1)
+		mu.Lock()
+		wait := first
+		first = false
+		mu.Unlock()
+		if wait {
+			<-release
+		}
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
+	errA := make(chan error, 1)
+	go func() {
+		_, err := c.Get(ctx, l, fetch, NewBudget(ImageLimits{Bytes: Limit{100, "analysis.max_image_bytes"}}))
+		errA <- err
+	}()
+	for calls.Load() == 0 { // A is downloading
+		time.Sleep(time.Millisecond)
+	}
+	errB := make(chan error, 1)
+	go func() {
+		h, err := c.Get(ctx, l, fetch, NewBudget(ImageLimits{}))
+		if err == nil {
+			h.Release()
+		}
+		errB <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // B waits on A's download
+	close(release)
+	if le := limitErr(t, <-errA); !le.Image {
+		t.Errorf("A: %v, want its image's limit", le)
+	}
+	if err := <-errB; err != nil {
+		t.Errorf("B inherited A's budget: %v", err)
+	}
+}
