@@ -214,8 +214,35 @@ type Analysis struct {
 	// Concurrency is how many images are analysed at once (CPU-bound:
 	// scanning, hashing, decompressing); 0 means one per CPU. Jobs past it
 	// wait for a slot while the others sign, evaluate and promote.
-	Concurrency int       `yaml:"concurrency"`
-	Hardening   Hardening `yaml:"hardening"`
+	Concurrency int `yaml:"concurrency"`
+
+	// Safety limits: what one image may cost the analysis, enforced while
+	// layers stream. Whoever can push to staging chooses the image, so an
+	// image over one fails for good (not retried), the reason naming the
+	// setting. Not hardening.max_image_size, which is a fact a hardening
+	// check reports and policy may gate on.
+
+	// MaxLayerBytes bounds one layer's uncompressed tar.
+	MaxLayerBytes Size `yaml:"max_layer_bytes"`
+	// MaxImageBytes bounds the uncompressed tars of one platform image's
+	// layers together; at most LayerCache (they are all held in the cache
+	// while the image is read).
+	MaxImageBytes Size `yaml:"max_image_bytes"`
+	// MaxCompressedLayerBytes bounds one layer's blob as downloaded (and
+	// as the manifest declares it).
+	MaxCompressedLayerBytes Size `yaml:"max_compressed_layer_bytes"`
+	// MaxCompressedImageBytes bounds the blobs of one platform image's
+	// layers together, by their declared sizes, before any is fetched.
+	MaxCompressedImageBytes Size `yaml:"max_compressed_image_bytes"`
+	// MaxFiles bounds the tar entries (files, directories, links) of one
+	// platform image's layers together: each costs memory while the image
+	// is read (about 3 KiB) and time while it is catalogued.
+	MaxFiles int64 `yaml:"max_files"`
+	// MaxIndexManifests bounds the entries of an index (platform images
+	// and attestation manifests).
+	MaxIndexManifests int `yaml:"max_index_manifests"`
+
+	Hardening Hardening `yaml:"hardening"`
 	// Builders map repositories or pushers to the builder ID that SLSA
 	// provenance names; first match wins. Without a match provenance says
 	// attestd only observed the image.
@@ -459,6 +486,8 @@ func Default() *Config {
 		Retention: Retention{Events: Duration(30 * 24 * time.Hour), Jobs: Duration(30 * 24 * time.Hour)},
 		Analysis: Analysis{
 			SPDXVersion: "2.3", CycloneDXVersion: "1.6", LayerCache: 10 << 30, LayerConcurrency: 3,
+			MaxLayerBytes: 4 << 30, MaxImageBytes: 8 << 30, MaxCompressedLayerBytes: 4 << 30, MaxCompressedImageBytes: 8 << 30,
+			MaxFiles: 500_000, MaxIndexManifests: 128,
 			Hardening: Hardening{MaxImageSize: 1 << 30},
 			Vulnerabilities: Vulnerabilities{
 				MaxDBAge: Duration(120 * time.Hour), UnknownSeverityAs: "high", ExceptionWarning: Duration(14 * 24 * time.Hour),
@@ -640,6 +669,29 @@ func (c *Config) Validate() error {
 	}
 	if a.Concurrency < 0 || a.Concurrency > 256 {
 		bad("analysis.concurrency", "must be 0 (one per CPU) … 256, got %d", a.Concurrency)
+	}
+	for _, l := range []struct {
+		field        string
+		layer, image Size
+	}{
+		{"", a.MaxLayerBytes, a.MaxImageBytes},
+		{"compressed_", a.MaxCompressedLayerBytes, a.MaxCompressedImageBytes},
+	} {
+		switch {
+		case l.layer < 1<<20:
+			bad("analysis.max_"+l.field+"layer_bytes", "must be at least 1MiB, got %d bytes", l.layer)
+		case l.image < l.layer:
+			bad("analysis.max_"+l.field+"image_bytes", "must be at least analysis.max_%slayer_bytes (%d bytes), got %d bytes", l.field, l.layer, l.image)
+		}
+	}
+	if a.MaxImageBytes > a.LayerCache {
+		bad("analysis.max_image_bytes", "%d bytes is more than analysis.layer_cache (%d bytes): an image's layers are all held in the cache while it is read; raise layer_cache or lower max_image_bytes", a.MaxImageBytes, a.LayerCache)
+	}
+	if a.MaxFiles < 1 {
+		bad("analysis.max_files", "must be positive, got %d", a.MaxFiles)
+	}
+	if a.MaxIndexManifests < 1 {
+		bad("analysis.max_index_manifests", "must be positive, got %d", a.MaxIndexManifests)
 	}
 	if a.Hardening.MaxImageSize <= 0 {
 		bad("analysis.hardening.max_image_size", "must be positive")

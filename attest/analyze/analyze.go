@@ -81,7 +81,15 @@ type Options struct {
 	Builders []slsa.Builder
 	// LayerConcurrency bounds parallel layer downloads of one job. Default 3.
 	LayerConcurrency int
-	Version          string // attestd's version, for provenance
+	// Image bounds the layers of one platform image together: uncompressed
+	// bytes, compressed bytes (as the manifest declares them) and tar
+	// entries. Zero fields: no limit. Each layer alone is bounded by the
+	// layer cache (layers.WithLayerLimits).
+	Image layers.ImageLimits
+	// MaxIndexManifests bounds the entries of an index (platform images
+	// and attestation manifests). Default DefaultMaxIndexManifests.
+	MaxIndexManifests int
+	Version           string // attestd's version, for provenance
 	// Vulns scans each platform's SBOM; nil disables the scan.
 	Vulns  VulnScanner
 	Logger *slog.Logger
@@ -110,6 +118,9 @@ func New(reg *registry.Client, cache *layers.Cache, blobs Blobs, o Options) (*An
 	}
 	if o.LayerConcurrency <= 0 {
 		o.LayerConcurrency = 3
+	}
+	if o.MaxIndexManifests <= 0 {
+		o.MaxIndexManifests = DefaultMaxIndexManifests
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -183,6 +194,9 @@ func (a *Analyzer) Analyze(ctx context.Context, req Request) (*Result, error) {
 	idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
 	if err != nil {
 		return nil, fmt.Errorf("analyze: index %s: %w", ref, err)
+	}
+	if err := checkIndexSize(ref.String(), len(idx.Manifests), a.o.MaxIndexManifests); err != nil {
+		return nil, fmt.Errorf("analyze: %w", err)
 	}
 	kids, err := registry.ChildrenOf(raw, mt)
 	if err != nil {
@@ -260,12 +274,19 @@ func (a *Analyzer) image(ctx context.Context, req Request, repo name.Repository,
 		}
 	}()
 	size := m.Config.Size
+	var compressed int64
 	for i, l := range m.Layers {
 		size += l.Size
 		if !isTarLayer(l.MediaType) {
 			return fmt.Errorf("analyze: %s: layer %d has media type %s, not a filesystem layer", ref, i, l.MediaType)
 		}
+		// The declared sizes are what the downloads may cost (a blob may
+		// not exceed its own): refuse before fetching anything.
+		if compressed += max(l.Size, 0); a.o.Image.CompressedBytes.N > 0 && compressed > a.o.Image.CompressedBytes.N {
+			return fmt.Errorf("analyze: %s: %w", ref, &layers.LimitError{Digest: l.Digest.String(), Limit: a.o.Image.CompressedBytes, Image: true, Compressed: true})
+		}
 	}
+	budget := layers.NewBudget(a.o.Image)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(a.o.LayerConcurrency)
 	for i, l := range m.Layers {
@@ -275,7 +296,7 @@ func (a *Analyzer) image(ctx context.Context, req Request, repo name.Repository,
 				MediaType: string(l.MediaType), Size: l.Size,
 			}, func(ctx context.Context) (io.ReadCloser, error) {
 				return a.reg.Blob(ctx, repo, l.Digest.String())
-			})
+			}, budget)
 			if err != nil {
 				return fmt.Errorf("analyze: %s: %w", ref, err)
 			}
@@ -429,13 +450,27 @@ func (a *Analyzer) blob(ctx context.Context, repo name.Repository, digest string
 		return nil, fmt.Errorf("analyze: blob %s: %w", digest, err)
 	}
 	if int64(len(b)) > max {
-		return nil, fmt.Errorf("analyze: blob %s is larger than %d bytes", digest, max)
+		return nil, fmt.Errorf("analyze: blob %s: %w: larger than %d bytes; no image config needs that much", digest, ErrLimit, max)
 	}
 	h, _, err := v1.SHA256(bytes.NewReader(b))
 	if err != nil || h.String() != digest {
 		return nil, fmt.Errorf("analyze: blob %s: content hashes to %s", digest, h)
 	}
 	return b, nil
+}
+
+// DefaultMaxIndexManifests bounds an index's entries unless configured: a
+// multi-platform image lists a platform image and, from BuildKit, an
+// attestation manifest per platform, a few dozen at most.
+const DefaultMaxIndexManifests = 128
+
+// checkIndexSize refuses an index with more than max entries: each is a
+// manifest to read and a platform to analyse, sign and promote.
+func checkIndexSize(ref string, n, max int) error {
+	if n > max {
+		return fmt.Errorf("index %s: %w: it lists %d manifests, more than analysis.max_index_manifests (%d): raise it if this image is legitimate", ref, ErrLimit, n, max)
+	}
+	return nil
 }
 
 func isTarLayer(mt types.MediaType) bool {

@@ -309,3 +309,13 @@ func static(t *testing.T, s string) v1.Layer {
 	}
 	return l
 }
+
+func (c *blobCounter) total() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, v := range c.n {
+		n += v
+	}
+	return n
+}

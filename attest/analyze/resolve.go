@@ -3,12 +3,14 @@ package analyze
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/attestd/attestd/attest/pipeline"
 	"github.com/attestd/attestd/store"
+	"github.com/attestd/attestd/store/layers"
 	"github.com/attestd/attestd/store/registry"
 )
 
@@ -22,14 +24,34 @@ type TagSource interface {
 // the staging tags intake recorded for it are carried to every later
 // stage on the Target, so no stage fetches them again.
 type Resolver struct {
-	c    *registry.Client
-	tags TagSource
+	c            *registry.Client
+	tags         TagSource
+	maxManifests int
 }
 
 var _ pipeline.Resolver = (*Resolver)(nil)
 
+// ResolverOption configures NewResolver.
+type ResolverOption func(*Resolver)
+
+// WithMaxIndexManifests bounds the entries of an index (default
+// DefaultMaxIndexManifests); a larger index fails resolve for good.
+func WithMaxIndexManifests(n int) ResolverOption {
+	return func(r *Resolver) {
+		if n > 0 {
+			r.maxManifests = n
+		}
+	}
+}
+
 // NewResolver resolves on c; tags (nil: none) supplies the staging tags.
-func NewResolver(c *registry.Client, tags TagSource) *Resolver { return &Resolver{c: c, tags: tags} }
+func NewResolver(c *registry.Client, tags TagSource, opts ...ResolverOption) *Resolver {
+	r := &Resolver{c: c, tags: tags, maxManifests: DefaultMaxIndexManifests}
+	for _, o := range opts {
+		o(r)
+	}
+	return r
+}
 
 // Resolve describes ref (host/repo@sha256:…).
 func (r *Resolver) Resolve(ctx context.Context, ref string) (*pipeline.Target, error) {
@@ -47,6 +69,9 @@ func (r *Resolver) Resolve(ctx context.Context, ref string) (*pipeline.Target, e
 	if registry.IsNotFound(err) {
 		return nil, pipeline.Permanent(fmt.Errorf("%s is gone from the registry: %w", ref, err))
 	}
+	if errors.Is(err, registry.ErrManifestTooLarge) {
+		return nil, pipeline.Permanent(err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -60,6 +85,17 @@ func (r *Resolver) Resolve(ctx context.Context, ref string) (*pipeline.Target, e
 	case mt.IsImage():
 		t.NotImage = notImage(raw)
 	case mt.IsIndex():
+		// Counted before anything is recorded: an index of thousands of
+		// children must not become a record of thousands of children.
+		var im struct {
+			Manifests []json.RawMessage `json:"manifests"`
+		}
+		if err := json.Unmarshal(raw, &im); err != nil {
+			return nil, pipeline.Permanent(fmt.Errorf("index %s: %w", ref, err))
+		}
+		if err := checkIndexSize(ref, len(im.Manifests), r.maxManifests); err != nil {
+			return nil, pipeline.Permanent(err)
+		}
 		kids, err := registry.ChildrenOf(raw, mt)
 		if err != nil {
 			return nil, pipeline.Permanent(fmt.Errorf("index %s: %w", ref, err))
@@ -114,11 +150,18 @@ func (s Stage) Analyze(ctx context.Context, t *pipeline.Target) (*pipeline.Analy
 	res, err := s.Analyzer.Analyze(ctx, Request{
 		Ref: t.Ref, MediaType: t.MediaType, Manifest: t.Manifest, Children: t.Children, Tags: t.Tags, Source: t.Source, Pusher: t.Pusher,
 	})
-	if registry.IsNotFound(err) {
+	if registry.IsNotFound(err) || overLimit(err) {
 		return nil, pipeline.Permanent(err)
 	}
 	if err != nil {
 		return nil, err
 	}
 	return &pipeline.Analysis{Artifacts: res.Artifacts, Facts: res.Facts}, nil
+}
+
+// overLimit reports an image over a limit (a hostile or oversized image):
+// it is addressed by digest, so no retry can change the answer, and the
+// error says which setting to raise if the image is legitimate.
+func overLimit(err error) bool {
+	return errors.Is(err, layers.ErrTooLarge) || errors.Is(err, registry.ErrManifestTooLarge) || errors.Is(err, ErrLimit)
 }

@@ -1,6 +1,7 @@
 package layers
 
 import (
+	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -21,15 +22,37 @@ func sum(b []byte) string {
 	return "sha256:" + hex.EncodeToString(s[:])
 }
 
-// blob returns a gzip layer of n bytes of content and its descriptor.
+// tarOf returns a tar holding one file with content.
+func tarOf(t *testing.T, content string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: "f", Mode: 0o644, Size: int64(len(content)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Write([]byte(content))
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// blob returns a gzip layer (a tar of one file with content) and its
+// descriptor.
 func blob(t *testing.T, content string) ([]byte, Layer) {
+	t.Helper()
+	return gz(t, tarOf(t, content))
+}
+
+// gz compresses plain as a gzip layer and describes it.
+func gz(t *testing.T, plain []byte) ([]byte, Layer) {
 	t.Helper()
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
-	zw.Write([]byte(content))
+	zw.Write(plain)
 	zw.Close()
 	b := buf.Bytes()
-	return b, Layer{Digest: sum(b), DiffID: sum([]byte(content)), MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Size: int64(len(b))}
+	return b, Layer{Digest: sum(b), DiffID: sum(plain), MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Size: int64(len(b))}
 }
 
 func serve(b []byte, calls *atomic.Int32) Fetch {
@@ -52,14 +75,14 @@ func TestGetFetchesOnceAndVerifies(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			h, err := c.Get(ctx, l, serve(b, &calls))
+			h, err := c.Get(ctx, l, serve(b, &calls), nil)
 			if err != nil {
 				t.Error(err)
 				return
 			}
 			defer h.Release()
 			got, _ := os.ReadFile(h.Path)
-			if sum(got) != l.DiffID {
+			if sum(got) != l.DiffID || h.Entries != 1 {
 				t.Error("cached tar is not the uncompressed content")
 			}
 		}()
@@ -89,8 +112,9 @@ func TestGetRejectsWrongContent(t *testing.T) {
 		"wrong diff ID": {Layer{Digest: l.Digest, DiffID: sum([]byte("x")), MediaType: l.MediaType}, b, "config says diff ID"},
 		"wrong size":    {Layer{Digest: l.Digest, DiffID: l.DiffID, MediaType: l.MediaType, Size: l.Size + 1}, b, "manifest says"},
 		"not gzip":      {Layer{Digest: sum([]byte("plain")), MediaType: l.MediaType}, []byte("plain"), "not"},
+		"not a tar":     {Layer{Digest: sum([]byte("plain, not a tar")), MediaType: "application/vnd.oci.image.layer.v1.tar"}, []byte("plain, not a tar"), "not a readable tar"},
 	} {
-		_, err := c.Get(ctx, tc.l, serve(tc.body, &calls))
+		_, err := c.Get(ctx, tc.l, serve(tc.body, &calls), nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want %q", name, err, tc.want)
 		}
@@ -104,11 +128,11 @@ func TestGetRejectsWrongContent(t *testing.T) {
 func TestEvictsLeastRecentlyUsedIdle(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	c, _ := Open(dir, 2500) // room for two 1000-byte layers
+	c, _ := Open(dir, 6000) // room for two layers of a 1000-byte file (2560-byte tars)
 	var calls atomic.Int32
 	get := func(content string) *Handle {
 		b, l := blob(t, content)
-		h, err := c.Get(ctx, l, serve(b, &calls))
+		h, err := c.Get(ctx, l, serve(b, &calls), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -139,13 +163,13 @@ func TestEvictsLeastRecentlyUsedIdle(t *testing.T) {
 	cHeld.Release()
 	d.Release()
 	e.Release()
-	if st := c.Stats(); st.Bytes > 2500 {
+	if st := c.Stats(); st.Bytes > 6000 {
 		t.Errorf("after release the cache holds %d bytes > cap", st.Bytes)
 	}
 
 	// Reopen: partial downloads are removed, layers are indexed.
 	os.WriteFile(filepath.Join(dir, "partial-123"), []byte("x"), 0o600)
-	c2, err := Open(dir, 2500)
+	c2, err := Open(dir, 6000)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -213,7 +213,7 @@ func New(opts ...Option) (*Client, error) {
 		}
 	}
 	c := &Client{core: &core{
-		transport: newTransport(o.base, o.rps, o.burst, o.maxRetries, o.logger),
+		transport: newTransport(capManifests{o.base}, o.rps, o.burst, o.maxRetries, o.logger),
 		keychain:  o.keychain, insecure: map[string]bool{}, userAgent: o.userAgent, logger: o.logger, now: time.Now,
 		maxReferrers: o.maxRefs,
 	}}

@@ -13,4 +13,7 @@ var (
 	ErrTooManyReferrers = errors.New("too many referrers")
 	// ErrTooLarge: a manifest larger than the caller reads.
 	ErrTooLarge = errors.New("too large")
+	// ErrManifestTooLarge is a manifest larger than MaxManifestBytes. It
+	// is addressed by digest, so reading it again gives the same answer.
+	ErrManifestTooLarge = errors.New("manifest too large")
 )

@@ -111,7 +111,7 @@ func (r *runner) imageInput(ctx context.Context, cfg *configs.Config, pol *polic
 	if err != nil {
 		return policy.Input{}, err
 	}
-	t, err := analyze.NewResolver(rc, nil).Resolve(ctx, res.digest.String())
+	t, err := analyze.NewResolver(rc, nil, analyze.WithMaxIndexManifests(cfg.Analysis.MaxIndexManifests)).Resolve(ctx, res.digest.String())
 	if err != nil {
 		return policy.Input{}, err
 	}
@@ -242,7 +242,7 @@ outcome after the tag.`,
 			if err != nil {
 				return err
 			}
-			t, err := analyze.NewResolver(rc, nil).Resolve(ctx, rec.Ref)
+			t, err := analyze.NewResolver(rc, nil, analyze.WithMaxIndexManifests(cfg.Analysis.MaxIndexManifests)).Resolve(ctx, rec.Ref)
 			if err != nil {
 				return err
 			}

@@ -77,7 +77,10 @@ func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Cli
 	if err != nil {
 		return nil, err
 	}
-	stages := pipeline.Stages{Resolver: analyze.NewResolver(rc, db), Analyzer: analyze.Stage{Analyzer: an}}
+	stages := pipeline.Stages{
+		Resolver: analyze.NewResolver(rc, db, analyze.WithMaxIndexManifests(cfg.Analysis.MaxIndexManifests)),
+		Analyzer: analyze.Stage{Analyzer: an},
+	}
 	if cfg.Signing.Enabled() {
 		k, err := newSigner(cfg, rc, log)
 		if err != nil {
@@ -119,7 +122,15 @@ func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Cli
 
 // newAnalyzer builds the analysis stage on the layer cache under data_dir.
 func newAnalyzer(cfg *configs.Config, db *store.DB, rc *registry.Client, vs analyze.VulnScanner, log *slog.Logger) (*analyze.Analyzer, error) {
-	cache, err := layers.Open(filepath.Join(cfg.DataDir, "cache", "layers"), int64(cfg.Analysis.LayerCache))
+	a := cfg.Analysis
+	files := layers.Limit{N: a.MaxFiles, Setting: "analysis.max_files"}
+	cache, err := layers.Open(filepath.Join(cfg.DataDir, "cache", "layers"), int64(a.LayerCache),
+		layers.WithCapSetting("analysis.layer_cache"),
+		layers.WithLayerLimits(layers.LayerLimits{
+			Bytes:           layers.Limit{N: int64(a.MaxLayerBytes), Setting: "analysis.max_layer_bytes"},
+			CompressedBytes: layers.Limit{N: int64(a.MaxCompressedLayerBytes), Setting: "analysis.max_compressed_layer_bytes"},
+			Entries:         files,
+		}))
 	if err != nil {
 		return nil, err
 	}
@@ -128,7 +139,7 @@ func newAnalyzer(cfg *configs.Config, db *store.DB, rc *registry.Client, vs anal
 		builders = append(builders, slsa.Builder{Repository: b.Repository, Pusher: b.Pusher, ID: b.ID})
 	}
 	ver, _, _ := buildInfo()
-	a, err := analyze.New(rc, cache, db, analyze.Options{
+	an, err := analyze.New(rc, cache, db, analyze.Options{
 		SBOM: sbom.Options{
 			SPDXVersion: cfg.Analysis.SPDXVersion, CycloneDXVersion: cfg.Analysis.CycloneDXVersion,
 			WorkDir:  filepath.Join(cfg.DataDir, "work"),
@@ -140,17 +151,23 @@ func newAnalyzer(cfg *configs.Config, db *store.DB, rc *registry.Client, vs anal
 		},
 		Builders:         builders,
 		LayerConcurrency: cfg.Analysis.LayerConcurrency,
-		Vulns:            vs,
-		Version:          ver,
-		Logger:           log,
+		Image: layers.ImageLimits{
+			Bytes:           layers.Limit{N: int64(a.MaxImageBytes), Setting: "analysis.max_image_bytes"},
+			CompressedBytes: layers.Limit{N: int64(a.MaxCompressedImageBytes), Setting: "analysis.max_compressed_image_bytes"},
+			Entries:         files,
+		},
+		MaxIndexManifests: a.MaxIndexManifests,
+		Vulns:             vs,
+		Version:           ver,
+		Logger:            log,
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := a.CleanWorkDir(); err != nil {
+	if err := an.CleanWorkDir(); err != nil {
 		return nil, fmt.Errorf("analysis work dir: %w", err)
 	}
-	return a, nil
+	return an, nil
 }
 
 // signingTrust is the signing config and trusted root: files, or the
