@@ -48,7 +48,7 @@ type Options struct {
 // Short is the version `make test` runs (a few minutes on 2 cores).
 func Short() Options {
 	return Options{Images: 20, Burst: 5, Kills: 6, FaultImages: 2, FaultWindow: 6 * time.Second, Outage: 8 * time.Second,
-		DiskHold: 8 * time.Second, ManyFiles: 100_000, BombBytes: 3 << 30, IndexFanout: 300, Referrers: 300,
+		DiskHold: 8 * time.Second, ManyFiles: 100_000, BombBytes: 3 << 30, IndexFanout: 300, Referrers: 1100,
 		DiskBytes: 1 << 30, RSSCeiling: 1536 << 20}
 }
 
@@ -313,6 +313,10 @@ signing:
   token_file: %s
 analysis:
   layer_cache: 256MiB
+  max_layer_bytes: 128MiB
+  max_image_bytes: 256MiB
+  max_compressed_layer_bytes: 128MiB
+  max_compressed_image_bytes: 256MiB
   vulnerabilities:
     db_dir: %s
 gate:

@@ -34,7 +34,7 @@ type hostile struct {
 }
 
 func (c *Campaign) hostiles() []hostile {
-	marker := "attestd-chaos-" + nonce()
+	marker := "attestd-escape-" + nonce()
 	return []hostile{
 		{"decompression bomb (" + gib(c.o.BombBytes) + " from a few MiB)", true, func(ctx context.Context, c *Campaign, ref string) (string, error) {
 			b, err := newBomb(c.o.BombBytes)
@@ -164,7 +164,7 @@ func (c *Campaign) hostilePhase(ctx context.Context) error {
 		}
 	}
 	// Nothing escaped the daemon's own files.
-	for _, pat := range []string{"/tmp/attestd-chaos-*", "/etc/attestd-chaos-*"} {
+	for _, pat := range []string{"/tmp/attestd-escape-*", "/etc/attestd-escape-*", "/attestd-escape-*"} {
 		m, _ := filepath.Glob(pat)
 		c.rep.Escaped = append(c.rep.Escaped, m...)
 	}

@@ -10,6 +10,8 @@
 package chaos
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
@@ -147,6 +149,15 @@ func (p *Proxy) isEndless(r *http.Request) bool {
 	return p.endless[r.URL.Path[i+len("/blobs/"):]]
 }
 
+// zeroMember is a gzip member of 1 MiB of zeros (about 1 KiB).
+var zeroMember = func() []byte {
+	var b bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&b, gzip.BestCompression)
+	_, _ = zw.Write(make([]byte, 1<<20))
+	_ = zw.Close()
+	return b.Bytes()
+}()
+
 // Counts returns how many requests got each fault, and how many were
 // refused by outages.
 func (p *Proxy) Counts() (map[Fault]int64, int64) {
@@ -173,11 +184,12 @@ func (p *Proxy) pick() (Fault, bool) {
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if p.isEndless(r) {
+		// A valid gzip stream that never ends: members of compressed
+		// zeros, one after another.
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.WriteHeader(http.StatusOK)
-		buf := make([]byte, 32<<10)
 		for r.Context().Err() == nil {
-			if _, err := w.Write(buf); err != nil {
+			if _, err := w.Write(zeroMember); err != nil {
 				return
 			}
 		}

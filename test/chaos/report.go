@@ -113,14 +113,16 @@ func (c *Campaign) finish(ctx context.Context) error {
 		return fmt.Errorf("open the daemon's store after the run: %w", err)
 	}
 	defer db.Close()
-	// Every acknowledged manifest push of a staging image is recorded.
+	// Every image the campaign pushed whose event the daemon acknowledged
+	// is recorded (the registry also notifies about attestd's own
+	// referrers and index children: those are not images to record).
 	acked := c.rly.ackedSet()
-	for k := range acked {
-		if !strings.HasPrefix(k, "staging/") {
+	for _, p := range all {
+		if !acked[p.repo+"@"+p.digest] {
 			continue
 		}
 		c.rep.Acked++
-		if _, err := db.Image(ctx, c.regHost+"/"+k); err == nil {
+		if _, err := db.Image(ctx, p.ref); err == nil {
 			c.rep.AckedRecorded++
 		}
 	}
