@@ -16,4 +16,7 @@ var (
 	// ErrManifestTooLarge is a manifest larger than MaxManifestBytes. It
 	// is addressed by digest, so reading it again gives the same answer.
 	ErrManifestTooLarge = errors.New("manifest too large")
+	// ErrStalled: the registry sent nothing for the stall timeout, in the
+	// middle of an answer or before it.
+	ErrStalled = errors.New("registry stalled")
 )

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -27,6 +28,11 @@ const (
 	// maxRetryAfter caps a registry's Retry-After: beyond it we give up and let
 	// the job queue's own backoff take over instead of pinning a worker.
 	maxRetryAfter = 60 * time.Second
+	// stallTimeout cuts off a registry that stops sending: no response
+	// headers, or no byte of the body, for this long. The attempt fails
+	// like a dropped connection (and is retried if it can be); a body
+	// already handed to the caller fails its next Read with ErrStalled.
+	stallTimeout = 60 * time.Second
 )
 
 // retryable lists the statuses that mean "try again later" (OCI distribution
@@ -51,6 +57,7 @@ type Transport struct {
 	burst      int
 	maxRetries int
 	base       time.Duration
+	stall      time.Duration
 	logger     *slog.Logger
 	sleep      func(ctx context.Context, d time.Duration) error
 
@@ -71,7 +78,7 @@ func newTransport(inner http.RoundTripper, rps float64, burst, maxRetries int, l
 		lim = rate.Inf
 	}
 	return &Transport{
-		inner: inner, rps: lim, burst: max(burst, 1), maxRetries: maxRetries, base: defaultBaseBackoff,
+		inner: inner, rps: lim, burst: max(burst, 1), maxRetries: maxRetries, base: defaultBaseBackoff, stall: stallTimeout,
 		logger: logger, sleep: sleepCtx, limiters: map[string]*rate.Limiter{}, hostRPS: map[string]rate.Limit{},
 		insecure: map[string]bool{},
 	}
@@ -168,7 +175,7 @@ func (t *Transport) roundTrip(ctx context.Context, req *http.Request) (*http.Res
 			r = req.Clone(ctx)
 			r.Body = body
 		}
-		resp, err := t.inner.RoundTrip(r)
+		resp, err := t.send(ctx, r)
 		t.count(resp, err)
 		var wait time.Duration
 		switch {
@@ -198,6 +205,61 @@ func (t *Transport) roundTrip(ctx context.Context, req *http.Request) (*http.Res
 			return nil, fmt.Errorf("%s %s: gave up waiting to retry: %w", req.Method, req.URL.Redacted(), err)
 		}
 	}
+}
+
+// send is one attempt, watched for stalls: the response headers must come
+// within t.stall, and then the body may not pause longer than that.
+func (t *Transport) send(ctx context.Context, r *http.Request) (*http.Response, error) {
+	actx, cancel := context.WithCancel(ctx)
+	st := &stallBody{cancel: cancel, d: t.stall, what: r.Method + " " + r.URL.Redacted()}
+	st.timer = time.AfterFunc(t.stall, st.fire)
+	resp, err := t.inner.RoundTrip(r.WithContext(actx))
+	if err != nil {
+		st.timer.Stop()
+		cancel()
+		if st.stalled.Load() && ctx.Err() == nil {
+			return nil, fmt.Errorf("%s: %w: no response for %s", st.what, ErrStalled, t.stall)
+		}
+		return nil, err
+	}
+	st.timer.Reset(t.stall)
+	st.rc = resp.Body
+	resp.Body = st
+	return resp, nil
+}
+
+// stallBody is a response body that ends the request when the registry
+// sends nothing for d.
+type stallBody struct {
+	rc      io.ReadCloser
+	cancel  context.CancelFunc
+	timer   *time.Timer
+	d       time.Duration
+	what    string
+	stalled atomic.Bool
+}
+
+func (s *stallBody) fire() {
+	s.stalled.Store(true)
+	s.cancel()
+}
+
+func (s *stallBody) Read(p []byte) (int, error) {
+	n, err := s.rc.Read(p)
+	if err != nil && s.stalled.Load() {
+		return n, fmt.Errorf("%s: %w: no data for %s", s.what, ErrStalled, s.d)
+	}
+	if n > 0 {
+		s.timer.Reset(s.d)
+	}
+	return n, err
+}
+
+func (s *stallBody) Close() error {
+	s.timer.Stop()
+	err := s.rc.Close()
+	s.cancel()
+	return err
 }
 
 func (t *Transport) backoff(attempt int) time.Duration {
