@@ -358,8 +358,8 @@ func (g *guard) hostAllowed(host string) bool {
 
 // apiToken is what the CLI sends to a running daemon: the first token of
 // its token file (during a rotation, put the new token first).
-func apiToken(cfg *configs.Config) (configs.Secret, error) {
-	toks, _, err := readTokens(cfg.APITokenFile())
+func apiToken(path string) (configs.Secret, error) {
+	toks, _, err := readTokens(path)
 	if err != nil {
 		return "", err
 	}

@@ -222,7 +222,7 @@ func newTestAPI(t *testing.T, pprofOn bool) *testAPI {
 	if _, err := ensureTokenFile(ta.tokenFile); err != nil {
 		t.Fatal(err)
 	}
-	tok, err := apiToken(&configs.Config{API: configs.API{TokenFile: ta.tokenFile}})
+	tok, err := apiToken(ta.tokenFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,8 +307,10 @@ func TestServeInProcess(t *testing.T) {
 	ln.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
+	dataDir, cfgFile := t.TempDir(), writeFile(t, "registries: [{host: \"127.0.0.1:1\"}]\n")
+	var daemonLog lockedBuffer
 	go func() {
-		done <- Run(ctx, []string{"serve", "--data-dir", t.TempDir(), "--listen", addr, "-c", writeFile(t, "registries: [{host: \"127.0.0.1:1\"}]\n")}, io.Discard, io.Discard,
+		done <- Run(ctx, []string{"serve", "--data-dir", dataDir, "--listen", addr, "-c", cfgFile}, &daemonLog, &daemonLog,
 			WithLookupEnv(func(string) (string, bool) { return "", false }))
 	}()
 	deadline := time.Now().Add(10 * time.Second)
@@ -327,6 +329,41 @@ func TestServeInProcess(t *testing.T) {
 	}
 	if code := Run(ctx, []string{"healthcheck", "--listen", addr}, io.Discard, io.Discard); code != 0 {
 		t.Fatalf("healthcheck exit %d", code)
+	}
+	// The daemon created its API token; the CLI, finding the store locked,
+	// reads it and goes through the authenticated API.
+	tokenFile := filepath.Join(dataDir, "api.token")
+	if fi, err := os.Stat(tokenFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("API token file: %v %v", fi, err)
+	}
+	tok, err := apiToken(tokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli := func(env map[string]string, args ...string) (int, string) {
+		var out bytes.Buffer
+		code := Run(ctx, append(args, "--data-dir", dataDir, "--listen", addr, "-c", cfgFile), &out, &out,
+			WithLookupEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok }))
+		return code, out.String()
+	}
+	snap := filepath.Join(t.TempDir(), "snap.db")
+	if code, out := cli(nil, "store", "backup", snap); code != 0 || !strings.Contains(out, "wrote "+snap) {
+		t.Fatalf("store backup through the API: exit %d: %s", code, out)
+	}
+	wrong := writeFile(t, "# another daemon's\nnot-this-daemons-token-0123456789\n")
+	if code, out := cli(map[string]string{"ATTESTD_API_TOKEN_FILE": wrong}, "store", "backup", snap+"2"); code == 0 || !strings.Contains(out, "401") || !strings.Contains(out, wrong) {
+		t.Fatalf("store backup with a wrong token: exit %d: %s", code, out)
+	}
+	if code, out := cli(map[string]string{"ATTESTD_API_TOKEN_FILE": "/nonexistent/api.token"}, "status"); code != 0 {
+		t.Fatalf("status (open counts) without a token: exit %d: %s", code, out)
+	}
+	if code, out := cli(map[string]string{"ATTESTD_API_TOKEN_FILE": "/nonexistent/api.token"}, "store", "backup", snap+"3"); code == 0 || !strings.Contains(out, "run this as the daemon's user") {
+		t.Fatalf("store backup without a readable token: exit %d: %s", code, out)
+	}
+	if resp, err := http.Get("http://" + addr + "/debug/pprof/cmdline"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("pprof is served by default: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 	// deep=1 also asks the configured registries (127.0.0.1:1 answers nothing).
 	if resp, err := http.Get("http://" + addr + "/readyz?deep=1"); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
@@ -350,10 +387,19 @@ func TestServeInProcess(t *testing.T) {
 	select {
 	case code := <-done:
 		if code != 0 {
-			t.Fatalf("serve exit %d", code)
+			t.Fatalf("serve exit %d: %s", code, daemonLog.String())
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("serve did not stop")
+	}
+	logs := daemonLog.String()
+	if strings.Contains(logs, tok.Reveal()) || strings.Contains(logs, "not-this-daemons-token") {
+		t.Errorf("a token was logged:\n%s", logs)
+	}
+	for _, w := range []string{"API token created", tokenFile, "API request refused"} {
+		if !strings.Contains(logs, w) {
+			t.Errorf("the daemon's log lacks %q:\n%s", w, logs)
+		}
 	}
 }
 

@@ -538,14 +538,13 @@ func (r *runner) withStore(ctx context.Context, cfg *configs.Config, readOnly bo
 // daemon's token file (api.token_file, or data_dir/api.token): the CLI on
 // the daemon's host, as its user, reads the same file.
 type remoteSource struct {
-	base   string
-	client *http.Client
-	token  func() (configs.Secret, error)
+	base      string
+	client    *http.Client
+	tokenFile string
 }
 
 func newRemoteSource(cfg *configs.Config, timeout time.Duration) *remoteSource {
-	return &remoteSource{base: apiBase(cfg.Listen), client: &http.Client{Timeout: timeout},
-		token: func() (configs.Secret, error) { return apiToken(cfg) }}
+	return &remoteSource{base: apiBase(cfg.Listen), client: &http.Client{Timeout: timeout}, tokenFile: cfg.APITokenFile()}
 }
 
 func (s *remoteSource) do(ctx context.Context, method, path string, q url.Values, out any) error {
@@ -559,7 +558,7 @@ func (s *remoteSource) do(ctx context.Context, method, path string, q url.Values
 	}
 	// Without a readable token the request still goes out: the open
 	// endpoints answer, and the daemon's 401 says what is missing.
-	tok, terr := s.token()
+	tok, terr := apiToken(s.tokenFile)
 	if terr == nil {
 		req.Header.Set("Authorization", "Bearer "+tok.Reveal())
 	}
@@ -571,8 +570,11 @@ func (s *remoteSource) do(ctx context.Context, method, path string, q url.Values
 	if resp.StatusCode >= 300 {
 		var e struct{ Error string }
 		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&e)
-		if resp.StatusCode == http.StatusUnauthorized && terr != nil {
+		switch {
+		case resp.StatusCode == http.StatusUnauthorized && terr != nil:
 			return fmt.Errorf("daemon API %s: %s: %s (%w: run this as the daemon's user, or point api.token_file at a copy you may read)", path, resp.Status, e.Error, terr)
+		case resp.StatusCode == http.StatusUnauthorized:
+			return fmt.Errorf("daemon API %s: %s: %s (sent the first token of %s)", path, resp.Status, e.Error, s.tokenFile)
 		}
 		return fmt.Errorf("daemon API %s: %s: %s", path, resp.Status, e.Error)
 	}
