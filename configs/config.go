@@ -44,6 +44,7 @@ type Config struct {
 	Signing    Signing    `yaml:"signing"`
 	Gate       Gate       `yaml:"gate"`
 	Retention  Retention  `yaml:"retention"`
+	API        API        `yaml:"api"`
 
 	// file is where the config came from, for error messages.
 	file string
@@ -566,11 +567,12 @@ const EnvPrefix = "ATTESTD_"
 
 // ApplyEnv overrides fields from ATTESTD_* variables via lookup (os.LookupEnv):
 // ATTESTD_LISTEN, ATTESTD_DATA_DIR, ATTESTD_WORKERS, ATTESTD_LOG_LEVEL,
-// ATTESTD_LOG_FORMAT.
+// ATTESTD_LOG_FORMAT, ATTESTD_API_TOKEN_FILE.
 func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
 	str := map[string]*string{
 		"LISTEN": &c.Listen, "DATA_DIR": &c.DataDir, "LOG_LEVEL": &c.Log.Level, "LOG_FORMAT": &c.Log.Format,
-		"VULNDB_DIR": &c.Analysis.Vulnerabilities.DBDir,
+		"VULNDB_DIR":     &c.Analysis.Vulnerabilities.DBDir,
+		"API_TOKEN_FILE": &c.API.TokenFile,
 	}
 	for k, p := range str {
 		if v, ok := lookup(EnvPrefix + k); ok {
@@ -842,6 +844,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	errs = append(errs, c.API.validate(c.file)...)
 	return errors.Join(errs...)
 }
 

@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -157,10 +159,11 @@ func freeAddr(t *testing.T) string {
 
 // daemon is a running attestd process.
 type daemon struct {
-	cmd  *exec.Cmd
-	addr string
-	log  *os.File
-	done chan error
+	cmd   *exec.Cmd
+	addr  string
+	log   *os.File
+	done  chan error
+	token string // from <data_dir>/api.token, which serve creates
 }
 
 func startProcess(t *testing.T, bin string, env []string, addr string, args ...string) *daemon {
@@ -186,7 +189,45 @@ func startProcess(t *testing.T, bin string, env []string, addr string, args ...s
 		}
 	})
 	d.waitHealthy(t)
+	// The API's token: serve creates it under data_dir before it listens.
+	if i := slices.Index(args, "--data-dir"); i >= 0 && i+1 < len(args) {
+		d.token = readAPIToken(t, filepath.Join(args[i+1], "api.token"))
+	}
 	return d
+}
+
+// readAPIToken returns the first token of an API token file (one per line,
+// # comments), as the CLI sends it.
+func readAPIToken(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("the daemon's API token: %v", err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			return line
+		}
+	}
+	t.Fatalf("no token in %s", path)
+	return ""
+}
+
+// request calls the daemon's API with its token.
+func (d *daemon) request(t *testing.T, method, path string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+d.addr+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.token != "" {
+		req.Header.Set("Authorization", "Bearer "+d.token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
 }
 
 func (d *daemon) waitHealthy(t *testing.T) {
@@ -215,10 +256,7 @@ func (d *daemon) signal(sig syscall.Signal) { _ = d.cmd.Process.Signal(sig) }
 
 func (d *daemon) getJSON(t *testing.T, path string, v any) {
 	t.Helper()
-	resp, err := http.Get("http://" + d.addr + path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := d.request(t, http.MethodGet, path)
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET %s: %s", path, resp.Status)

@@ -333,9 +333,9 @@ func killMidAttach(t *testing.T, cfg string, ref name.Digest, progress, attached
 	addr := freeAddr(t)
 	args := []string{"serve", "-c", cfg, "--data-dir", dataDir, "--listen", addr}
 	d1 := startProcess(t, self, []string{daemonEnv + "=1"}, addr, args...)
-	resp, err := http.Post("http://"+addr+"/api/v1/submit?image="+ref.String(), "", nil)
-	if err != nil || resp.StatusCode != http.StatusAccepted && resp.StatusCode != http.StatusOK {
-		t.Fatalf("submit: %v %v", resp, err)
+	resp := d1.request(t, http.MethodPost, "/api/v1/submit?image="+url.QueryEscape(ref.String()))
+	if resp.StatusCode != http.StatusAccepted && resp.StatusCode != http.StatusOK {
+		t.Fatalf("submit: %v", resp.Status)
 	}
 	resp.Body.Close()
 	deadline := time.Now().Add(2 * time.Minute)

@@ -192,10 +192,24 @@ func TestProcessMissingImageWritesNothing(t *testing.T) {
 	}
 }
 
-func newTestAPI(t *testing.T) (http.Handler, *store.DB, string, name.Digest) {
+// testAPI is the daemon's handler as serve builds it, on a fresh store,
+// with a token file of one token and its log captured.
+type testAPI struct {
+	h         http.Handler
+	mux       *http.ServeMux // for mounting webhook receivers
+	db        *store.DB
+	host      string // the test registry
+	ref       name.Digest
+	tokenFile string
+	token     string
+	logs      *lockedBuffer
+}
+
+func newTestAPI(t *testing.T, pprofOn bool) *testAPI {
 	t.Helper()
 	host, ref := testRegistry(t)
-	db, err := store.Open(filepath.Join(t.TempDir(), "a.db"))
+	dir := t.TempDir()
+	db, err := store.Open(filepath.Join(dir, "a.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,49 +218,74 @@ func newTestAPI(t *testing.T) (http.Handler, *store.DB, string, name.Digest) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ta := &testAPI{db: db, host: host, ref: ref, tokenFile: filepath.Join(dir, "api.token"), logs: &lockedBuffer{}}
+	if _, err := ensureTokenFile(ta.tokenFile); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := apiToken(ta.tokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta.token = tok.Reveal()
+	log := slog.New(slog.NewJSONHandler(ta.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	tokens, err := newTokenFile(ta.tokenFile, log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var ready atomic.Bool
 	ready.Store(true)
-	return newAPI(db, rc, func() {}, &ready, slog.New(slog.DiscardHandler)), db, host, ref
+	ta.mux, ta.h = newAPI(&api{db: db, rc: rc, wake: func() {}, ready: &ready, log: log}, newGuard(tokens, []string{"attestd.example.com"}, log), pprofOn)
+	return ta
+}
+
+// do sends one request; hdr are header name, value pairs.
+func (ta *testAPI) do(method, target string, hdr ...string) (int, http.Header, map[string]any) {
+	req := httptest.NewRequest(method, target, nil)
+	req.RemoteAddr, req.Host = "127.0.0.1:5555", "127.0.0.1:8080" // not httptest's example.com
+	for i := 0; i+1 < len(hdr); i += 2 {
+		if strings.EqualFold(hdr[i], "Host") {
+			req.Host = hdr[i+1]
+			continue
+		}
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	w := httptest.NewRecorder()
+	ta.h.ServeHTTP(w, req)
+	var body map[string]any
+	_ = json.Unmarshal(w.Body.Bytes(), &body)
+	return w.Code, w.Header(), body
 }
 
 func TestAPI(t *testing.T) {
 	t.Parallel()
-	h, _, host, ref := newTestAPI(t)
-	do := func(method, target, remote string) (int, map[string]any) {
-		req := httptest.NewRequest(method, target, nil)
-		req.RemoteAddr = remote
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, req)
-		var body map[string]any
-		_ = json.Unmarshal(w.Body.Bytes(), &body)
-		return w.Code, body
-	}
-	const local, far = "127.0.0.1:5555", "192.0.2.7:5555"
+	ta := newTestAPI(t, false)
+	host, ref := ta.host, ta.ref
+	auth := []string{"Authorization", "Bearer " + ta.token}
 	for _, tc := range []struct {
-		method, target, remote string
-		code                   int
-		field                  string // a key the JSON body must have
+		method, target string
+		hdr            []string
+		code           int
+		field          string // a key the JSON body must have
 	}{
-		{"GET", "/healthz", far, 200, ""},
-		{"GET", "/readyz", far, 200, ""},
-		{"GET", "/debug/pprof/cmdline", far, 403, "error"},
-		{"GET", "/debug/pprof/cmdline", local, 200, ""},
-		{"POST", "/api/v1/submit", local, 400, "error"},
-		{"POST", "/api/v1/submit?image=app:v1", local, 400, "error"},
-		{"POST", "/api/v1/submit?image=" + host + "/demo/app:missing", local, 404, "error"},
-		{"POST", "/api/v1/submit?image=" + host + "/demo/app:v1", far, 403, "error"},
-		{"POST", "/api/v1/submit?image=" + host + "/demo/app:v1", local, 202, "jobId"},
-		{"POST", "/api/v1/submit?image=" + ref.String(), local, 202, "duplicate"},
-		{"POST", "/api/v1/requeue?ref=" + ref.String(), local, 409, "error"},
-		{"POST", "/api/v1/requeue?ref=" + host + "/demo/x@sha256:" + strings.Repeat("0", 64), local, 404, "error"},
-		{"GET", "/api/v1/image?ref=" + ref.String(), far, 200, "state"},
-		{"GET", "/api/v1/stats", far, 200, "jobs"},
-		{"GET", "/api/v1/backup", far, 403, "error"},
-		{"DELETE", "/api/v1/stats", local, 405, ""},
+		{"GET", "/healthz", nil, 200, ""},
+		{"GET", "/readyz", nil, 200, ""},
+		{"GET", "/debug/pprof/cmdline", auth, 404, ""}, // api.pprof is off
+		{"POST", "/api/v1/submit", auth, 400, "error"},
+		{"POST", "/api/v1/submit?image=app:v1", auth, 400, "error"},
+		{"POST", "/api/v1/submit?image=" + host + "/demo/app:missing", auth, 404, "error"},
+		{"POST", "/api/v1/submit?image=" + host + "/demo/app:v1", nil, 401, "error"},
+		{"POST", "/api/v1/submit?image=" + host + "/demo/app:v1", auth, 202, "jobId"},
+		{"POST", "/api/v1/submit?image=" + ref.String(), auth, 202, "duplicate"},
+		{"POST", "/api/v1/requeue?ref=" + ref.String(), auth, 409, "error"},
+		{"POST", "/api/v1/requeue?ref=" + host + "/demo/x@sha256:" + strings.Repeat("0", 64), auth, 404, "error"},
+		{"GET", "/api/v1/image?ref=" + ref.String(), auth, 200, "state"},
+		{"GET", "/api/v1/stats", nil, 200, "jobs"},
+		{"GET", "/api/v1/backup", nil, 401, "error"},
+		{"DELETE", "/api/v1/stats", auth, 405, ""},
 	} {
-		code, body := do(tc.method, tc.target, tc.remote)
+		code, _, body := ta.do(tc.method, tc.target, tc.hdr...)
 		if code != tc.code {
-			t.Errorf("%s %s from %s: %d, want %d (%v)", tc.method, tc.target, tc.remote, code, tc.code, body)
+			t.Errorf("%s %s (%d headers): %d, want %d (%v)", tc.method, tc.target, len(tc.hdr)/2, code, tc.code, body)
 			continue
 		}
 		if tc.field != "" {
@@ -255,7 +294,7 @@ func TestAPI(t *testing.T) {
 			}
 		}
 	}
-	_, body := do("POST", "/api/v1/submit?image="+ref.String(), local)
+	_, _, body := ta.do("POST", "/api/v1/submit?image="+ref.String(), auth...)
 	if body["duplicate"] != true {
 		t.Errorf("second submit not a duplicate: %v", body)
 	}
@@ -268,8 +307,10 @@ func TestServeInProcess(t *testing.T) {
 	ln.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
+	dataDir, cfgFile := t.TempDir(), writeFile(t, "registries: [{host: \"127.0.0.1:1\"}]\n")
+	var daemonLog lockedBuffer
 	go func() {
-		done <- Run(ctx, []string{"serve", "--data-dir", t.TempDir(), "--listen", addr, "-c", writeFile(t, "registries: [{host: \"127.0.0.1:1\"}]\n")}, io.Discard, io.Discard,
+		done <- Run(ctx, []string{"serve", "--data-dir", dataDir, "--listen", addr, "-c", cfgFile}, &daemonLog, &daemonLog,
 			WithLookupEnv(func(string) (string, bool) { return "", false }))
 	}()
 	deadline := time.Now().Add(10 * time.Second)
@@ -288,6 +329,41 @@ func TestServeInProcess(t *testing.T) {
 	}
 	if code := Run(ctx, []string{"healthcheck", "--listen", addr}, io.Discard, io.Discard); code != 0 {
 		t.Fatalf("healthcheck exit %d", code)
+	}
+	// The daemon created its API token; the CLI, finding the store locked,
+	// reads it and goes through the authenticated API.
+	tokenFile := filepath.Join(dataDir, "api.token")
+	if fi, err := os.Stat(tokenFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("API token file: %v %v", fi, err)
+	}
+	tok, err := apiToken(tokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli := func(env map[string]string, args ...string) (int, string) {
+		var out bytes.Buffer
+		code := Run(ctx, append(args, "--data-dir", dataDir, "--listen", addr, "-c", cfgFile), &out, &out,
+			WithLookupEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok }))
+		return code, out.String()
+	}
+	snap := filepath.Join(t.TempDir(), "snap.db")
+	if code, out := cli(nil, "store", "backup", snap); code != 0 || !strings.Contains(out, "wrote "+snap) {
+		t.Fatalf("store backup through the API: exit %d: %s", code, out)
+	}
+	wrong := writeFile(t, "# another daemon's\nnot-this-daemons-token-0123456789\n")
+	if code, out := cli(map[string]string{"ATTESTD_API_TOKEN_FILE": wrong}, "store", "backup", snap+"2"); code == 0 || !strings.Contains(out, "401") || !strings.Contains(out, wrong) {
+		t.Fatalf("store backup with a wrong token: exit %d: %s", code, out)
+	}
+	if code, out := cli(map[string]string{"ATTESTD_API_TOKEN_FILE": "/nonexistent/api.token"}, "status"); code != 0 {
+		t.Fatalf("status (open counts) without a token: exit %d: %s", code, out)
+	}
+	if code, out := cli(map[string]string{"ATTESTD_API_TOKEN_FILE": "/nonexistent/api.token"}, "store", "backup", snap+"3"); code == 0 || !strings.Contains(out, "run this as the daemon's user") {
+		t.Fatalf("store backup without a readable token: exit %d: %s", code, out)
+	}
+	if resp, err := http.Get("http://" + addr + "/debug/pprof/cmdline"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("pprof is served by default: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 	// deep=1 also asks the configured registries (127.0.0.1:1 answers nothing).
 	if resp, err := http.Get("http://" + addr + "/readyz?deep=1"); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
@@ -311,10 +387,19 @@ func TestServeInProcess(t *testing.T) {
 	select {
 	case code := <-done:
 		if code != 0 {
-			t.Fatalf("serve exit %d", code)
+			t.Fatalf("serve exit %d: %s", code, daemonLog.String())
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("serve did not stop")
+	}
+	logs := daemonLog.String()
+	if strings.Contains(logs, tok.Reveal()) || strings.Contains(logs, "not-this-daemons-token") {
+		t.Errorf("a token was logged:\n%s", logs)
+	}
+	for _, w := range []string{"API token created", tokenFile, "API request refused"} {
+		if !strings.Contains(logs, w) {
+			t.Errorf("the daemon's log lacks %q:\n%s", w, logs)
+		}
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -155,7 +154,7 @@ func (r *runner) withAuditDB(ctx context.Context, cfg *configs.Config, file stri
 		}
 		defer os.RemoveAll(tmp)
 		snap := filepath.Join(tmp, "snapshot.db")
-		src := &remoteSource{base: apiBase(cfg.Listen), client: &http.Client{Timeout: 10 * time.Minute}}
+		src := newRemoteSource(cfg, 10*time.Minute)
 		if _, err := src.Backup(ctx, snap); err != nil {
 			return fmt.Errorf("audit: the daemon holds the store and its snapshot failed: %w", err)
 		}

@@ -528,15 +528,23 @@ func (r *runner) withStore(ctx context.Context, cfg *configs.Config, readOnly bo
 		}
 		return fn(localSource{db: db, rc: rc})
 	case errors.Is(err, store.ErrLocked):
-		return fn(&remoteSource{base: apiBase(cfg.Listen), client: &http.Client{Timeout: apiTimeout}})
+		return fn(newRemoteSource(cfg, apiTimeout))
 	default:
 		return err
 	}
 }
 
+// remoteSource is the running daemon's API, called with the token from the
+// daemon's token file (api.token_file, or data_dir/api.token): the CLI on
+// the daemon's host, as its user, reads the same file.
 type remoteSource struct {
-	base   string
-	client *http.Client
+	base      string
+	client    *http.Client
+	tokenFile string
+}
+
+func newRemoteSource(cfg *configs.Config, timeout time.Duration) *remoteSource {
+	return &remoteSource{base: apiBase(cfg.Listen), client: &http.Client{Timeout: timeout}, tokenFile: cfg.APITokenFile()}
 }
 
 func (s *remoteSource) do(ctx context.Context, method, path string, q url.Values, out any) error {
@@ -548,6 +556,12 @@ func (s *remoteSource) do(ctx context.Context, method, path string, q url.Values
 	if err != nil {
 		return err
 	}
+	// Without a readable token the request still goes out: the open
+	// endpoints answer, and the daemon's 401 says what is missing.
+	tok, terr := apiToken(s.tokenFile)
+	if terr == nil {
+		req.Header.Set("Authorization", "Bearer "+tok.Reveal())
+	}
 	resp, err := s.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("the store is locked by a running daemon, and its API at %s did not answer: %w", s.base, err)
@@ -556,6 +570,12 @@ func (s *remoteSource) do(ctx context.Context, method, path string, q url.Values
 	if resp.StatusCode >= 300 {
 		var e struct{ Error string }
 		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&e)
+		switch {
+		case resp.StatusCode == http.StatusUnauthorized && terr != nil:
+			return fmt.Errorf("daemon API %s: %s: %s (%w: run this as the daemon's user, or point api.token_file at a copy you may read)", path, resp.Status, e.Error, terr)
+		case resp.StatusCode == http.StatusUnauthorized:
+			return fmt.Errorf("daemon API %s: %s: %s (sent the first token of %s)", path, resp.Status, e.Error, s.tokenFile)
+		}
 		return fmt.Errorf("daemon API %s: %s: %s", path, resp.Status, e.Error)
 	}
 	if w, ok := out.(io.Writer); ok {

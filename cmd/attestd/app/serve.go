@@ -87,9 +87,13 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 	if err := auditExceptions(ctx, db, cfg, time.Now()); err != nil {
 		return fmt.Errorf("audit log: %w", err)
 	}
+	guard, err := guardFor(cfg, log)
+	if err != nil {
+		return err
+	}
 	var ready atomic.Bool
 	stats := watch.NewStats()
-	mux := newAPIWithDeps(db, rc, p.Wake, &ready, log, dependencyCheck(cfg, rc))
+	mux, handler := newAPI(&api{db: db, rc: rc, wake: p.Wake, ready: &ready, log: log, deps: dependencyCheck(cfg, rc)}, guard, cfg.API.Pprof)
 	mux.Handle("GET /metrics", metricsHandler(db, stats, rc, &r.vulnMetrics, &r.stageMetrics))
 	sink := &intakeSink{db: db, rc: rc, wake: p.Wake, log: log, recordExisting: cfg.Intake.Existing == "record"}
 	if err := mountSources(mux, cfg, rc, sink, stats, log); err != nil {
@@ -107,7 +111,7 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 		return fmt.Errorf("listen on %s: %w (is another attestd running? set listen or --listen)", cfg.Listen, err)
 	}
 	srv := &http.Server{
-		Handler:           mux,
+		Handler:           handler,
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
 		WriteTimeout:      writeTimeout,
@@ -115,7 +119,7 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
-	log.Info("attestd serving", "listen", ln.Addr().String(), "data_dir", cfg.DataDir, "workers", cfg.Workers, "version", version)
+	log.Info("attestd serving", "listen", ln.Addr().String(), "data_dir", cfg.DataDir, "workers", cfg.Workers, "api_token_file", guard.tokens.path, "pprof", cfg.API.Pprof, "version", version)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -161,43 +165,40 @@ type api struct {
 	log   *slog.Logger
 }
 
-func newAPI(db *store.DB, rc *registry.Client, wake func(), ready *atomic.Bool, log *slog.Logger) *http.ServeMux {
-	return newAPIWithDeps(db, rc, wake, ready, log, nil)
-}
-
-func newAPIWithDeps(db *store.DB, rc *registry.Client, wake func(), ready *atomic.Bool, log *slog.Logger, deps func(context.Context) error) *http.ServeMux {
-	a := &api{db: db, rc: rc, wake: wake, ready: ready, log: log, deps: deps}
+// newAPI mounts the API's routes on a new mux (serve mounts /metrics and
+// the webhook receivers on it too) and returns the handler to serve: the
+// mux behind g.
+//
+// Open: /healthz, /readyz and /metrics (probes and Prometheus), and
+// /api/v1/stats, counts as /metrics has them. Behind the token: whatever
+// changes state (submit, requeue), hands out the store (backup) or tells
+// what it holds — the records (images, image) name private repositories
+// and tags, and the documents (blob) are the SBOMs, vulnerability reports
+// and provenance of private images, a map for an attacker. The profiler
+// only when enabled (api.pprof), and then behind the token too: a profile
+// shows command lines and memory.
+func newAPI(a *api, g *guard, pprofOn bool) (*http.ServeMux, http.Handler) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", a.readyz)
 	mux.HandleFunc("GET /api/v1/stats", a.stats)
-	mux.HandleFunc("GET /api/v1/images", a.images)
-	mux.HandleFunc("GET /api/v1/image", a.image)
-	mux.HandleFunc("GET /api/v1/blob", a.blob)
-	mux.HandleFunc("POST /api/v1/requeue", loopbackOnly(a.requeue))
-	mux.HandleFunc("POST /api/v1/submit", loopbackOnly(a.submit))
-	mux.HandleFunc("GET /api/v1/backup", loopbackOnly(a.backup))
-	// Go's profiler, for measuring the daemon under load (e.g.
-	// curl -o cpu.pprof 'localhost:8080/debug/pprof/profile?seconds=10').
-	mux.HandleFunc("GET /debug/pprof/", loopbackOnly(pprof.Index))
-	mux.HandleFunc("GET /debug/pprof/cmdline", loopbackOnly(pprof.Cmdline))
-	mux.HandleFunc("GET /debug/pprof/profile", loopbackOnly(pprof.Profile))
-	mux.HandleFunc("GET /debug/pprof/symbol", loopbackOnly(pprof.Symbol))
-	mux.HandleFunc("GET /debug/pprof/trace", loopbackOnly(pprof.Trace))
-	return mux
-}
-
-// loopbackOnly keeps state-changing and bulk-export endpoints off the network
-// until the API has authentication.
-func loopbackOnly(h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, req *http.Request) {
-		host, _, _ := net.SplitHostPort(req.RemoteAddr)
-		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-			writeError(w, http.StatusForbidden, "this endpoint is only served to loopback clients; run the command on the daemon's host")
-			return
-		}
-		h(w, req)
+	mux.HandleFunc("GET /api/v1/images", g.auth(a.images))
+	mux.HandleFunc("GET /api/v1/image", g.auth(a.image))
+	mux.HandleFunc("GET /api/v1/blob", g.auth(a.blob))
+	mux.HandleFunc("POST /api/v1/requeue", g.auth(a.requeue))
+	mux.HandleFunc("POST /api/v1/submit", g.auth(a.submit))
+	mux.HandleFunc("GET /api/v1/backup", g.auth(a.backup))
+	if pprofOn {
+		// Go's profiler, for measuring the daemon under load (e.g. curl -H
+		// "Authorization: Bearer $(tail -1 data/api.token)" -o cpu.pprof
+		// '127.0.0.1:8080/debug/pprof/profile?seconds=10').
+		mux.HandleFunc("GET /debug/pprof/", g.auth(pprof.Index))
+		mux.HandleFunc("GET /debug/pprof/cmdline", g.auth(pprof.Cmdline))
+		mux.HandleFunc("GET /debug/pprof/profile", g.auth(pprof.Profile))
+		mux.HandleFunc("GET /debug/pprof/symbol", g.auth(pprof.Symbol))
+		mux.HandleFunc("GET /debug/pprof/trace", g.auth(pprof.Trace))
 	}
+	return mux, g.handler(mux)
 }
 
 // readyz: the pipeline runs and the store answers (a read of the audit

@@ -93,6 +93,7 @@ type daemon struct {
 	done    chan struct{}
 	err     error
 	client  *http.Client
+	token   string // the API's, from <data_dir>/api.token once ready
 }
 
 // daemonConfig is the daemon's configuration: attestd's defaults plus what
@@ -211,8 +212,28 @@ func (b *bench) startDaemon(ctx context.Context, name string) (*daemon, error) {
 			return nil, fmt.Errorf("attestd (%s) not ready at %s/readyz after %s:\n%s", name, d.base, daemonReadyTimeout, tailFile(d.logPath, 20))
 		}
 	}
+	// serve created its API token before it listened.
+	if d.token, err = readAPIToken(filepath.Join(dataDir, "data", "api.token")); err != nil {
+		d.stop()
+		return nil, err
+	}
 	b.relay.set(d.base + "/hooks/registry")
 	return d, nil
+}
+
+// readAPIToken returns the first token of an API token file (one per line,
+// # comments), as attestd's CLI sends it.
+func readAPIToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("the daemon's API token: %w", err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			return line, nil
+		}
+	}
+	return "", fmt.Errorf("the daemon's API token: no token in %s", path)
 }
 
 // stop points the relay away and ends the daemon: SIGTERM, SIGKILL after
@@ -240,6 +261,9 @@ func (d *daemon) get(ctx context.Context, path string, q url.Values) (int, []byt
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return 0, nil, err
+	}
+	if d.token != "" {
+		req.Header.Set("Authorization", "Bearer "+d.token)
 	}
 	resp, err := d.client.Do(req)
 	if err != nil {
