@@ -81,6 +81,12 @@ func (s *Stage) predicateFor(a store.Artifact) string {
 }
 
 func (s *Stage) Sign(ctx context.Context, t *pipeline.Target) error {
+	// A digest flooded with referrers fails for good: they stay until
+	// someone deletes them, so a retry would meet the same list.
+	return pipeline.PermanentIf(s.sign(ctx, t), registry.ErrTooManyReferrers, "delete the stray referrers, then attestd requeue")
+}
+
+func (s *Stage) sign(ctx context.Context, t *pipeline.Target) error {
 	if len(t.Artifacts) == 0 {
 		return errors.New("nothing to sign: the record has no analysis documents")
 	}

@@ -32,6 +32,11 @@ type Override struct {
 // whose summary expired gets a new signed summary. Then exactly the
 // verified closure is copied, checked in the destination, and tagged last.
 func (g *Gate) Promote(ctx context.Context, t *pipeline.Target) error {
+	// Flooded with referrers: a retry would meet the same list.
+	return pipeline.PermanentIf(g.promote(ctx, t), registry.ErrTooManyReferrers, "delete the stray referrers, then attestd requeue")
+}
+
+func (g *Gate) promote(ctx context.Context, t *pipeline.Target) error {
 	if g.o.Store == nil {
 		return errors.New("gate: no store")
 	}

@@ -132,3 +132,18 @@ func TestOutcomeRecordedAfterWriteFailure(t *testing.T) {
 		t.Fatalf("job %+v", j)
 	}
 }
+
+func TestPermanentIf(t *testing.T) {
+	t.Parallel()
+	sentinel := errors.New("too many referrers")
+	other := errors.New("503")
+	if err := PermanentIf(fmt.Errorf("sign: %w", sentinel), sentinel, "delete them"); !IsPermanent(err) || !errors.Is(err, sentinel) || !strings.Contains(err.Error(), "(delete them)") {
+		t.Errorf("matching error: %v (permanent %v)", err, IsPermanent(err))
+	}
+	if err := PermanentIf(other, sentinel, "x"); IsPermanent(err) || err != other {
+		t.Errorf("other error changed: %v", err)
+	}
+	if PermanentIf(nil, sentinel, "x") != nil {
+		t.Error("nil became an error")
+	}
+}

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/attestd/attestd/store"
 )
@@ -103,6 +104,17 @@ func Permanent(err error) error {
 		return nil
 	}
 	return permanent{err}
+}
+
+// PermanentIf makes err permanent when it matches target (errors.Is),
+// adding hint (what the operator must change): for failures whose cause
+// stays in place until someone acts, such as an image flooded with
+// referrers.
+func PermanentIf(err, target error, hint string) error {
+	if err == nil || IsPermanent(err) || !errors.Is(err, target) {
+		return err
+	}
+	return permanent{fmt.Errorf("%w (%s)", err, hint)}
 }
 
 // IsPermanent reports whether err was wrapped by Permanent.
