@@ -209,6 +209,7 @@ func (c *Campaign) diskPhase(ctx context.Context) error {
 		c.rep.Disk = diskFigures{Skipped: "the data directory is not on a filesystem the campaign could mount (needs root)"}
 		return nil
 	}
+	before := c.rly.answers()[http.StatusServiceUnavailable]
 	filler := filepath.Join(c.d.dataDir, "chaos-filler")
 	f, err := os.Create(filler)
 	if err != nil {
@@ -247,7 +248,7 @@ func (c *Campaign) diskPhase(ctx context.Context) error {
 	}
 	c.rep.Disk.Readyz = said
 	ans := c.rly.answers()
-	c.rep.Disk.Intake503 = ans[http.StatusServiceUnavailable]
+	c.rep.Disk.Intake503 = ans[http.StatusServiceUnavailable] - before
 	if !c.d.alive() {
 		return errors.New("the daemon exited while the disk was full")
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -27,6 +28,7 @@ type Report struct {
 
 	Kills            int
 	Starts           int
+	Interrupted      int // jobs a kill cut short (resumed at the next start)
 	Faults           []faultFigures
 	PromotedInOutage []string
 	Disk             diskFigures
@@ -126,6 +128,13 @@ func (c *Campaign) finish(ctx context.Context) error {
 			c.rep.AckedRecorded++
 		}
 	}
+	if jobs, err := db.Jobs(ctx); err == nil {
+		for _, j := range jobs {
+			if j.Interrupted > 0 {
+				c.rep.Interrupted++
+			}
+		}
+	}
 	c.rep.States = map[string]int{}
 	for _, p := range all {
 		r, err := db.Image(ctx, p.ref)
@@ -181,7 +190,11 @@ func (c *Campaign) checkProd(ctx context.Context, all []*pushed) {
 			allowed[p.digest] = p
 		}
 	}
-	inProd := map[string]bool{}
+	type tagged struct {
+		ref    name.Tag
+		digest string
+	}
+	var prod []tagged
 	for _, repo := range repos {
 		if !strings.HasPrefix(repo, "prod/") {
 			continue
@@ -196,23 +209,42 @@ func (c *Campaign) checkProd(ctx context.Context, all []*pushed) {
 			if strings.HasPrefix(t, "sha256-") {
 				continue // referrers fallback tags
 			}
-			c.rep.ProdTags++
-			ref := r.Tag(t)
-			desc, err := remote.Head(ref, remote.WithContext(ctx))
+			desc, err := remote.Head(r.Tag(t), remote.WithContext(ctx))
 			if err != nil {
-				c.rep.ProdBad = append(c.rep.ProdBad, ref.String()+": "+err.Error())
+				c.rep.ProdBad = append(c.rep.ProdBad, r.Tag(t).String()+": "+err.Error())
 				continue
 			}
-			if err := c.verifyVSA(ctx, ref.String()); err != nil {
-				c.rep.ProdBad = append(c.rep.ProdBad, ref.String()+" ("+desc.Digest.String()+"): "+err.Error())
-				continue
-			}
-			inProd[desc.Digest.String()] = true
-			if allowed[desc.Digest.String()] == nil {
-				c.rep.ProdBad = append(c.rep.ProdBad, ref.String()+": "+desc.Digest.String()+" was not expected to be promoted")
-			}
+			prod = append(prod, tagged{r.Tag(t), desc.Digest.String()})
 		}
 	}
+	c.rep.ProdTags = len(prod)
+	// The stock cosign CLI checks each tag, four at a time.
+	var (
+		mu     sync.Mutex
+		wg     sync.WaitGroup
+		sem    = make(chan struct{}, 4)
+		inProd = map[string]bool{}
+	)
+	for _, pt := range prod {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			err := c.verifyVSA(ctx, pt.ref.String())
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				c.rep.ProdBad = append(c.rep.ProdBad, pt.ref.String()+" ("+pt.digest+"): "+err.Error())
+			case allowed[pt.digest] == nil:
+				c.rep.ProdBad = append(c.rep.ProdBad, pt.ref.String()+": "+pt.digest+" was not expected to be promoted")
+			default:
+				inProd[pt.digest] = true
+			}
+		}()
+	}
+	wg.Wait()
 	for d, p := range allowed {
 		if !inProd[d] {
 			c.rep.AllowMissing = append(c.rep.AllowMissing, p.ref+" ("+p.phase+")")
@@ -268,7 +300,7 @@ func (c *Campaign) checkFiles() {
 		}
 		return nil
 	})
-	c.rep.CacheBytes = dirBytes(filepath.Join(c.d.dataDir, "layers"))
+	c.rep.CacheBytes = dirBytes(filepath.Join(c.d.dataDir, "cache", "layers"))
 	c.rep.CacheCap = 256 << 20
 }
 
@@ -319,7 +351,7 @@ func (r *Report) Write(w io.Writer) {
 	for _, p := range r.Phases {
 		fmt.Fprintf(w, "- phase %-15s %s\n", p.Name, p.Took.Round(time.Second))
 	}
-	fmt.Fprintf(w, "\nkill -9: %d kills survived, %d daemon starts\n", r.Kills, r.Starts)
+	fmt.Fprintf(w, "\nkill -9: %d kills survived, %d daemon starts, %d jobs cut short by a kill and resumed\n", r.Kills, r.Starts, r.Interrupted)
 	fmt.Fprintf(w, "webhook answers seen by the registry (0: daemon unreachable): %v\n\n", r.Answers)
 	fmt.Fprintln(w, "| component | 503 | 429 | reset | stall | slow body | refused in outage | outage | recovery (push→final of its images) |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
