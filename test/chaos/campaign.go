@@ -19,6 +19,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/attestd/attestd/test/fixture"
 	"github.com/attestd/attestd/test/stack"
 )
 
@@ -258,7 +259,7 @@ func (c *Campaign) setup(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := c.installVulnDB(ctx, bin, cfgFile); err != nil {
+	if err := fixture.VulnDB(ctx, bin, c.o.Root, c.o.Dir, cfgFile); err != nil {
 		return err
 	}
 	c.d = &daemon{bin: bin, cfg: cfgFile, addr: addr, dataDir: dataDir, logPath: filepath.Join(c.o.Dir, "attestd.log"),
@@ -348,25 +349,6 @@ hardening:
 tags:
   allow: ['v\d+\.\d+\.\d+']
 `
-
-// installVulnDB builds the offline vulnerability database from the
-// repository's OSV records and imports it with attestd's own CLI.
-func (c *Campaign) installVulnDB(ctx context.Context, bin, cfg string) error {
-	dist := filepath.Join(c.o.Dir, "vulndb-dist")
-	osv := filepath.Join(c.o.Root, "sbom", "vuln", "testdata", "osv-go")
-	if out, err := exec.CommandContext(ctx, bin, "vulndb", "build", "--osv", filepath.Join(osv, "all.zip"),
-		"--severity-overlay", filepath.Join(osv, "severity-overlay.json"), "-o", dist).CombinedOutput(); err != nil {
-		return fmt.Errorf("attestd vulndb build: %w\n%s", err, out)
-	}
-	m, _ := filepath.Glob(filepath.Join(dist, "*.tar.zst"))
-	if len(m) != 1 {
-		return fmt.Errorf("attestd vulndb build wrote %v, want one *.tar.zst", m)
-	}
-	if out, err := exec.CommandContext(ctx, bin, "vulndb", "import", m[0], "-c", cfg).CombinedOutput(); err != nil {
-		return fmt.Errorf("attestd vulndb import: %w\n%s", err, out)
-	}
-	return nil
-}
 
 // push pushes one app image (multi-platform when multi) to
 // staging/chaos-<n> and remembers what must become of it.

@@ -121,22 +121,12 @@ func (b *bench) installVulnDB(ctx context.Context) error {
 	defer cancel()
 	start := time.Now()
 	b.vulnDB = filepath.Join(b.dir, "vulndb")
-	dist := filepath.Join(b.dir, "vulndb-dist")
-	osv := filepath.Join(b.root, "sbom", "vuln", "testdata", "osv-go")
-	if out, err := exec.CommandContext(ctx, b.bin, "vulndb", "build", "--osv", filepath.Join(osv, "all.zip"),
-		"--severity-overlay", filepath.Join(osv, "severity-overlay.json"), "-o", dist).CombinedOutput(); err != nil {
-		return fmt.Errorf("attestd vulndb build: %w\n%s", err, out)
-	}
-	m, _ := filepath.Glob(filepath.Join(dist, "*.tar.zst"))
-	if len(m) != 1 {
-		return fmt.Errorf("attestd vulndb build wrote %v, want one *.tar.zst", m)
-	}
 	cfg := filepath.Join(b.dir, "vulndb.yaml")
 	if err := os.WriteFile(cfg, []byte(b.daemonConfig("127.0.0.1:0", filepath.Join(b.dir, "vulndb-data"))), 0o644); err != nil {
 		return err
 	}
-	if out, err := exec.CommandContext(ctx, b.bin, "vulndb", "import", m[0], "-c", cfg).CombinedOutput(); err != nil {
-		return fmt.Errorf("attestd vulndb import: %w\n%s", err, out)
+	if err := fixture.VulnDB(ctx, b.bin, b.root, b.dir, cfg); err != nil {
+		return err
 	}
 	logf("vulnerability database built and imported in %s", time.Since(start).Round(100*time.Millisecond))
 	return nil
