@@ -265,9 +265,8 @@ func (c *Campaign) setup(ctx context.Context) error {
 	c.d = &daemon{bin: bin, cfg: cfgFile, addr: addr, dataDir: dataDir, logPath: filepath.Join(c.o.Dir, "attestd.log"),
 		client: &http.Client{Timeout: 15 * time.Second}}
 	c.d.token = func() string {
-		b, _ := os.ReadFile(filepath.Join(dataDir, "api.token"))
-		t, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
-		return strings.TrimSpace(t)
+		t, _ := stack.APIToken(filepath.Join(dataDir, "api.token"))
+		return t
 	}
 
 	c.bases = map[string]v1.Image{}

@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -25,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/attestd/attestd/store"
+	"github.com/attestd/attestd/test/stack"
 )
 
 // eventLog records what the registry's notifications delivered.
@@ -191,28 +191,17 @@ func startProcess(t *testing.T, bin string, env []string, addr string, args ...s
 	d.waitHealthy(t)
 	// The API's token: serve creates it under data_dir before it listens.
 	if i := slices.Index(args, "--data-dir"); i >= 0 && i+1 < len(args) {
-		d.token = readAPIToken(t, filepath.Join(args[i+1], "api.token"))
+		tok, err := stack.APIToken(filepath.Join(args[i+1], "api.token"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.token = tok
 	}
 	return d
 }
 
 // readAPIToken returns the first token of an API token file (one per line,
 // # comments), as the CLI sends it.
-func readAPIToken(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("the daemon's API token: %v", err)
-	}
-	for line := range strings.Lines(string(b)) {
-		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
-			return line
-		}
-	}
-	t.Fatalf("no token in %s", path)
-	return ""
-}
-
 // request calls the daemon's API with its token.
 func (d *daemon) request(t *testing.T, method, path string) *http.Response {
 	t.Helper()

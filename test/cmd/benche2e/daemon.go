@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/attestd/attestd/store"
+	"github.com/attestd/attestd/test/stack"
 )
 
 // Bounds of the daemon's lifecycle and of each call to its API.
@@ -213,7 +214,7 @@ func (b *bench) startDaemon(ctx context.Context, name string) (*daemon, error) {
 		}
 	}
 	// serve created its API token before it listened.
-	if d.token, err = readAPIToken(filepath.Join(dataDir, "data", "api.token")); err != nil {
+	if d.token, err = stack.APIToken(filepath.Join(dataDir, "data", "api.token")); err != nil {
 		d.stop()
 		return nil, err
 	}
@@ -223,19 +224,6 @@ func (b *bench) startDaemon(ctx context.Context, name string) (*daemon, error) {
 
 // readAPIToken returns the first token of an API token file (one per line,
 // # comments), as attestd's CLI sends it.
-func readAPIToken(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("the daemon's API token: %w", err)
-	}
-	for line := range strings.Lines(string(b)) {
-		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
-			return line, nil
-		}
-	}
-	return "", fmt.Errorf("the daemon's API token: no token in %s", path)
-}
-
 // stop points the relay away and ends the daemon: SIGTERM, SIGKILL after
 // daemonStopTimeout.
 func (b *bench) stopDaemon(d *daemon) {
