@@ -21,11 +21,23 @@ type capManifests struct{ inner http.RoundTripper }
 
 func (c capManifests) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := c.inner.RoundTrip(req)
-	if err != nil || req.Method != http.MethodGet || resp.StatusCode != http.StatusOK || !strings.Contains(req.URL.Path, "/manifests/") {
+	if err != nil || req.Method != http.MethodGet || resp.StatusCode != http.StatusOK {
 		return resp, err
 	}
-	over := fmt.Errorf("%w: %s is larger than %d bytes (4MiB: the size every registry must accept, so no portable image needs more): attestd does not read it; push a smaller manifest",
-		ErrManifestTooLarge, req.URL.Path, MaxManifestBytes)
+	var over error
+	switch {
+	case strings.Contains(req.URL.Path, "/manifests/"):
+		over = fmt.Errorf("%w: %s is larger than %d bytes (4MiB: the size every registry must accept, so no portable image needs more): attestd does not read it; push a smaller manifest",
+			ErrManifestTooLarge, req.URL.Path, MaxManifestBytes)
+	case strings.Contains(req.URL.Path, "/referrers/"):
+		// The referrers API's listing is an index too; a registry copies
+		// each referrer's annotations into it, so a staging writer sets
+		// its size.
+		over = fmt.Errorf("%w: the referrers listing %s is larger than %d bytes: attestd reads none of it; delete the stray referrers",
+			ErrTooManyReferrers, req.URL.Path, MaxManifestBytes)
+	default:
+		return resp, nil
+	}
 	if resp.ContentLength > MaxManifestBytes {
 		resp.Body.Close()
 		resp.Body = io.NopCloser(errReader{over})

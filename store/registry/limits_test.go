@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -124,5 +125,45 @@ func TestManifestAtMost(t *testing.T) {
 	}
 	if got, _, err := c.ManifestAtMost(ctx, ref, int64(len(raw))); err != nil || !bytes.Equal(got, raw) {
 		t.Fatalf("ManifestAtMost(its size) = %d bytes, %v", len(got), err)
+	}
+}
+
+// The referrers API's listing is capped as it streams like any manifest:
+// a staging writer who makes it huge (a registry copies each referrer's
+// annotations into it) gets a refusal, not 100 MiB buffered per read.
+func TestReferrersListingCapped(t *testing.T) {
+	h, host := newRegistry(t, true)
+	c := newClient(t)
+	img, _ := random.Image(64, 1)
+	subject := push(t, c, host+"/app:v1", img)
+	const size = 64 << 20 // under ggcr's own 100 MiB cap
+	var served atomic.Int64
+	next := h.next
+	h.next = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.Contains(r.URL.Path, "/referrers/") || r.Method != http.MethodGet {
+			next.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", string(types.OCIImageIndex))
+		n, _ := w.Write([]byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],"annotations":{"x":"`))
+		served.Add(int64(n))
+		chunk := []byte(strings.Repeat("a", 1<<20))
+		for served.Load() < size {
+			m, err := w.Write(chunk)
+			served.Add(int64(m))
+			if err != nil {
+				return
+			}
+		}
+		_, _ = w.Write([]byte(`"}}`))
+	})
+	_, err := c.Referrers(context.Background(), subject, "")
+	if !errors.Is(err, ErrTooManyReferrers) {
+		t.Fatalf("err = %v, want ErrTooManyReferrers", err)
+	}
+	// What the server got out includes the loopback socket buffers; the
+	// client stopped long before the end.
+	if served.Load() >= size-8<<20 {
+		t.Errorf("the server got to send %d MiB of a listing capped at 4 MiB", served.Load()>>20)
 	}
 }

@@ -82,3 +82,43 @@ func TestStalledRegistryIsCutOff(t *testing.T) {
 		t.Fatalf("caller's deadline: %v", err)
 	}
 }
+
+// slowReader yields data steadily (a chunk every 20ms), like a large layer
+// uploaded over a link slower than the stall window.
+type slowReader struct{ left int }
+
+func (s *slowReader) Read(p []byte) (int, error) {
+	if s.left == 0 {
+		return 0, io.EOF
+	}
+	time.Sleep(20 * time.Millisecond)
+	n := min(len(p), 1024, s.left)
+	s.left -= n
+	return n, nil
+}
+
+// An upload that takes longer than the stall window while bytes flow is
+// not a stall: registries answer a PATCH or PUT only once they have the
+// whole body.
+func TestSlowUploadIsNotAStall(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusCreated)
+	}))
+	defer srv.Close()
+	tr := newTransport(http.DefaultTransport, 0, 1, 0, slog.New(slog.DiscardHandler))
+	tr.stall = 150 * time.Millisecond
+	c := &http.Client{Transport: tr}
+	// 20 chunks × 20 ms: 400 ms of steady upload against a 150 ms window.
+	req, _ := http.NewRequest(http.MethodPut, srv.URL+"/v2/r/blobs/uploads/x?digest=sha256:00", &slowReader{left: 20 * 1024})
+	req.ContentLength = 20 * 1024
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("a steady upload was cut off: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+}

@@ -213,7 +213,14 @@ func (t *Transport) send(ctx context.Context, r *http.Request) (*http.Response, 
 	actx, cancel := context.WithCancel(ctx)
 	st := &stallBody{cancel: cancel, d: t.stall, what: r.Method + " " + r.URL.Redacted()}
 	st.timer = time.AfterFunc(t.stall, st.fire)
-	resp, err := t.inner.RoundTrip(r.WithContext(actx))
+	r = r.WithContext(actx)
+	if r.Body != nil && r.Body != http.NoBody {
+		// An upload is progress too: a registry answers a PATCH or PUT
+		// only once it has the whole body, so every chunk sent re-arms
+		// the timer (a 2 GiB layer on a slow link is not a stall).
+		r.Body = &progressBody{rc: r.Body, timer: st.timer, d: t.stall}
+	}
+	resp, err := t.inner.RoundTrip(r)
 	if err != nil {
 		st.timer.Stop()
 		cancel()
@@ -238,6 +245,24 @@ type stallBody struct {
 	what    string
 	stalled atomic.Bool
 }
+
+// progressBody re-arms the stall timer whenever the request body yields
+// bytes to the connection.
+type progressBody struct {
+	rc    io.ReadCloser
+	timer *time.Timer
+	d     time.Duration
+}
+
+func (p *progressBody) Read(b []byte) (int, error) {
+	n, err := p.rc.Read(b)
+	if n > 0 || err == io.EOF {
+		p.timer.Reset(p.d)
+	}
+	return n, err
+}
+
+func (p *progressBody) Close() error { return p.rc.Close() }
 
 func (s *stallBody) fire() {
 	s.stalled.Store(true)
