@@ -87,9 +87,13 @@ type entry struct {
 type call struct {
 	done chan struct{}
 	err  error
-	// notLayer: err says nothing about the layer (the downloader's image
-	// ran out of its Budget, or its job was cancelled): a waiter
-	// downloads the layer itself.
+	// notLayer: err is not a fact about the blob alone, so a waiter
+	// downloads the layer itself. Only the cache's own per-layer limits
+	// (max_layer_bytes, max_files…) hold for every image that names the
+	// blob; the downloader's Budget, its job's context, and what its
+	// manifest declared (size, diff ID, media type: an attacker's image
+	// may declare a shared base layer one byte short) are its own, and a
+	// network error is worth one more try.
 	notLayer bool
 }
 
@@ -344,7 +348,7 @@ func (c *Cache) get(ctx context.Context, l Layer, fetch Fetch, b *Budget) (*Hand
 		delete(c.inflight, l.Digest)
 		var le *LimitError
 		cl.err = err
-		cl.notLayer = errors.As(err, &le) && le.Image || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+		cl.notLayer = !errors.As(err, &le) || le.Image || le.Limit.Setting == ""
 		close(cl.done)
 		c.stats.Written += written
 		if err != nil {
@@ -447,12 +451,10 @@ func (c *Cache) download(ctx context.Context, l Layer, fetch Fetch, b *Budget) (
 		os.Remove(tmp) // no-op after the rename
 	}()
 
-	// A blob may be no longer than its manifest says, nor than the
-	// compressed limit when it says nothing.
-	bound := c.lim.CompressedBytes
-	if l.Size > 0 {
-		bound = Limit{N: l.Size}
-	}
+	// A blob is exactly as long as its manifest says: a manifest that
+	// says 0 for a blob with bytes is refused, not unbounded (get refused
+	// negative sizes and sizes over the compressed limit already).
+	bound := Limit{N: l.Size}
 	blobHash := sha256.New()
 	counted := &limitReader{r: io.TeeReader(ctxReader{ctx, rc}, blobHash), max: bound.N,
 		over: &LimitError{Digest: l.Digest, Limit: bound, Compressed: true}}
@@ -486,7 +488,7 @@ func (c *Cache) download(ctx context.Context, l Layer, fetch Fetch, b *Budget) (
 	if got := digestOf(blobHash); got != l.Digest {
 		return 0, 0, out.n, fmt.Errorf("layer %s: downloaded blob hashes to %s: registry served the wrong content", l.Digest, got)
 	}
-	if l.Size > 0 && counted.n != l.Size {
+	if counted.n != l.Size {
 		return 0, 0, out.n, fmt.Errorf("layer %s: downloaded %d bytes, manifest says %d", l.Digest, counted.n, l.Size)
 	}
 	if l.DiffID != "" {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -109,10 +110,13 @@ func TestGetRejectsWrongContent(t *testing.T) {
 		want string
 	}{
 		"wrong blob":    {l, other, "registry served the wrong content"},
-		"wrong diff ID": {Layer{Digest: l.Digest, DiffID: sum([]byte("x")), MediaType: l.MediaType}, b, "config says diff ID"},
+		"wrong diff ID": {Layer{Digest: l.Digest, DiffID: sum([]byte("x")), MediaType: l.MediaType, Size: l.Size}, b, "config says diff ID"},
 		"wrong size":    {Layer{Digest: l.Digest, DiffID: l.DiffID, MediaType: l.MediaType, Size: l.Size + 1}, b, "manifest says"},
-		"not gzip":      {Layer{Digest: sum([]byte("plain")), MediaType: l.MediaType}, []byte("plain"), "not"},
-		"not a tar":     {Layer{Digest: sum([]byte("plain, not a tar")), MediaType: "application/vnd.oci.image.layer.v1.tar"}, []byte("plain, not a tar"), "not a readable tar"},
+		"not gzip":      {Layer{Digest: sum([]byte("plain")), MediaType: l.MediaType, Size: 5}, []byte("plain"), "not"},
+		"not a tar":     {Layer{Digest: sum([]byte("plain, not a tar")), MediaType: "application/vnd.oci.image.layer.v1.tar", Size: 16}, []byte("plain, not a tar"), "not a readable tar"},
+		// A manifest that declares 0 for a blob with bytes bounds it at 0,
+		// not at nothing.
+		"zero size": {Layer{Digest: l.Digest, DiffID: l.DiffID, MediaType: l.MediaType}, b, "larger than the 0 bytes its manifest declares"},
 	} {
 		_, err := c.Get(ctx, tc.l, serve(tc.body, &calls), nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -178,5 +182,47 @@ func TestEvictsLeastRecentlyUsedIdle(t *testing.T) {
 	}
 	if c2.Stats().Entries == 0 {
 		t.Error("reopened cache forgot its layers")
+	}
+}
+
+// What a manifest declares belongs to that manifest: an attacker's image
+// declaring a shared layer one byte short fails, and a legitimate image
+// waiting on the same download fetches the layer itself instead of
+// inheriting that (permanent) error.
+func TestWaiterDoesNotInheritAnotherManifestsDeclaredSize(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c, _ := Open(t.TempDir(), 1<<20)
+	b, good := blob(t, strings.Repeat("x", 4096))
+	bad := good
+	bad.Size = good.Size - 1
+	release := make(chan struct{})
+	var calls atomic.Int32
+	fetch := func(context.Context) (io.ReadCloser, error) {
+		if calls.Add(1) == 1 {
+			<-release // the attacker's download is the one in flight
+		}
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
+	errA := make(chan error, 1)
+	go func() { _, err := c.Get(ctx, bad, fetch, nil); errA <- err }()
+	for calls.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	errB := make(chan error, 1)
+	go func() {
+		h, err := c.Get(ctx, good, fetch, nil)
+		if err == nil {
+			h.Release()
+		}
+		errB <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	close(release)
+	if err := <-errA; !errors.Is(err, ErrTooLarge) {
+		t.Errorf("attacker's Get: %v, want ErrTooLarge", err)
+	}
+	if err := <-errB; err != nil {
+		t.Errorf("legitimate Get inherited the other manifest's error: %v", err)
 	}
 }

@@ -168,11 +168,11 @@ func TestLayerLimits(t *testing.T) {
 		want:    LimitError{Digest: fakeDigest, Limit: Limit{N: 4096}, Compressed: true},
 		maxRead: 4096 + 64<<10,
 	}, {
-		name: "endless gzip of empty blocks, no size declared",
+		name: "endless gzip of empty blocks, declared at the compressed limit",
 		opts: []Option{WithLayerLimits(LayerLimits{CompressedBytes: Limit{8192, "analysis.max_compressed_layer_bytes"}})},
-		cap:  limit, l: Layer{Digest: fakeDigest, MediaType: "application/vnd.oci.image.layer.v1.tar+gzip"},
+		cap:  limit, l: Layer{Digest: fakeDigest, MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Size: 8192},
 		body:    func() io.ReadCloser { return &endless{head: gzHead, tail: emptyBlock} },
-		want:    LimitError{Digest: fakeDigest, Limit: Limit{8192, "analysis.max_compressed_layer_bytes"}, Compressed: true},
+		want:    LimitError{Digest: fakeDigest, Limit: Limit{N: 8192}, Compressed: true},
 		maxRead: 8192 + 64<<10,
 	}, {
 		name: "endless zstd of skippable frames, size declared",
@@ -182,12 +182,11 @@ func TestLayerLimits(t *testing.T) {
 		maxRead: 4096 + 64<<10,
 	}, {
 		name: "endless uncompressed tar",
-		cap:  limit, l: Layer{Digest: fakeDigest, MediaType: "application/vnd.oci.image.layer.v1.tar"},
+		cap:  limit, l: Layer{Digest: fakeDigest, MediaType: "application/vnd.oci.image.layer.v1.tar", Size: limit},
 		body: func() io.ReadCloser { return &endless{head: bomb(t, 0), tail: []byte("x")} },
-		// Compressed and uncompressed are the same bytes here, and
-		// both limits default to the cap: the download's counter trips
-		// first.
-		want:    LimitError{Digest: fakeDigest, Limit: Limit{N: limit, Setting: "the layer cache's size cap"}, Compressed: true},
+		// Compressed and uncompressed are the same bytes here: the
+		// download's counter (the declared size) trips first.
+		want:    LimitError{Digest: fakeDigest, Limit: Limit{N: limit}, Compressed: true},
 		maxRead: limit + 64<<10,
 	}, {
 		name: "a thousand files past max_files",
