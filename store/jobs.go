@@ -41,10 +41,10 @@ type Job struct {
 	Source   string    `json:"source,omitempty"`
 	Status   JobStatus `json:"status"`
 	Attempts int       `json:"attempts"`
-	// Interrupted counts attempts cut short because the process died
-	// (released at the next start). They do not count as Attempts: a
-	// daemon killed while a job runs says nothing about the job. The
-	// pipeline buries a job interrupted too often (a crash loop).
+	// Interrupted counts attempts in a row cut short because the process
+	// died (released at the next start; reset when an outcome is
+	// recorded). They do not count as Attempts: a daemon killed while a
+	// job runs says nothing about the job.
 	Interrupted int       `json:"interrupted,omitempty"`
 	LastError   string    `json:"lastError,omitempty"`
 	NotBefore   time.Time `json:"notBefore,omitzero"`
@@ -248,7 +248,7 @@ func (db *DB) updateClaimed(ctx context.Context, id uint64, owner string, fn fun
 // Complete marks a claimed job done.
 func (db *DB) Complete(ctx context.Context, id uint64, owner string) error {
 	err := db.updateClaimed(ctx, id, owner, func(_ *bolt.Tx, j *Job, _ time.Time) error {
-		j.Status, j.Owner, j.LeaseUntil, j.LastError = JobDone, "", time.Time{}, ""
+		j.Status, j.Owner, j.LeaseUntil, j.LastError, j.Interrupted = JobDone, "", time.Time{}, "", 0
 		return nil
 	})
 	if err != nil {
@@ -261,7 +261,7 @@ func (db *DB) Complete(ctx context.Context, id uint64, owner string) error {
 // before now+backoff, keeping its attempt count and the error.
 func (db *DB) Retry(ctx context.Context, id uint64, owner string, cause error, backoff time.Duration) error {
 	err := db.updateClaimed(ctx, id, owner, func(tx *bolt.Tx, j *Job, now time.Time) error {
-		j.Status, j.Owner, j.LeaseUntil = JobPending, "", time.Time{}
+		j.Status, j.Owner, j.LeaseUntil, j.Interrupted = JobPending, "", time.Time{}, 0
 		j.LastError = cause.Error()
 		j.NotBefore = now.Add(backoff)
 		return putQueued(tx, j)
@@ -296,6 +296,15 @@ func (db *DB) Bury(ctx context.Context, id uint64, owner string, cause error) er
 	return nil
 }
 
+// restartBackoff is how long a job interrupted n times in a row waits
+// after a restart: the first time not at all, then 1 s doubling to 1 min.
+func restartBackoff(n int) time.Duration {
+	if n <= 1 {
+		return 0
+	}
+	return min(time.Second<<min(n-2, 6), time.Minute)
+}
+
 // ReleaseClaims returns claimed jobs to the queue: all of them when
 // expiredOnly is false (at start: with bbolt's exclusive file lock, any claim
 // found belongs to a process that died), else those whose lease ran out.
@@ -322,9 +331,15 @@ func (db *DB) ReleaseClaims(ctx context.Context, expiredOnly bool) (int, error) 
 				continue
 			}
 			j.Status, j.Owner, j.LeaseUntil, j.UpdatedAt = JobPending, "", time.Time{}, now
-			if !expiredOnly && j.Attempts > 0 {
-				j.Attempts--
+			if !expiredOnly {
+				j.Attempts = max(j.Attempts-1, 0)
 				j.Interrupted++
+				j.LastError = fmt.Sprintf("interrupted: attestd stopped while running this job (%d in a row)", j.Interrupted)
+				// A job the process keeps dying in (an image that kills it?)
+				// waits longer each time, so the daemon gets on with the
+				// rest between crashes; it is never buried for it, as the
+				// jobs that ran beside it could not be told apart from it.
+				j.NotBefore = now.Add(restartBackoff(j.Interrupted))
 			}
 			if err := putJob(tx, &j); err != nil {
 				return err

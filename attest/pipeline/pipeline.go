@@ -46,10 +46,6 @@ const (
 	defaultGrace       = 8 * time.Second
 	// idlePoll bounds how long an idle worker sleeps without a Wake.
 	idlePoll = 2 * time.Second
-	// maxInterruptions is how many times the process may die while a job
-	// runs before the job is buried as the likely cause (a crash loop: an
-	// image that kills the daemon must not keep it from every other job).
-	maxInterruptions = 20
 	// bookkeepingTimeout bounds the store writes after a job ends, which run
 	// even while shutting down.
 	bookkeepingTimeout = 5 * time.Second
@@ -242,12 +238,7 @@ func (p *Pipeline) Process(ctx context.Context, jobID uint64) error {
 // or buried.
 func (p *Pipeline) runJob(ctx context.Context, j *store.Job, owner string) error {
 	log := p.log.With("job", j.ID, "digest", j.Ref)
-	var err error
-	if j.Interrupted >= maxInterruptions {
-		err = Permanent(fmt.Errorf("attestd died %d times while running this job: suspected crash loop (out of memory?); see the log of those runs, then attestd requeue", j.Interrupted))
-	} else {
-		err = p.advance(ctx, j.Ref, log)
-	}
+	err := p.advance(ctx, j.Ref, log)
 
 	var record func(context.Context) error
 	switch {
