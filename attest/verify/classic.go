@@ -139,6 +139,9 @@ func namesDigest(payload []byte, digest string) error {
 	return nil
 }
 
+// errClassicFlooded: a classic tag lists more layers than attestd reads.
+var errClassicFlooded = errors.New("too many classic signatures")
+
 // classic reads d's classic signatures and attestations (the
 // sha256-<hex>.sig and .att images; absent tags are no error). A layer that
 // cannot be read is a rejection.
@@ -154,6 +157,7 @@ func (v *Verifier) classic(ctx context.Context, d name.Digest) ([]entity, []Reje
 	var ents []entity
 	var bad []Rejection
 	var tags []ClassicTag
+	var total int64 // declared bytes read so far, both tags
 	for _, tag := range []name.Tag{sigTag, attTag} {
 		sigs, err := ociremote.Signatures(tag, ociremote.WithRemoteOptions(v.reg.RemoteOptions(ctx)...))
 		if err != nil {
@@ -170,9 +174,27 @@ func (v *Verifier) classic(ctx context.Context, d name.Digest) ([]entity, []Reje
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("read %s: %w", tag, err)
 		}
+		// Whoever can push to staging can write these tags: their layers
+		// are bounded like bundles, by the sizes the manifest declares,
+		// before any is read (and each read is checked against its size).
+		m, err := sigs.Manifest()
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("read %s: %w", tag, err)
+		}
+		if int64(len(m.Layers)) > v.maxBundles || len(m.Layers) != len(list) {
+			return nil, nil, nil, fmt.Errorf("%w: %s lists %d layers, attestd verifies at most %d per subject and reads none of them: delete the tag from the registry",
+				errClassicFlooded, tag, len(m.Layers), v.maxBundles)
+		}
 		ct := &ClassicTag{Tag: tag.TagStr(), Manifest: md.String()}
 		for i, s := range list {
 			l := classicLayer{label: fmt.Sprintf("%s[%d]", tag.TagStr(), i), attestation: tag == attTag, tag: ct}
+			if size := m.Layers[i].Size; size < 0 || size > min(v.maxBundle, v.maxBundlesTotal-total) {
+				ct.Layers = append(ct.Layers, m.Layers[i].Digest.String())
+				bad = append(bad, Rejection{Bundle: m.Layers[i].Digest.String(), Reason: fmt.Sprintf(
+					"layer of %d bytes: over the %d bytes read per signature, or the %d per digest; not read", size, v.maxBundle, v.maxBundlesTotal)})
+				continue
+			}
+			total += m.Layers[i].Size
 			e, err := func() (entity, error) {
 				if dg, err := s.Digest(); err == nil {
 					l.label = dg.String()

@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -14,8 +15,11 @@ import (
 
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	sgbundle "github.com/sigstore/sigstore-go/pkg/bundle"
 	"github.com/sigstore/sigstore-go/pkg/testing/ca"
@@ -207,4 +211,77 @@ func TestBundlesHeldOneAtATime(t *testing.T) {
 			t.Errorf("bundle %s waited for memory: %s", r.Bundle, r.Reason)
 		}
 	}
+}
+
+// pushClassicSig writes a cosign classic signature tag for subject with
+// one layer per size: junk payloads a staging writer could push.
+func pushClassicSig(t *testing.T, rc *registry.Client, ref string, subject v1.Descriptor, sizes ...int) []string {
+	t.Helper()
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	var digests []string
+	for i, n := range sizes {
+		payload := bytes.Repeat([]byte{byte('a' + i%26)}, n)
+		l := static.NewLayer(payload, "application/vnd.dev.cosign.simplesigning.v1+json")
+		d, _ := l.Digest()
+		digests = append(digests, d.String())
+		var err error
+		img, err = mutate.Append(img, mutate.Addendum{Layer: l, Annotations: map[string]string{"dev.cosignproject.cosign/signature": "MEUCIQ=="}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := rc.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag := r.Context().Tag(strings.Replace(subject.Digest.String(), ":", "-", 1) + ".sig")
+	if err := remote.Write(tag, img, rc.RemoteOptions(context.Background())...); err != nil {
+		t.Fatal(err)
+	}
+	return digests
+}
+
+// Cosign's classic tags are bounded like bundles: more layers than the
+// cap deny without reading any, and a layer over the per-signature size
+// is rejected unread.
+func TestClassicTagsBounded(t *testing.T) {
+	t.Parallel()
+	t.Run("count", func(t *testing.T) {
+		t.Parallel()
+		rc, v, subject, ref, bl := limitsWorld(t, false, 16)
+		v.maxBundles = 3
+		ds := pushClassicSig(t, rc, ref, subject, 10, 10, 10, 10)
+		res, err := v.Verify(context.Background(), ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(res.Incomplete, "at most 3") || len(res.Verified) != 0 {
+			t.Fatalf("incomplete %q, verified %v", res.Incomplete, res.Verified)
+		}
+		for _, d := range ds {
+			if bl.got(d) {
+				t.Errorf("layer %s of a flooded tag was read", d)
+			}
+		}
+	})
+	t.Run("size", func(t *testing.T) {
+		t.Parallel()
+		rc, v, subject, ref, bl := limitsWorld(t, false, 16)
+		v.maxBundle = 1024
+		ds := pushClassicSig(t, rc, ref, subject, 4096, 100)
+		res, err := v.Verify(context.Background(), ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var why []string
+		for _, r := range res.Rejected {
+			why = append(why, r.Reason)
+		}
+		if res.Incomplete != "" || !strings.Contains(strings.Join(why, "\n"), "layer of 4096 bytes: over the 1024 bytes read per signature") {
+			t.Fatalf("incomplete %q, rejected %q", res.Incomplete, why)
+		}
+		if bl.got(ds[0]) {
+			t.Error("the oversized layer was read")
+		}
+	})
 }

@@ -406,6 +406,9 @@ func (v *Verifier) verify(ctx context.Context, ref string, remembered bool) (Res
 	}
 	// cosign's classic layout (signing.format classic, or another signer).
 	classic, cbad, ctags, err := v.classic(ctx, d)
+	if errors.Is(err, errClassicFlooded) {
+		return incomplete(err.Error()), nil
+	}
 	if err != nil {
 		return Result{}, fmt.Errorf("verify %s: %w", ref, err)
 	}
