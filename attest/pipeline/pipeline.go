@@ -49,6 +49,9 @@ const (
 	// bookkeepingTimeout bounds the store writes after a job ends, which run
 	// even while shutting down.
 	bookkeepingTimeout = 5 * time.Second
+	// maxBookkeepTries bounds the writes of a job's outcome that fail for
+	// another reason than a full disk (which is waited out).
+	maxBookkeepTries = 5
 )
 
 // Options tune the pipeline. Zero values take the defaults above.
@@ -272,10 +275,11 @@ func (p *Pipeline) runJob(ctx context.Context, j *store.Job, owner string) error
 	return err
 }
 
-// bookkeep records a job's outcome durably. A failed write (the disk filled
-// up between the stage and the write) is repeated with backoff until it
-// succeeds or the pipeline stops: the outcome is not dropped and the claim
-// not left to expire. Stopped, the claim stays and ReleaseClaims at the
+// bookkeep records a job's outcome durably. A write that failed because
+// the disk filled up between the stage and the write is repeated with
+// backoff until it succeeds or the pipeline stops (other failures
+// maxBookkeepTries times): the outcome is not dropped and the claim not
+// left to expire. Stopped, the claim stays and ReleaseClaims at the
 // next start re-drives the job. The writes use a context that survives
 // shutdown, so an outcome is never lost between "stage finished" and "job
 // recorded".
@@ -296,6 +300,11 @@ func (p *Pipeline) bookkeep(ctx context.Context, record func(context.Context) er
 		}
 		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrNotOwner) {
 			return err // the claim is gone: another owner has the job
+		}
+		if !HostFull(err) && try >= maxBookkeepTries {
+			// Not a full disk: something a retry does not mend. The
+			// claim stays; ReleaseClaims at the next start re-drives it.
+			return err
 		}
 		select {
 		case <-ctx.Done():

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/attestd/attestd/configs"
+	"github.com/attestd/attestd/store"
 )
 
 // Bounds of the API's token file.
@@ -203,6 +204,11 @@ func ensureTokenFile(path string) (created bool, err error) {
 	case err != nil:
 		return false, fmt.Errorf("API token file: %w", err)
 	}
+	// The link survives a crash, or clients holding the token would meet
+	// a new one after it.
+	if err := store.SyncDir(filepath.Dir(path)); err != nil {
+		return false, fmt.Errorf("API token file: %w", err)
+	}
 	return true, nil
 }
 
@@ -250,7 +256,8 @@ func guardFor(cfg *configs.Config, log *slog.Logger) (*guard, error) {
 		if created {
 			log.Info("API token created: clients send it as a bearer token", "file", path)
 		}
-	} else if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+	}
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		log.Warn("API token file is readable by other users", "file", path, "mode", fi.Mode().Perm().String())
 	}
 	tokens, err := newTokenFile(path, log)

@@ -2,6 +2,7 @@ package app
 
 import (
 	"fmt"
+	"log/slog"
 	"syscall"
 )
 
@@ -13,6 +14,25 @@ import (
 // sender retries).
 const minFreeBytes = 64 << 20
 
+// warnDiskSize says at start when the data directory's filesystem could not
+// hold the layer cache: a large (or hostile) image under the limits would
+// then fill the disk on each attempt, pausing every job until it is
+// removed, instead of being refused by a limit.
+func warnDiskSize(dir string, cache int64, log *slog.Logger) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return
+	}
+	unit := uint64(st.Frsize)
+	if unit == 0 {
+		unit = uint64(st.Bsize)
+	}
+	if size := st.Blocks * unit; cache > 0 && uint64(cache)+minFreeBytes > size {
+		log.Warn("the data directory's filesystem is smaller than analysis.layer_cache: an image within the analysis limits can fill it; lower layer_cache (and max_image_bytes) or give data_dir more room",
+			"data_dir", dir, "filesystem_bytes", size, "layer_cache", cache)
+	}
+}
+
 // diskSpace reports a data directory whose filesystem is (nearly) full, as
 // an error that says what to do; nil while there is room.
 func diskSpace(dir string) error {
@@ -20,7 +40,11 @@ func diskSpace(dir string) error {
 	if err := syscall.Statfs(dir, &st); err != nil {
 		return fmt.Errorf("data_dir %s: %w", dir, err)
 	}
-	if free := st.Bavail * uint64(st.Bsize); free < minFreeBytes {
+	unit := uint64(st.Frsize) // the unit Bavail counts in; some filesystems report only Bsize
+	if unit == 0 {
+		unit = uint64(st.Bsize)
+	}
+	if free := st.Bavail * unit; free < minFreeBytes {
 		return fmt.Errorf("data_dir %s: filesystem full (%d MiB free, attestd needs %d MiB): free space there; jobs wait and senders are told to retry meanwhile, nothing is lost",
 			dir, free>>20, minFreeBytes>>20)
 	}

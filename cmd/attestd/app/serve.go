@@ -67,6 +67,7 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 		return err
 	}
 	defer db.Close()
+	warnDiskSize(cfg.DataDir, int64(cfg.Analysis.LayerCache), log)
 	rc, err := registryClient(cfg, log)
 	if err != nil {
 		return err
