@@ -46,6 +46,10 @@ type Job struct {
 	// recorded). They do not count as Attempts: a daemon killed while a
 	// job runs says nothing about the job.
 	Interrupted int       `json:"interrupted,omitempty"`
+	// Postponed counts the attempts that failed on something not the
+	// job's (a dependency down, a full disk): Attempts - Postponed is
+	// what max_attempts bounds, while backoff grows with Attempts.
+	Postponed int `json:"postponed,omitempty"`
 	LastError   string    `json:"lastError,omitempty"`
 	NotBefore   time.Time `json:"notBefore,omitzero"`
 	Owner       string    `json:"owner,omitempty"`
@@ -268,6 +272,23 @@ func (db *DB) Retry(ctx context.Context, id uint64, owner string, cause error, b
 	})
 	if err != nil {
 		return fmt.Errorf("retry: %w", err)
+	}
+	return nil
+}
+
+// Postpone is Retry for an attempt that failed on something not the job's
+// (a dependency down, a full disk): it counts in Postponed, so it does not
+// bring the job closer to being buried.
+func (db *DB) Postpone(ctx context.Context, id uint64, owner string, cause error, backoff time.Duration) error {
+	err := db.updateClaimed(ctx, id, owner, func(tx *bolt.Tx, j *Job, now time.Time) error {
+		j.Status, j.Owner, j.LeaseUntil, j.Interrupted = JobPending, "", time.Time{}, 0
+		j.Postponed++
+		j.LastError = cause.Error()
+		j.NotBefore = now.Add(backoff)
+		return putQueued(tx, j)
+	})
+	if err != nil {
+		return fmt.Errorf("postpone: %w", err)
 	}
 	return nil
 }

@@ -158,3 +158,50 @@ func TestPermanentIf(t *testing.T) {
 		t.Error("nil became an error")
 	}
 }
+
+type temporary struct{}
+
+func (temporary) Error() string   { return "registry 503 after retries" }
+func (temporary) Temporary() bool { return true }
+
+// A dependency down is not the job's failure: however long it lasts the
+// job is retried, and only the job's own failures count toward
+// max_attempts.
+func TestTransientNeverBuries(t *testing.T) {
+	t.Parallel()
+	db := openDB(t)
+	s := &stage{}
+	p, _ := New(db, Stages{Resolver: s}, Options{MaxAttempts: 2, Backoff: time.Millisecond, MaxBackoff: time.Millisecond})
+	ids := enqueue(t, db, ref(1))
+	ctx := context.Background()
+	run := func(err error) *store.Job {
+		t.Helper()
+		s.mu.Lock()
+		s.err = err
+		s.mu.Unlock()
+		time.Sleep(3 * time.Millisecond)
+		_ = p.Process(ctx, ids[0])
+		j, _ := db.Job(ctx, ids[0])
+		return j
+	}
+	for _, err := range []error{
+		fmt.Errorf("dial: %w", syscall.ECONNREFUSED),
+		fmt.Errorf("read: %w", syscall.ECONNRESET),
+		fmt.Errorf("resolve: %w", temporary{}),
+		fmt.Errorf("write: %w", syscall.ENOSPC),
+	} {
+		if j := run(err); j.Status != store.JobPending {
+			t.Fatalf("after %v: %+v", err, j)
+		}
+	}
+	if j := run(errors.New("manifest invalid")); j.Status != store.JobPending || j.Postponed != 4 {
+		t.Fatalf("the job's first own failure (max 2): %+v", j)
+	}
+	if j := run(errors.New("manifest invalid")); j.Status != store.JobDead {
+		t.Fatalf("the job's second own failure (max 2): %+v", j)
+	}
+	// A timeout is the job's: it counts.
+	if Transient(fmt.Errorf("fetch: %w", context.DeadlineExceeded)) || Transient(nil) || Transient(errors.New("x")) {
+		t.Error("timeouts, nil and plain errors are not transient")
+	}
+}

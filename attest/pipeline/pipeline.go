@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"runtime"
@@ -29,6 +30,7 @@ type Queue interface {
 	ClaimJob(ctx context.Context, id uint64, owner string, lease time.Duration) (*store.Job, error)
 	Complete(ctx context.Context, id uint64, owner string) error
 	Retry(ctx context.Context, id uint64, owner string, cause error, backoff time.Duration) error
+	Postpone(ctx context.Context, id uint64, owner string, cause error, backoff time.Duration) error
 	Bury(ctx context.Context, id uint64, owner string, cause error) error
 	ReleaseClaims(ctx context.Context, expiredOnly bool) (int, error)
 	NextReady(ctx context.Context) (time.Time, error)
@@ -253,12 +255,13 @@ func (p *Pipeline) runJob(ctx context.Context, j *store.Job, owner string) error
 		cause := fmt.Errorf("interrupted by shutdown: %w", err)
 		record = func(bctx context.Context) error { return p.q.Retry(bctx, j.ID, owner, cause, 0) }
 		log.InfoContext(ctx, "job interrupted, requeued", "err", err)
-	case HostFull(err):
-		// The disk is full: not the job's fault, never buried for it.
+	case Transient(err) && !IsPermanent(err):
+		// A full disk, a dependency down: not the job's fault, never
+		// buried for it; retried with backoff until it is back.
 		b := p.backoff(j.Attempts)
-		record = func(bctx context.Context) error { return p.q.Retry(bctx, j.ID, owner, err, b) }
-		log.WarnContext(ctx, "job failed on a full disk, will retry", "attempt", j.Attempts, "backoff", b, "err", err)
-	case IsPermanent(err) || j.Attempts >= p.o.MaxAttempts:
+		record = func(bctx context.Context) error { return p.q.Postpone(bctx, j.ID, owner, err, b) }
+		log.WarnContext(ctx, "job failed on an unavailable dependency, will retry", "attempt", j.Attempts, "backoff", b, "err", err)
+	case IsPermanent(err) || j.Attempts-j.Postponed >= p.o.MaxAttempts:
 		record = func(bctx context.Context) error { return p.q.Bury(bctx, j.ID, owner, err) }
 		log.ErrorContext(ctx, "job failed for good", "attempt", j.Attempts, "err", err)
 	default:
@@ -319,6 +322,25 @@ func (p *Pipeline) bookkeep(ctx context.Context, record func(context.Context) er
 // EDQUOT): a problem of the host, not of the job.
 func HostFull(err error) bool {
 	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// Transient reports whether err is a dependency's or the host's, not the
+// job's: a full disk; a connection refused, reset or cut; or an error that
+// says so with Temporary() (go-containerregistry's for 429 and 5xx after
+// the registry client's own retries, attest/sign's ErrUnavailable, a
+// stalled registry). Such a job is retried with backoff and never buried
+// for it: an outage of an hour must not leave an hour of pushes failed.
+// Timeouts are not transient: a job that always runs out of time is.
+func Transient(err error) bool {
+	if err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	if HostFull(err) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
 }
 
 func (p *Pipeline) backoff(attempt int) time.Duration {

@@ -478,7 +478,9 @@ func (c *certCache) GetCertificate(ctx context.Context, kp sgsign.Keypair, _ *sg
 	}
 	token, err := c.tokens.Token(ctx)
 	if err != nil {
-		return nil, err
+		// The identity is the daemon's, not the image's: a token file
+		// being rotated (or gone) is waited out like a service outage.
+		return nil, fmt.Errorf("%w: OIDC token: %w", ErrUnavailable, err)
 	}
 	der, err := c.inner.GetCertificate(ctx, kp, &sgsign.CertificateProviderOptions{IDToken: token})
 	if err != nil {
@@ -739,7 +741,7 @@ func (s *Session) dsseBundle(ctx context.Context, payload []byte) (*protobundle.
 	opts.TrustedRoot = nil // checked below, without parsing the statement again
 	b, err := sgsign.Bundle(&sgsign.DSSEData{Data: payload, PayloadType: ctypes.IntotoPayloadType}, s.keypair, opts)
 	if err != nil {
-		return nil, err
+		return nil, unavailable(err)
 	}
 	if err := selfCheck(b, check); err != nil {
 		return nil, err

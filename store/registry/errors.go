@@ -16,7 +16,14 @@ var (
 	// ErrManifestTooLarge is a manifest larger than MaxManifestBytes. It
 	// is addressed by digest, so reading it again gives the same answer.
 	ErrManifestTooLarge = errors.New("manifest too large")
-	// ErrStalled: the registry sent nothing for the stall timeout, in the
-	// middle of an answer or before it.
-	ErrStalled = errors.New("registry stalled")
 )
+
+// ErrStalled: the registry sent nothing for the stall timeout, in the
+// middle of an answer or before it. It is temporary (Temporary): the
+// registry, not the request, is at fault.
+var ErrStalled error = stalled{}
+
+type stalled struct{}
+
+func (stalled) Error() string   { return "registry stalled" }
+func (stalled) Temporary() bool { return true }
