@@ -45,17 +45,17 @@ type Job struct {
 	// died (released at the next start; reset when an outcome is
 	// recorded). They do not count as Attempts: a daemon killed while a
 	// job runs says nothing about the job.
-	Interrupted int       `json:"interrupted,omitempty"`
+	Interrupted int `json:"interrupted,omitempty"`
 	// Postponed counts the attempts that failed on something not the
 	// job's (a dependency down, a full disk): Attempts - Postponed is
 	// what max_attempts bounds, while backoff grows with Attempts.
-	Postponed int `json:"postponed,omitempty"`
-	LastError   string    `json:"lastError,omitempty"`
-	NotBefore   time.Time `json:"notBefore,omitzero"`
-	Owner       string    `json:"owner,omitempty"`
-	LeaseUntil  time.Time `json:"leaseUntil,omitzero"`
-	CreatedAt   time.Time `json:"createdAt"`
-	UpdatedAt   time.Time `json:"updatedAt"`
+	Postponed  int       `json:"postponed,omitempty"`
+	LastError  string    `json:"lastError,omitempty"`
+	NotBefore  time.Time `json:"notBefore,omitzero"`
+	Owner      string    `json:"owner,omitempty"`
+	LeaseUntil time.Time `json:"leaseUntil,omitzero"`
+	CreatedAt  time.Time `json:"createdAt"`
+	UpdatedAt  time.Time `json:"updatedAt"`
 }
 
 // EnqueueRequest is one image queued by hand (attestd submit, the API).
