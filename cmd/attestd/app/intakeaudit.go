@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sort"
 	"time"
 
@@ -18,12 +19,13 @@ import (
 type intakeAuditor struct {
 	db    *store.DB
 	stats *watch.Stats
+	log   *slog.Logger
 	last  map[[3]string]int64
 	since time.Time
 }
 
-func newIntakeAuditor(db *store.DB, stats *watch.Stats) *intakeAuditor {
-	return &intakeAuditor{db: db, stats: stats, last: map[[3]string]int64{}, since: time.Now().UTC()}
+func newIntakeAuditor(db *store.DB, stats *watch.Stats, log *slog.Logger) *intakeAuditor {
+	return &intakeAuditor{db: db, stats: stats, log: log, last: map[[3]string]int64{}, since: time.Now().UTC()}
 }
 
 func (a *intakeAuditor) flush(ctx context.Context) error {
@@ -61,6 +63,7 @@ func (a *intakeAuditor) flush(ctx context.Context) error {
 func (a *intakeAuditor) run(ctx context.Context, interval time.Duration) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	failing := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -68,8 +71,17 @@ func (a *intakeAuditor) run(ctx context.Context, interval time.Duration) error {
 			defer cancel()
 			return a.flush(fctx)
 		case <-t.C:
-			if err := a.flush(ctx); err != nil && ctx.Err() == nil {
-				return fmt.Errorf("audit of ignored/rejected events: %w", err)
+			// A failed write (a full disk) is not a reason to stop the
+			// daemon: what was not written stays counted and goes into
+			// the next flush.
+			err := a.flush(ctx)
+			switch {
+			case err != nil && ctx.Err() == nil && !failing:
+				a.log.Error("audit of ignored/rejected events not written; retried at the next interval", "err", err)
+				failing = true
+			case err == nil && failing:
+				a.log.Info("audit of ignored/rejected events written again")
+				failing = false
 			}
 		}
 	}

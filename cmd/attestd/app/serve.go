@@ -139,7 +139,7 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 	if poller != nil {
 		g.Go(func() error { return poller.Run(gctx) })
 	}
-	g.Go(func() error { return newIntakeAuditor(db, stats).run(gctx, time.Minute) })
+	g.Go(func() error { return newIntakeAuditor(db, stats, log).run(gctx, time.Minute) })
 	if ret := retention(cfg); ret != (store.Retention{}) {
 		g.Go(func() error { return pruneLoop(gctx, db, ret, pruneInterval, log) })
 	}
