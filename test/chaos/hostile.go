@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -16,8 +17,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -84,21 +83,7 @@ func (c *Campaign) hostiles() []hostile {
 			return pushDigest(ctx, ref, img)
 		}},
 		{fmt.Sprintf("image index with %d children", c.o.IndexFanout), true, func(ctx context.Context, c *Campaign, ref string) (string, error) {
-			child, err := appImage(c.bases["amd64"], "65532")
-			if err != nil {
-				return "", err
-			}
-			if _, err := pushImage(ctx, c.stk.RegistryHost+"/chaos-base/fanout:child", child); err != nil {
-				return "", err
-			}
-			idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
-			var adds []mutate.IndexAddendum
-			for i := range c.o.IndexFanout {
-				img := mutate.Annotations(child, map[string]string{"chaos.n": fmt.Sprint(i)}).(v1.Image)
-				adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64", Variant: fmt.Sprintf("v%d", i)}}})
-			}
-			idx = mutate.AppendManifests(idx, adds...)
-			return pushDigest(ctx, ref, idx)
+			return c.fanoutIndex(ctx, ref, c.o.IndexFanout)
 		}},
 		{fmt.Sprintf("%d junk referrers (sigstore bundle type) on one image", c.o.Referrers), true, func(ctx context.Context, c *Campaign, ref string) (string, error) {
 			img, err := appImage(c.bases["amd64"], "65532")
@@ -220,15 +205,11 @@ func (c *Campaign) junkReferrers(ctx context.Context, ref string, img v1.Image, 
 		Annotations  map[string]string `json:"annotations,omitempty"`
 	}
 	const bundleType = "application/vnd.dev.sigstore.bundle.v0.3+json"
-	// One pusher (one auth handshake per repository) and eight at a time:
-	// 10,000 referrers take about a minute instead of ten.
-	pusher, err := remote.NewPusher(opts...)
-	if err != nil {
-		return err
-	}
+	// Plain PUTs, sixteen at a time: ggcr's pusher would also update the
+	// fallback tag for each (a read-modify-write per referrer).
 	list := make([]desc, n)
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(8)
+	g.SetLimit(16)
 	for i := range n {
 		m, _ := json.Marshal(map[string]any{
 			"schemaVersion": 2, "mediaType": string(types.OCIManifestSchema1), "artifactType": bundleType,
@@ -237,32 +218,96 @@ func (c *Campaign) junkReferrers(ctx context.Context, ref string, img v1.Image, 
 			"subject":     desc{MediaType: string(types.OCIManifestSchema1), Digest: sd.String(), Size: ssz},
 			"annotations": map[string]string{"dev.sigstore.bundle.predicateType": "https://slsa.dev/provenance/v1", "chaos.n": fmt.Sprint(i)},
 		})
-		h := sha256.Sum256(m)
-		d := "sha256:" + hex.EncodeToString(h[:])
+		d := sha256Digest(m)
 		list[i] = desc{MediaType: string(types.OCIManifestSchema1), Digest: d, Size: int64(len(m)), ArtifactType: bundleType,
 			Annotations: map[string]string{"dev.sigstore.bundle.predicateType": "https://slsa.dev/provenance/v1"}}
-		g.Go(func() error {
-			if err := pusher.Push(gctx, repo.Digest(d), rawManifest{m, types.OCIManifestSchema1}); err != nil {
-				return fmt.Errorf("referrer %d: %w", i, err)
-			}
-			return nil
-		})
+		g.Go(func() error { return putManifest(gctx, repo, d, types.OCIManifestSchema1, m) })
 	}
 	if err := g.Wait(); err != nil {
 		return err
 	}
 	idx, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": string(types.OCIImageIndex), "manifests": list})
 	fallback := repo.Tag(strings.Replace(sd.String(), ":", "-", 1))
-	return remote.Put(fallback, rawManifest{idx, types.OCIImageIndex}, opts...)
+	return putManifest(ctx, repo, fallback.TagStr(), types.OCIImageIndex, idx)
 }
 
-type rawManifest struct {
-	b  []byte
-	mt types.MediaType
+// fanoutIndex pushes an index of n children to ref: one child image's
+// blobs, n manifests of it differing by an annotation (plain PUTs, sixteen
+// at a time), then the index.
+func (c *Campaign) fanoutIndex(ctx context.Context, ref string, n int) (string, error) {
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		return "", err
+	}
+	child, err := appImage(c.bases["amd64"], "65532")
+	if err != nil {
+		return "", err
+	}
+	cd, _ := child.Digest()
+	// The child's blobs (and the child itself, untagged) in the index's
+	// repository: the registry checks an index's children are there.
+	if err := remote.Write(tag.Context().Digest(cd.String()), child, remote.WithContext(ctx), remote.WithUserAgent("attestd-chaos")); err != nil {
+		return "", err
+	}
+	m, err := child.Manifest()
+	if err != nil {
+		return "", err
+	}
+	type entry struct {
+		MediaType string       `json:"mediaType"`
+		Digest    string       `json:"digest"`
+		Size      int64        `json:"size"`
+		Platform  *v1.Platform `json:"platform"`
+	}
+	entries := make([]entry, n)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for i := range n {
+		mc := m.DeepCopy()
+		mc.Annotations = map[string]string{"chaos.n": fmt.Sprint(i)}
+		raw, err := json.Marshal(mc)
+		if err != nil {
+			return "", err
+		}
+		d := sha256Digest(raw)
+		entries[i] = entry{MediaType: string(types.OCIManifestSchema1), Digest: d, Size: int64(len(raw)),
+			Platform: &v1.Platform{OS: "linux", Architecture: "amd64", Variant: fmt.Sprintf("v%d", i)}}
+		g.Go(func() error { return putManifest(gctx, tag.Context(), d, types.OCIManifestSchema1, raw) })
+	}
+	if err := g.Wait(); err != nil {
+		return "", err
+	}
+	idx, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": string(types.OCIImageIndex), "manifests": entries})
+	if err := putManifest(ctx, tag.Context(), tag.TagStr(), types.OCIImageIndex, idx); err != nil {
+		return "", err
+	}
+	return sha256Digest(idx), nil
 }
 
-func (r rawManifest) RawManifest() ([]byte, error)        { return r.b, nil }
-func (r rawManifest) MediaType() (types.MediaType, error) { return r.mt, nil }
+// putManifest is a plain PUT of a manifest (the registry is loopback,
+// anonymous).
+func putManifest(ctx context.Context, repo name.Repository, reference string, mt types.MediaType, body []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://"+repo.RegistryStr()+"/v2/"+repo.RepositoryStr()+"/manifests/"+reference, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", string(mt))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("PUT %s/manifests/%s: %s %s", repo, reference, resp.Status, msg)
+	}
+	return nil
+}
+
+func sha256Digest(b []byte) string {
+	h := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(h[:])
+}
 
 // putHugeManifest PUTs an image manifest of size bytes (padded with an
 // annotation). Registries cap manifest size; what this one answered is the
