@@ -264,31 +264,28 @@ func (db *DB) Complete(ctx context.Context, id uint64, owner string) error {
 // Retry puts a claimed job back in the queue after a failed attempt, not
 // before now+backoff, keeping its attempt count and the error.
 func (db *DB) Retry(ctx context.Context, id uint64, owner string, cause error, backoff time.Duration) error {
-	err := db.updateClaimed(ctx, id, owner, func(tx *bolt.Tx, j *Job, now time.Time) error {
-		j.Status, j.Owner, j.LeaseUntil, j.Interrupted = JobPending, "", time.Time{}, 0
-		j.LastError = cause.Error()
-		j.NotBefore = now.Add(backoff)
-		return putQueued(tx, j)
-	})
-	if err != nil {
-		return fmt.Errorf("retry: %w", err)
-	}
-	return nil
+	return db.requeueClaimed(ctx, "retry", id, owner, cause, backoff, false)
 }
 
 // Postpone is Retry for an attempt that failed on something not the job's
 // (a dependency down, a full disk): it counts in Postponed, so it does not
 // bring the job closer to being buried.
 func (db *DB) Postpone(ctx context.Context, id uint64, owner string, cause error, backoff time.Duration) error {
+	return db.requeueClaimed(ctx, "postpone", id, owner, cause, backoff, true)
+}
+
+func (db *DB) requeueClaimed(ctx context.Context, op string, id uint64, owner string, cause error, backoff time.Duration, postponed bool) error {
 	err := db.updateClaimed(ctx, id, owner, func(tx *bolt.Tx, j *Job, now time.Time) error {
 		j.Status, j.Owner, j.LeaseUntil, j.Interrupted = JobPending, "", time.Time{}, 0
-		j.Postponed++
+		if postponed {
+			j.Postponed++
+		}
 		j.LastError = cause.Error()
 		j.NotBefore = now.Add(backoff)
 		return putQueued(tx, j)
 	})
 	if err != nil {
-		return fmt.Errorf("postpone: %w", err)
+		return fmt.Errorf("%s: %w", op, err)
 	}
 	return nil
 }
