@@ -41,11 +41,7 @@ func (c *Campaign) hostiles() []hostile {
 			if err != nil {
 				return "", err
 			}
-			img, err := onBase(c.bases["amd64"], b)
-			if err != nil {
-				return "", err
-			}
-			return pushDigest(ctx, ref, img)
+			return c.pushOnBase(ctx, ref, b)
 		}},
 		{"layer stream that never ends", true, func(ctx context.Context, c *Campaign, ref string) (string, error) {
 			l, err := layerOf([]entry{{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "endless-" + nonce()}, data: []byte("x")}})
@@ -54,33 +50,21 @@ func (c *Campaign) hostiles() []hostile {
 			}
 			d, _ := l.Digest()
 			c.prox["registry"].Endless(d.String())
-			img, err := onBase(c.bases["amd64"], l)
-			if err != nil {
-				return "", err
-			}
-			return pushDigest(ctx, ref, img)
+			return c.pushOnBase(ctx, ref, l)
 		}},
 		{"tar entries with ../, absolute paths, hard links and symlinks out, symlink loops", false, func(ctx context.Context, c *Campaign, ref string) (string, error) {
 			l, err := escapeLayer(marker)
 			if err != nil {
 				return "", err
 			}
-			img, err := onBase(c.bases["amd64"], l)
-			if err != nil {
-				return "", err
-			}
-			return pushDigest(ctx, ref, img)
+			return c.pushOnBase(ctx, ref, l)
 		}},
 		{fmt.Sprintf("%d tiny files", c.o.ManyFiles), false, func(ctx context.Context, c *Campaign, ref string) (string, error) {
 			l, err := manyFilesLayer(c.o.ManyFiles)
 			if err != nil {
 				return "", err
 			}
-			img, err := onBase(c.bases["amd64"], l)
-			if err != nil {
-				return "", err
-			}
-			return pushDigest(ctx, ref, img)
+			return c.pushOnBase(ctx, ref, l)
 		}},
 		{fmt.Sprintf("image index with %d children", c.o.IndexFanout), true, func(ctx context.Context, c *Campaign, ref string) (string, error) {
 			return c.fanoutIndex(ctx, ref, c.o.IndexFanout)
@@ -172,6 +156,16 @@ func pushDigest(ctx context.Context, ref string, t remote.Taggable) (string, err
 		return "", err
 	}
 	return d.DigestStr(), nil
+}
+
+// pushOnBase pushes the shared base plus l (nonroot, so only l can deny
+// it) to ref.
+func (c *Campaign) pushOnBase(ctx context.Context, ref string, l v1.Layer) (string, error) {
+	img, err := onBase(c.bases["amd64"], l)
+	if err != nil {
+		return "", err
+	}
+	return pushDigest(ctx, ref, img)
 }
 
 // junkReferrers pushes n manifests claiming to be Sigstore bundles about
