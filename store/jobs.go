@@ -42,9 +42,10 @@ type Job struct {
 	Status   JobStatus `json:"status"`
 	Attempts int       `json:"attempts"`
 	// Interrupted counts attempts in a row cut short because the process
-	// died (released at the next start; reset when an outcome is
-	// recorded). They do not count as Attempts: a daemon killed while a
-	// job runs says nothing about the job.
+	// died (released at the next start; reset when a failed attempt is
+	// recorded, kept on a done job as its history). They do not count as
+	// Attempts: a daemon killed while a job runs says nothing about the
+	// job.
 	Interrupted int `json:"interrupted,omitempty"`
 	// Postponed counts the attempts that failed on something not the
 	// job's (a dependency down, a full disk): Attempts - Postponed is
@@ -252,7 +253,7 @@ func (db *DB) updateClaimed(ctx context.Context, id uint64, owner string, fn fun
 // Complete marks a claimed job done.
 func (db *DB) Complete(ctx context.Context, id uint64, owner string) error {
 	err := db.updateClaimed(ctx, id, owner, func(_ *bolt.Tx, j *Job, _ time.Time) error {
-		j.Status, j.Owner, j.LeaseUntil, j.LastError, j.Interrupted = JobDone, "", time.Time{}, "", 0
+		j.Status, j.Owner, j.LeaseUntil, j.LastError = JobDone, "", time.Time{}, ""
 		return nil
 	})
 	if err != nil {

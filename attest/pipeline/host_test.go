@@ -71,7 +71,7 @@ func TestInterruptedJobsBackOffNeverBuried(t *testing.T) {
 	}
 	j, _ = db.Job(ctx, ids[0])
 	rec, _ := db.Image(ctx, ref(1))
-	if j.Status != store.JobDone || j.Interrupted != 0 || rec.State.Final() {
+	if j.Status != store.JobDone || j.Attempts != 1 || rec.State.Final() {
 		t.Fatalf("after a run: job %+v, image %s", j, rec.State)
 	}
 }
