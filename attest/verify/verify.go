@@ -550,7 +550,7 @@ func (v *Verifier) bundles(ctx context.Context, subject name.Digest, refs []v1.D
 func (v *Verifier) bundleLayer(ctx context.Context, subject name.Digest, desc v1.Descriptor) (v1.Descriptor, error) {
 	repo := subject.Context()
 	raw, _, err := v.reg.ManifestAtMost(ctx, repo.Digest(desc.Digest.String()), maxBundleManifest)
-	if errors.Is(err, registry.ErrTooLarge) {
+	if errors.Is(err, registry.ErrManifestTooLarge) {
 		return v1.Descriptor{}, fmt.Errorf("%w: %w", errBadManifest, err)
 	}
 	if err != nil {

@@ -404,11 +404,11 @@ func (c *Client) ManifestAtMost(ctx context.Context, ref name.Digest, max int64)
 		return nil, "", fmt.Errorf("manifest %s: %w", ref, err)
 	}
 	if desc.Size > max {
-		return nil, "", fmt.Errorf("manifest %s: %w: %d bytes, over the %d read", ref, ErrTooLarge, desc.Size, max)
+		return nil, "", fmt.Errorf("manifest %s: %w: %d bytes, over the %d read", ref, ErrManifestTooLarge, desc.Size, max)
 	}
 	raw, mt, err := c.Manifest(ctx, ref)
 	if err == nil && int64(len(raw)) > max {
-		return nil, "", fmt.Errorf("manifest %s: %w: %d bytes, over the %d read", ref, ErrTooLarge, len(raw), max)
+		return nil, "", fmt.Errorf("manifest %s: %w: %d bytes, over the %d read", ref, ErrManifestTooLarge, len(raw), max)
 	}
 	return raw, mt, err
 }

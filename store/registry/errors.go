@@ -11,8 +11,6 @@ var (
 	// ErrTooManyReferrers: a subject lists more referrers than the
 	// client considers (WithMaxReferrers); none of them were read.
 	ErrTooManyReferrers = errors.New("too many referrers")
-	// ErrTooLarge: a manifest larger than the caller reads.
-	ErrTooLarge = errors.New("too large")
 	// ErrManifestTooLarge is a manifest larger than MaxManifestBytes. It
 	// is addressed by digest, so reading it again gives the same answer.
 	ErrManifestTooLarge = errors.New("manifest too large")

@@ -115,8 +115,8 @@ func TestManifestAtMost(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := len(h.requests())
-	if _, _, err := c.ManifestAtMost(ctx, ref, 4096); !errors.Is(err, ErrTooLarge) {
-		t.Fatalf("ManifestAtMost(4096) = %v, want ErrTooLarge", err)
+	if _, _, err := c.ManifestAtMost(ctx, ref, 4096); !errors.Is(err, ErrManifestTooLarge) {
+		t.Fatalf("ManifestAtMost(4096) = %v, want ErrManifestTooLarge", err)
 	}
 	for _, r := range h.requests()[before:] {
 		if strings.HasPrefix(r, "GET ") && strings.Contains(r, h0.Hex) {

@@ -19,15 +19,7 @@ const minFreeBytes = 64 << 20
 // then fill the disk on each attempt, pausing every job until it is
 // removed, instead of being refused by a limit.
 func warnDiskSize(dir string, cache int64, log *slog.Logger) {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		return
-	}
-	unit := uint64(st.Frsize)
-	if unit == 0 {
-		unit = uint64(st.Bsize)
-	}
-	if size := st.Blocks * unit; cache > 0 && uint64(cache)+minFreeBytes > size {
+	if size, _, err := statfs(dir); err == nil && cache > 0 && uint64(cache)+minFreeBytes > size {
 		log.Warn("the data directory's filesystem is smaller than analysis.layer_cache: an image within the analysis limits can fill it; lower layer_cache (and max_image_bytes) or give data_dir more room",
 			"data_dir", dir, "filesystem_bytes", size, "layer_cache", cache)
 	}
@@ -36,17 +28,28 @@ func warnDiskSize(dir string, cache int64, log *slog.Logger) {
 // diskSpace reports a data directory whose filesystem is (nearly) full, as
 // an error that says what to do; nil while there is room.
 func diskSpace(dir string) error {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
+	_, free, err := statfs(dir)
+	if err != nil {
 		return fmt.Errorf("data_dir %s: %w", dir, err)
 	}
-	unit := uint64(st.Frsize) // the unit Bavail counts in; some filesystems report only Bsize
-	if unit == 0 {
-		unit = uint64(st.Bsize)
-	}
-	if free := st.Bavail * unit; free < minFreeBytes {
+	if free < minFreeBytes {
 		return fmt.Errorf("data_dir %s: filesystem full (%d MiB free, attestd needs %d MiB): free space there; jobs wait and senders are told to retry meanwhile, nothing is lost",
 			dir, free>>20, minFreeBytes>>20)
 	}
 	return nil
+}
+
+// statfs is the size of dir's filesystem and the bytes free to an
+// unprivileged writer, in the unit the counts use (Frsize; some
+// filesystems report only Bsize).
+func statfs(dir string) (size, free uint64, err error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, 0, err
+	}
+	unit := uint64(st.Frsize)
+	if unit == 0 {
+		unit = uint64(st.Bsize)
+	}
+	return st.Blocks * unit, st.Bavail * unit, nil
 }
