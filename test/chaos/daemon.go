@@ -168,13 +168,32 @@ func (d *daemon) recordRSS(pid int) {
 }
 
 func (d *daemon) get(ctx context.Context, path string, q url.Values) (int, []byte, error) {
+	return d.do(ctx, http.MethodGet, path, q)
+}
+
+// submit hands image to the daemon as POST /api/v1/submit does for an
+// operator. refused is the daemon's answer when it would not queue it.
+func (d *daemon) submit(ctx context.Context, image string) (refused string, err error) {
+	code, body, err := d.do(ctx, http.MethodPost, "/api/v1/submit", url.Values{"image": {image}})
+	switch {
+	case err != nil:
+		return "", err
+	case code == http.StatusAccepted:
+		return "", nil
+	case code >= 500 && code != http.StatusBadGateway:
+		return "", errStatus("POST /api/v1/submit", code, body)
+	}
+	return fmt.Sprintf("%d %s", code, strings.TrimSpace(string(body))), nil
+}
+
+func (d *daemon) do(ctx context.Context, method, path string, q url.Values) (int, []byte, error) {
 	u := d.base() + path
 	if q != nil {
 		u += "?" + q.Encode()
 	}
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	req, err := http.NewRequestWithContext(ctx, method, u, nil)
 	if err != nil {
 		return 0, nil, err
 	}

@@ -30,20 +30,25 @@ type hostile struct {
 	// state will do (the image may be harmless once read safely), as long
 	// as the daemon stays within its bounds.
 	mustDeny bool
-	make     func(ctx context.Context, c *Campaign, repoTag string) (string, error) // returns the digest; "" when the registry refused it
+	// submit: pushed where nothing watches and handed to the daemon with
+	// POST /api/v1/submit. For the fanout index: in a watched repository
+	// each child manifest's PUT is an event of its own, so 10,000
+	// children would be 10,000 real jobs before the index exists.
+	submit bool
+	make   func(ctx context.Context, c *Campaign, repoTag string) (string, error) // returns the digest; "" when the registry refused it
 }
 
 func (c *Campaign) hostiles() []hostile {
 	marker := "attestd-escape-" + nonce()
 	return []hostile{
-		{"decompression bomb (" + gib(c.o.BombBytes) + " from a few MiB)", true, func(ctx context.Context, c *Campaign, ref string) (string, error) {
+		{"decompression bomb (" + gib(c.o.BombBytes) + " from a few MiB)", true, false, func(ctx context.Context, c *Campaign, ref string) (string, error) {
 			b, err := newBomb(c.o.BombBytes)
 			if err != nil {
 				return "", err
 			}
 			return c.pushOnBase(ctx, ref, b)
 		}},
-		{"layer stream that never ends", true, func(ctx context.Context, c *Campaign, ref string) (string, error) {
+		{"layer stream that never ends", true, false, func(ctx context.Context, c *Campaign, ref string) (string, error) {
 			l, err := layerOf([]entry{{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "endless-" + nonce()}, data: []byte("x")}})
 			if err != nil {
 				return "", err
@@ -52,24 +57,24 @@ func (c *Campaign) hostiles() []hostile {
 			c.prox["registry"].Endless(d.String())
 			return c.pushOnBase(ctx, ref, l)
 		}},
-		{"tar entries with ../, absolute paths, hard links and symlinks out, symlink loops", false, func(ctx context.Context, c *Campaign, ref string) (string, error) {
+		{"tar entries with ../, absolute paths, hard links and symlinks out, symlink loops", false, false, func(ctx context.Context, c *Campaign, ref string) (string, error) {
 			l, err := escapeLayer(marker)
 			if err != nil {
 				return "", err
 			}
 			return c.pushOnBase(ctx, ref, l)
 		}},
-		{fmt.Sprintf("%d tiny files", c.o.ManyFiles), false, func(ctx context.Context, c *Campaign, ref string) (string, error) {
+		{fmt.Sprintf("%d tiny files", c.o.ManyFiles), false, false, func(ctx context.Context, c *Campaign, ref string) (string, error) {
 			l, err := manyFilesLayer(c.o.ManyFiles)
 			if err != nil {
 				return "", err
 			}
 			return c.pushOnBase(ctx, ref, l)
 		}},
-		{fmt.Sprintf("image index with %d children", c.o.IndexFanout), true, func(ctx context.Context, c *Campaign, ref string) (string, error) {
+		{fmt.Sprintf("image index with %d children", c.o.IndexFanout), true, true, func(ctx context.Context, c *Campaign, ref string) (string, error) {
 			return c.fanoutIndex(ctx, ref, c.o.IndexFanout)
 		}},
-		{fmt.Sprintf("%d junk referrers (sigstore bundle type) on one image", c.o.Referrers), true, func(ctx context.Context, c *Campaign, ref string) (string, error) {
+		{fmt.Sprintf("%d junk referrers (sigstore bundle type) on one image", c.o.Referrers), true, false, func(ctx context.Context, c *Campaign, ref string) (string, error) {
 			img, err := appImage(c.bases["amd64"], "65532")
 			if err != nil {
 				return "", err
@@ -79,7 +84,7 @@ func (c *Campaign) hostiles() []hostile {
 			}
 			return pushDigest(ctx, ref, img)
 		}},
-		{"100 MB manifest", true, func(ctx context.Context, c *Campaign, ref string) (string, error) {
+		{"100 MB manifest", true, false, func(ctx context.Context, c *Campaign, ref string) (string, error) {
 			return putHugeManifest(ctx, ref, 100<<20)
 		}},
 	}
@@ -92,16 +97,26 @@ func (c *Campaign) hostilePhase(ctx context.Context) error {
 	hs := c.hostiles()
 	for i, h := range hs {
 		repo := fmt.Sprintf("staging/hostile-%d", i)
+		if h.submit {
+			repo = fmt.Sprintf("chaos-hostile/hostile-%d", i)
+		}
 		start := time.Now()
 		c.logf("hostile: %s", h.name)
 		d, err := h.make(ctx, c, c.stk.RegistryHost+"/"+repo+":v1.0.0")
 		res := hostileResult{Name: h.name, MustDeny: h.mustDeny}
+		var refused string
+		if err == nil && h.submit {
+			refused, err = c.d.submit(ctx, c.regHost+"/"+repo+"@"+d)
+		}
 		switch {
 		case err != nil && d == "":
 			res.Outcome = "registry refused it: " + firstLine(err.Error())
 			res.OK = true
 		case err != nil:
 			return err
+		case refused != "":
+			res.Outcome = "submit refused it: " + firstLine(refused)
+			res.OK = true
 		default:
 			p := &pushed{ref: c.regHost + "/" + repo + "@" + d, repo: repo, tag: "v1.0.0", digest: d, allow: !h.mustDeny, hostile: h.name, at: time.Now(), phase: "hostile"}
 			c.mu.Lock()

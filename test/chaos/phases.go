@@ -239,7 +239,7 @@ func (c *Campaign) diskPhase(ctx context.Context) error {
 	for time.Since(full) < c.o.DiskHold {
 		code, body, err := c.d.get(ctx, "/readyz", nil)
 		if err == nil && code != http.StatusOK && said == "" {
-			said = fmt.Sprintf("%d %s", code, strings.TrimSpace(string(body)))
+			said = fmt.Sprintf("%d %s", code, strings.Join(strings.Fields(string(body)), " "))
 			c.rep.Disk.ReadyzAfter = time.Since(full)
 		}
 		if err := sleep(ctx, 250*time.Millisecond); err != nil {
@@ -283,7 +283,7 @@ func (c *Campaign) diskPhase(ctx context.Context) error {
 func (c *Campaign) waitFinal(ctx context.Context, ps []*pushed, timeout time.Duration) (map[string]store.Record, error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		recs, err := c.d.records(ctx, c.regHost+"/staging/")
+		recs, err := c.d.records(ctx, c.regHost+"/")
 		byRef := map[string]store.Record{}
 		for _, r := range recs {
 			byRef[r.Ref] = r

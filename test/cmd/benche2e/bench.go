@@ -53,6 +53,10 @@ type bench struct {
 	bin        string // attestd
 	version    string
 	workers    int
+	// cpuProfile: where the daemon's CPU profile of the attestd fleet goes
+	// ("" for none), profileFor how much of the fleet it covers.
+	cpuProfile string
+	profileFor time.Duration
 	token      string // the CLI's OIDC token
 	tokenFile  string // the daemon's
 	secretFile string // the webhook's Authorization header
@@ -455,6 +459,17 @@ func (b *bench) attestdFleet(ctx context.Context, base v1.Image, n int) (fleetRe
 	var mu sync.Mutex
 	var first time.Time
 	pstart := time.Now()
+	if b.cpuProfile != "" {
+		profiled := make(chan error, 1)
+		go func() { profiled <- d.cpuProfile(ctx, b.profileFor, b.cpuProfile) }()
+		defer func() {
+			if err := <-profiled; err != nil {
+				logf("fleet: no CPU profile: %v", err)
+			} else {
+				logf("fleet: the daemon's CPU profile of the first %s is in %s (go tool pprof -top %s)", b.profileFor, b.cpuProfile, b.cpuProfile)
+			}
+		}()
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(pushers)
 	for i := range n {

@@ -108,6 +108,9 @@ func (b *bench) daemonConfig(addr, dataDir string) string {
 	if b.workers > 0 {
 		workers = fmt.Sprintf("workers: %d\n", b.workers)
 	}
+	if b.cpuProfile != "" {
+		workers += "api: {pprof: true}\n"
+	}
 	reg := b.stk.RegistryHost
 	return fmt.Sprintf(`listen: %s
 data_dir: %s
@@ -260,6 +263,34 @@ func (d *daemon) get(ctx context.Context, path string, q url.Values) (int, []byt
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, body, err
+}
+
+// cpuProfile writes the daemon's CPU profile over the next d (pprof is on
+// when the bench was asked for a profile) to path.
+func (d *daemon) cpuProfile(ctx context.Context, dur time.Duration, path string) error {
+	ctx, cancel := context.WithTimeout(ctx, dur+apiTimeout)
+	defer cancel()
+	u := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", d.base, int(dur.Seconds()))
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	if d.token != "" {
+		req.Header.Set("Authorization", "Bearer "+d.token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET /debug/pprof/profile: %d %s", resp.StatusCode, bytes.TrimSpace(body))
+	}
+	return os.WriteFile(path, body, 0o644)
 }
 
 // record is GET /api/v1/image; nil while the daemon does not know ref yet.

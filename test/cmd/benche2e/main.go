@@ -19,7 +19,7 @@
 // first of the N pushes finished (conservative: the rest of the pushing is
 // on attestd's clock).
 //
-//	go run ./test/cmd/benche2e [-runs 3] [-fleet 20] [-cli-fleet N] [-parallel 1,2,4] [-workers 0] [-images debian,static-go,node] [-o bin/bench-e2e.txt]
+//	go run ./test/cmd/benche2e [-runs 3] [-fleet 20] [-cli-fleet N] [-parallel 1,2,4] [-workers 0] [-images debian,static-go,node] [-o bin/bench-e2e.txt] [-cpuprofile bin/fleet.pprof -profile-for 30s]
 //
 // The report goes to stdout and to -o; progress to stderr. Nothing here
 // asserts on timing: the targets are printed next to the figures.
@@ -76,6 +76,8 @@ func run() error {
 	out := flag.String("o", "bin/bench-e2e.txt", "also write the report here (relative to the repository root)")
 	keep := flag.Bool("keep", false, "keep the work directory (logs of the stack and of each daemon) after a passing run")
 	timeout := flag.Duration("timeout", 40*time.Minute, "give up after this long")
+	cpuProfile := flag.String("cpuprofile", "", "write the daemon's CPU profile of the attestd fleet here, relative to the repository root (turns on api.pprof)")
+	profileFor := flag.Duration("profile-for", 30*time.Second, "how much of the attestd fleet -cpuprofile covers, from its first push")
 	flag.Parse()
 	if *runs < 1 {
 		return fmt.Errorf("-runs %d: want at least 1", *runs)
@@ -123,6 +125,10 @@ func run() error {
 		return fmt.Errorf("%w (work directory kept: %s)", err, dir)
 	}
 
+	if *cpuProfile != "" && !filepath.IsAbs(*cpuProfile) {
+		*cpuProfile = filepath.Join(root, *cpuProfile)
+	}
+	b.cpuProfile, b.profileFor = *cpuProfile, *profileFor
 	if *cliFleet <= 0 {
 		*cliFleet = *fleet
 	}
