@@ -45,14 +45,14 @@ const (
 
 // bench is the stack, the relay and what every measurement shares.
 type bench struct {
-	root, dir  string
-	stk        *stack.Stack
-	relay      *relay
-	relaySrv   *http.Server
-	reg        regLog
-	bin        string // attestd
-	version    string
-	workers    int
+	root, dir string
+	stk       *stack.Stack
+	relay     *relay
+	relaySrv  *http.Server
+	reg       regLog
+	bin       string // attestd
+	version   string
+	workers   int
 	// cpuProfile: where the daemon's CPU profile of the attestd fleet goes
 	// ("" for none), profileFor how much of the fleet it covers.
 	cpuProfile string
