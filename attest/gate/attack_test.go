@@ -584,6 +584,42 @@ func TestOverrideAuditedBeforeTheCopy(t *testing.T) {
 	}
 }
 
+// A job killed after its promotion was audited but before its state moved
+// redoes the promotion: the copy and the tag again, but not a second
+// "promotion" in the audit log. A requeue is a new job, and its
+// promotion is audited anew. (Found by the chaos campaign's review.)
+func TestPromotionAuditedOncePerJob(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, testPolicy, true)
+	ref := w.image("v1")
+	w.signAll(ref)
+	w.mustAllow(ref)
+	promotions := func() (n int, jobs []string) {
+		w.store.mu.Lock()
+		defer w.store.mu.Unlock()
+		for _, e := range w.store.audit {
+			if e.Action == store.AuditPromotion {
+				n++
+				jobs = append(jobs, e.Details["job"])
+			}
+		}
+		return n, jobs
+	}
+	for _, job := range []uint64{7, 7, 8} {
+		tgt := w.target(ref)
+		tgt.Job = job
+		if err := w.gate.Promote(w.ctx, tgt); err != nil {
+			t.Fatalf("job %d: %v", job, err)
+		}
+	}
+	if n, jobs := promotions(); n != 2 || !slices.Equal(jobs, []string{"7", "8"}) {
+		t.Errorf("%d promotion entries for jobs %q, want one for job 7 (redone) and one for job 8", n, jobs)
+	}
+	if w.inProd("v1") != ref.DigestStr() {
+		t.Error("prod:v1 is not the promoted digest")
+	}
+}
+
 // A manifest that reads as an image and as an index (no mediaType field,
 // both config/layers and manifests) is evaluated as an image; before the
 // promotion the same bytes are pushed again as an index. The copy refuses

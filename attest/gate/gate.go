@@ -45,6 +45,8 @@ type Attester interface {
 type Store interface {
 	Image(ctx context.Context, ref string) (*store.Record, error)
 	Audit(ctx context.Context, e store.AuditEntry) error
+	// AuditOnce appends e unless an entry was appended under key before.
+	AuditOnce(ctx context.Context, key string, e store.AuditEntry) (bool, error)
 }
 
 // Options configure a Gate.

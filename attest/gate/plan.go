@@ -42,6 +42,10 @@ type Plan struct {
 	// Skipped are referrers and tags left behind, with why.
 	Skipped []Item
 	Edges   []promote.Edge
+	// Job is the pipeline job promoting (0: none, e.g. an override). A
+	// job's promotion to a tag is audited once, however often a crash
+	// makes it redo the copy.
+	Job uint64 `json:"job,omitempty"`
 }
 
 // Item is one manifest of a plan.

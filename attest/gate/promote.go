@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -59,6 +60,7 @@ func (g *Gate) promote(ctx context.Context, t *pipeline.Target) error {
 	if err != nil {
 		return err
 	}
+	plan.Job = t.Job
 	return g.Run(ctx, plan, nil)
 }
 
@@ -244,11 +246,12 @@ func (g *Gate) Run(ctx context.Context, plan *Plan, override *Override) error {
 				return err
 			}
 			details := map[string]string{"from": ref, "to": dst.Tag(tag).String(), "digest": plan.Digest}
-			action := store.AuditPromotion
 			if override != nil {
-				action, details["reason"], details["phase"] = store.AuditOverride, override.Reason, "done"
-			}
-			if err := g.audit(ctx, actor, action, plan, details); err != nil {
+				details["reason"], details["phase"] = override.Reason, "done"
+				if err := g.audit(ctx, actor, store.AuditOverride, plan, details); err != nil {
+					return err
+				}
+			} else if err := g.auditPromotion(ctx, plan, details); err != nil {
 				return err
 			}
 			g.o.Logger.InfoContext(ctx, "promoted", "digest", ref, "to", dst.Tag(tag).String(), "override", override != nil)
@@ -260,6 +263,20 @@ func (g *Gate) Run(ctx context.Context, plan *Plan, override *Override) error {
 func (g *Gate) audit(ctx context.Context, actor, action string, plan *Plan, details map[string]string) error {
 	return g.o.Store.Audit(ctx, store.AuditEntry{Actor: actor, Action: action, Subject: plan.Source + "@" + plan.Digest,
 		Repo: plan.Source, Digest: plan.Digest, Details: details})
+}
+
+// auditPromotion records that plan's job promoted to details["to"]: once
+// per job and tag, so a promotion redone after a kill between its audit
+// entry and the job's state change is not logged as a second one. (A
+// requeue is a new job, and its promotion a new entry.)
+func (g *Gate) auditPromotion(ctx context.Context, plan *Plan, details map[string]string) error {
+	if plan.Job == 0 {
+		return g.audit(ctx, "pipeline", store.AuditPromotion, plan, details)
+	}
+	details["job"] = strconv.FormatUint(plan.Job, 10)
+	_, err := g.o.Store.AuditOnce(ctx, "promotion/job-"+details["job"]+"/"+details["to"], store.AuditEntry{Actor: "pipeline",
+		Action: store.AuditPromotion, Subject: plan.Source + "@" + plan.Digest, Repo: plan.Source, Digest: plan.Digest, Details: details})
+	return err
 }
 
 func edgesString(es []promote.Edge) string {

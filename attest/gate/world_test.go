@@ -392,10 +392,11 @@ type memStore struct {
 	tags  map[string][]string
 	recs  map[string]*store.Record
 	audit []store.AuditEntry
+	once  map[string]bool
 }
 
 func newMemStore() *memStore {
-	return &memStore{tags: map[string][]string{}, recs: map[string]*store.Record{}}
+	return &memStore{tags: map[string][]string{}, recs: map[string]*store.Record{}, once: map[string]bool{}}
 }
 
 func (m *memStore) tag(repo, digest, tag string) {
@@ -433,6 +434,17 @@ func (m *memStore) Audit(_ context.Context, e store.AuditEntry) error {
 	defer m.mu.Unlock()
 	m.audit = append(m.audit, e)
 	return nil
+}
+
+func (m *memStore) AuditOnce(_ context.Context, key string, e store.AuditEntry) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.once[key] {
+		return false, nil
+	}
+	m.once[key] = true
+	m.audit = append(m.audit, e)
+	return true, nil
 }
 
 func (m *memStore) actions() []string {

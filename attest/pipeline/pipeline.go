@@ -243,7 +243,7 @@ func (p *Pipeline) Process(ctx context.Context, jobID uint64) error {
 // or buried.
 func (p *Pipeline) runJob(ctx context.Context, j *store.Job, owner string) error {
 	log := p.log.With("job", j.ID, "digest", j.Ref)
-	err := p.advance(ctx, j.Ref, log)
+	err := p.advance(ctx, j, log)
 
 	var record func(context.Context) error
 	switch {
@@ -357,7 +357,8 @@ func (p *Pipeline) backoff(attempt int) time.Duration {
 // running. A job that will analyse first waits for an analysis slot, and
 // its timeout starts once it has one: waiting behind other jobs' analyses
 // is not its own time.
-func (p *Pipeline) advance(ctx context.Context, ref string, log *slog.Logger) error {
+func (p *Pipeline) advance(ctx context.Context, j *store.Job, log *slog.Logger) error {
+	ref := j.Ref
 	rec, err := p.q.Image(ctx, ref)
 	if err != nil {
 		return Permanent(fmt.Errorf("load record: %w", err))
@@ -389,6 +390,7 @@ func (p *Pipeline) advance(ctx context.Context, ref string, log *slog.Logger) er
 	if err != nil {
 		return p.stageFailed(ctx, rec, StageResolve, err)
 	}
+	t.Job = j.ID
 	rec, err = p.q.Transition(ctx, ref, rec.State, rec.State, func(r *store.Record) error {
 		r.MediaType, r.Children = t.MediaType, t.Children
 		if t.NotImage != "" {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,6 +31,8 @@ type stage struct {
 	allow   bool
 	block   chan struct{}
 	started chan string
+	// promotedBy is the job the promote stage was handed.
+	promotedBy uint64
 }
 
 func (s *stage) hit(ctx context.Context, what string) error {
@@ -65,7 +68,12 @@ func (s *stage) Sign(ctx context.Context, _ *Target) error { return s.hit(ctx, "
 func (s *stage) Evaluate(ctx context.Context, _ *Target) (Decision, error) {
 	return Decision{Allow: s.allow, Reasons: []string{"test"}}, s.hit(ctx, "evaluate")
 }
-func (s *stage) Promote(ctx context.Context, _ *Target) error { return s.hit(ctx, "promote") }
+func (s *stage) Promote(ctx context.Context, t *Target) error {
+	s.mu.Lock()
+	s.promotedBy = t.Job
+	s.mu.Unlock()
+	return s.hit(ctx, "promote")
+}
 
 func (s *stage) got() []string {
 	s.mu.Lock()
@@ -180,6 +188,11 @@ func TestProcessStates(t *testing.T) {
 			j, _ := db.Job(context.Background(), ids[0])
 			if j.Status != store.JobDone {
 				t.Errorf("job status %s", j.Status)
+			}
+			// The promote stage knows its job (it audits a promotion
+			// once per job).
+			if slices.Contains(tc.calls, "promote") && s.promotedBy != ids[0] {
+				t.Errorf("promote was handed job %d, want %d", s.promotedBy, ids[0])
 			}
 		})
 	}

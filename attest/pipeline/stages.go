@@ -10,6 +10,9 @@ import (
 
 // Target is the image a job works on, as resolved from the registry.
 type Target struct {
+	// Job is the job driving Ref through the stages (0 outside a job).
+	// A stage redone after a crash sees the same Job.
+	Job       uint64
 	Ref       string        // host/repo@sha256:…
 	MediaType string        // manifest media type
 	Children  []store.Child // platform manifests when Ref is an index
