@@ -147,7 +147,9 @@ func (c *Campaign) faultPhase(ctx context.Context) error {
 			if err := sleep(ctx, c.o.Outage/2); err != nil {
 				return err
 			}
-			expired, err := c.stk.Issuer.Token(identity, time.Second)
+			// Expired before it is written: a token that is still valid
+			// for a moment would be used, as it should be.
+			expired, err := c.stk.Issuer.Token(identity, -time.Minute)
 			if err != nil {
 				return err
 			}

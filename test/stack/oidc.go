@@ -64,7 +64,8 @@ func StartIssuer() (*Issuer, error) {
 	return iss, nil
 }
 
-// Token mints an ID token for email with audience "sigstore".
+// Token mints an ID token for email with audience "sigstore". A negative
+// ttl mints one that expired that long ago (issued a minute before).
 func (i *Issuer) Token(email string, ttl time.Duration) (string, error) {
 	return i.TokenWithAudience(email, "sigstore", ttl)
 }
@@ -75,10 +76,14 @@ func (i *Issuer) TokenWithAudience(email, aud string, ttl time.Duration) (string
 		return "", fmt.Errorf("token: email is required")
 	}
 	now := time.Now()
+	iat := now
+	if ttl < 0 {
+		iat = now.Add(ttl - time.Minute)
+	}
 	hdr, _ := json.Marshal(map[string]string{"alg": "RS256", "typ": "JWT", "kid": i.kid})
 	claims, _ := json.Marshal(map[string]any{
 		"iss": i.URL, "sub": email, "aud": aud, "email": email, "email_verified": true,
-		"iat": now.Unix(), "nbf": now.Add(-time.Minute).Unix(), "exp": now.Add(ttl).Unix(),
+		"iat": iat.Unix(), "nbf": iat.Add(-time.Minute).Unix(), "exp": now.Add(ttl).Unix(),
 	})
 	signing := b64(hdr) + "." + b64(claims)
 	sum := sha256.Sum256([]byte(signing))
