@@ -57,8 +57,10 @@ type statement struct {
 	Predicate     json.RawMessage `json:"predicate"`
 }
 
-// Statement wraps predicate (a JSON document, kept byte for byte) in an
-// in-toto Statement v1 about name@digest.
+// Statement wraps predicate (a JSON object, compacted, nothing else
+// changed) in an in-toto Statement v1 about name@digest. Predicates are
+// megabytes (SBOMs): the predicate is checked and compacted in one pass
+// and appended, not marshalled again.
 func Statement(name, digest, predicateType string, predicate []byte) ([]byte, error) {
 	alg, hex, ok := strings.Cut(digest, ":")
 	if !ok || alg != "sha256" || len(hex) != 64 {
@@ -71,11 +73,22 @@ func Statement(name, digest, predicateType string, predicate []byte) ([]byte, er
 	if len(p) == 0 {
 		p = []byte("{}")
 	}
-	if !json.Valid(p) || p[0] != '{' {
+	head, err := json.Marshal(struct {
+		Type          string    `json:"_type"`
+		Subject       []Subject `json:"subject"`
+		PredicateType string    `json:"predicateType"`
+	}{StatementType, []Subject{{Name: name, Digest: map[string]string{alg: hex}}}, predicateType})
+	if err != nil {
+		return nil, err
+	}
+	out := bytes.NewBuffer(make([]byte, 0, len(head)+len(p)+16))
+	out.Write(head[:len(head)-1]) // without its closing brace
+	out.WriteString(`,"predicate":`)
+	if p[0] != '{' || json.Compact(out, p) != nil {
 		return nil, fmt.Errorf("statement: the %s predicate is not a JSON object", predicateType)
 	}
-	return json.Marshal(statement{Type: StatementType, Subject: []Subject{{Name: name, Digest: map[string]string{alg: hex}}},
-		PredicateType: predicateType, Predicate: p})
+	out.WriteByte('}')
+	return out.Bytes(), nil
 }
 
 // ParseStatement reads a statement's predicate type and subject digests.
