@@ -93,9 +93,9 @@ type Scanner struct {
 	status *Status
 }
 
-// NewScanner validates o and returns a Scanner; the database is opened on
-// first use, so a daemon starts (and reports the problem per job) without
-// one.
+// NewScanner validates o and returns a Scanner; the database is opened by
+// Open or on first use, so a daemon starts (and reports the problem per
+// job) without one.
 func NewScanner(o Options) (*Scanner, error) {
 	if o.MaxAge <= 0 {
 		return nil, errors.New("vuln: max database age must be positive")
@@ -131,6 +131,19 @@ func NewScanner(o Options) (*Scanner, error) {
 		l = slog.New(slog.DiscardHandler)
 	}
 	return &Scanner{o: o, log: l}, nil
+}
+
+// Open opens the installed database now (checksum verified) instead of on
+// the first scan, and reports what a scan would: ErrNoDatabase, a
+// StaleError. A daemon calls it before its pipeline starts, so the first
+// image does not wait for the checksum of a database of hundreds of MB.
+func (s *Scanner) Open() error {
+	_, _, release, err := s.provider(s.o.Now())
+	if err != nil {
+		return err
+	}
+	release()
+	return nil
 }
 
 // Close releases the database.

@@ -2,10 +2,12 @@ package vuln
 
 import (
 	"archive/zip"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -153,6 +155,34 @@ func TestNoDatabase(t *testing.T) {
 	_, err := s.Scan(context.Background(), Input{SBOM: cdx("golang.org/x/text@v0.3.5")})
 	if !errors.Is(err, ErrNoDatabase) {
 		t.Fatalf("err = %v", err)
+	}
+	if err := s.Open(); !errors.Is(err, ErrNoDatabase) {
+		t.Fatalf("Open: err = %v", err)
+	}
+}
+
+// Open opens the database ahead of the first scan, which then finds it
+// open; it refuses a stale one as a scan would.
+func TestOpenAhead(t *testing.T) {
+	in := installed(t)
+	var logs bytes.Buffer
+	s, _ := NewScanner(Options{DB: in, MaxAge: time.Hour, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	defer s.Close()
+	if err := s.Open(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Scan(context.Background(), Input{SBOM: cdx("golang.org/x/text@v0.3.5")}); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(logs.String(), "vulnerability database opened"); n != 1 {
+		t.Errorf("database opened %d times, want once:\n%s", n, logs.String())
+	}
+	later := time.Now().Add(2 * time.Hour)
+	stale, _ := NewScanner(Options{DB: in, MaxAge: time.Hour, Now: func() time.Time { return later }})
+	defer stale.Close()
+	var se *StaleError
+	if err := stale.Open(); !errors.As(err, &se) {
+		t.Fatalf("Open of a stale database: %v", err)
 	}
 }
 

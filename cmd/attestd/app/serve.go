@@ -169,6 +169,7 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 		g.Go(func() error { return rescanLoop(gctx, cfg, db, r.vulnScanner, &r.vulnMetrics, log) })
 	}
 	g.Go(func() error {
+		openVulnDB(r.vulnScanner, log)
 		ready.Store(true)
 		defer ready.Store(false)
 		return p.Run(gctx)
