@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log"
 	"net/http"
@@ -27,6 +28,7 @@ import (
 	"github.com/attestd/attestd/attest/analyze"
 	"github.com/attestd/attestd/sbom"
 	"github.com/attestd/attestd/sbom/harden"
+	"github.com/attestd/attestd/sbom/vuln"
 	"github.com/attestd/attestd/store"
 	"github.com/attestd/attestd/store/layers"
 	"github.com/attestd/attestd/store/registry"
@@ -318,4 +320,35 @@ func (c *blobCounter) total() int {
 		n += v
 	}
 	return n
+}
+
+// openScanner is a VulnScanner that can be opened ahead of its first scan.
+type openScanner struct {
+	opened int
+	err    error
+}
+
+func (s *openScanner) Open() error { s.opened++; return s.err }
+func (s *openScanner) Scan(context.Context, vuln.Input) (*vuln.Report, error) {
+	return nil, errors.New("not in this test")
+}
+
+// Warm builds the license scanner and opens the vulnerability database
+// before the first analysis; a database that cannot be opened is reported,
+// not fatal.
+func TestWarm(t *testing.T) {
+	reg, _ := registry.New()
+	cache, _ := layers.Open(filepath.Join(t.TempDir(), "layers"), 1<<30)
+	vs := &openScanner{}
+	a, err := analyze.New(reg, cache, &memBlobs{}, analyze.Options{SBOM: sbom.Options{WorkDir: t.TempDir(), Licenses: sbom.NewLicenseScanner()}, Vulns: vs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Warm(); err != nil || vs.opened != 1 {
+		t.Fatalf("Warm: %v, database opened %d times", err, vs.opened)
+	}
+	vs.err = vuln.ErrNoDatabase
+	if err := a.Warm(); !errors.Is(err, vuln.ErrNoDatabase) {
+		t.Fatalf("Warm without a database: %v", err)
+	}
 }

@@ -62,6 +62,7 @@ type runner struct {
 	vulnMetrics    vulnMetrics
 	stageMetrics   stageMetrics
 	vulnScanner    analyze.VulnScanner // set by newPipeline; nil when the scan is off
+	analyzer       *analyze.Analyzer   // set by newPipeline
 
 	// flags shared by commands
 	configFile string

@@ -169,7 +169,9 @@ func (r *runner) serve(ctx context.Context, cfg *configs.Config) error {
 		g.Go(func() error { return rescanLoop(gctx, cfg, db, r.vulnScanner, &r.vulnMetrics, log) })
 	}
 	g.Go(func() error {
-		openVulnDB(r.vulnScanner, log)
+		if err := r.analyzer.Warm(); err != nil {
+			log.Warn("analysis not fully prepared before the first image", "err", err)
+		}
 		ready.Store(true)
 		defer ready.Store(false)
 		return p.Run(gctx)

@@ -109,20 +109,6 @@ func newVulnScanner(cfg *configs.Config, m *vulnMetrics, log *slog.Logger) (anal
 // Open opens the database ahead of the first scan.
 func (c countingScanner) Open() error { return c.s.Open() }
 
-// openVulnDB opens the vulnerability database before the pipeline starts,
-// so the first image does not wait for its checksum (most of a second).
-// A missing or stale database is only logged: each job's scan says it
-// again, and a database installed later is opened then.
-func openVulnDB(sc analyze.VulnScanner, log *slog.Logger) {
-	o, ok := sc.(interface{ Open() error })
-	if !ok {
-		return
-	}
-	if err := o.Open(); err != nil {
-		log.Warn("vulnerability database not usable yet: images are not scanned until it is", "err", err)
-	}
-}
-
 // closeScanner releases a scanner's database connection.
 func closeScanner(sc analyze.VulnScanner) {
 	if c, ok := sc.(interface{ Close() error }); ok {

@@ -77,6 +77,7 @@ func (r *runner) newPipeline(cfg *configs.Config, db *store.DB, rc *registry.Cli
 	if err != nil {
 		return nil, err
 	}
+	r.analyzer = an
 	stages := pipeline.Stages{
 		Resolver: analyze.NewResolver(rc, db, analyze.WithMaxIndexManifests(cfg.Analysis.MaxIndexManifests)),
 		Analyzer: analyze.Stage{Analyzer: an},
