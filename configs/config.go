@@ -242,6 +242,10 @@ type Analysis struct {
 	// MaxIndexManifests bounds the entries of an index (platform images
 	// and attestation manifests).
 	MaxIndexManifests int `yaml:"max_index_manifests"`
+	// MaxLayers bounds the layers of one platform image: each is a
+	// download, a cache file and a mount at promotion, and a 4 MiB
+	// manifest can list about 20,000 of them.
+	MaxLayers int `yaml:"max_layers"`
 
 	Hardening Hardening `yaml:"hardening"`
 	// Builders map repositories or pushers to the builder ID that SLSA
@@ -488,7 +492,7 @@ func Default() *Config {
 		Analysis: Analysis{
 			SPDXVersion: "2.3", CycloneDXVersion: "1.6", LayerCache: 10 << 30, LayerConcurrency: 3,
 			MaxLayerBytes: 4 << 30, MaxImageBytes: 8 << 30, MaxCompressedLayerBytes: 4 << 30, MaxCompressedImageBytes: 8 << 30,
-			MaxFiles: 500_000, MaxIndexManifests: 128,
+			MaxFiles: 500_000, MaxIndexManifests: 128, MaxLayers: 256,
 			Hardening: Hardening{MaxImageSize: 1 << 30},
 			Vulnerabilities: Vulnerabilities{
 				MaxDBAge: Duration(120 * time.Hour), UnknownSeverityAs: "high", ExceptionWarning: Duration(14 * 24 * time.Hour),
@@ -694,6 +698,9 @@ func (c *Config) Validate() error {
 	}
 	if a.MaxIndexManifests < 1 {
 		bad("analysis.max_index_manifests", "must be positive, got %d", a.MaxIndexManifests)
+	}
+	if a.MaxLayers < 1 {
+		bad("analysis.max_layers", "must be positive, got %d", a.MaxLayers)
 	}
 	if a.Hardening.MaxImageSize <= 0 {
 		bad("analysis.hardening.max_image_size", "must be positive")

@@ -92,6 +92,7 @@ func TestLoadErrors(t *testing.T) {
 		{"tiny compressed layer limit", "analysis:\n  max_compressed_layer_bytes: 1KiB\n", []string{"analysis.max_compressed_layer_bytes", "at least 1MiB"}},
 		{"no files", "analysis:\n  max_files: 0\n", []string{"analysis.max_files", "positive"}},
 		{"no index entries", "analysis:\n  max_index_manifests: 0\n", []string{"analysis.max_index_manifests", "positive"}},
+		{"no layers", "analysis:\n  max_layers: -1\n", []string{"analysis.max_layers", "positive"}},
 		{"bad go", "analysis:\n  hardening: {min_go_version: \"1.25\"}\n", []string{"min_go_version", "go1.25"}},
 		{"builder without uri", "analysis:\n  builders: [{repository: \"r/*\", id: ci}]\n", []string{"analysis.builders[0].id", "URI"}},
 		{"insecure with auth", "registries:\n- host: 10.0.0.5:5000\n  insecure: true\n  auth: {username: u, password_file: pw}\n", []string{"registries[0].insecure", "in the clear", "TLS", "anonymously"}},

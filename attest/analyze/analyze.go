@@ -89,7 +89,11 @@ type Options struct {
 	// MaxIndexManifests bounds the entries of an index (platform images
 	// and attestation manifests). Default DefaultMaxIndexManifests.
 	MaxIndexManifests int
-	Version           string // attestd's version, for provenance
+	// MaxLayers bounds the layers of one platform image. Default
+	// DefaultMaxLayers.
+	MaxLayers int
+
+	Version string // attestd's version, for provenance
 	// Vulns scans each platform's SBOM; nil disables the scan.
 	Vulns  VulnScanner
 	Logger *slog.Logger
@@ -121,6 +125,9 @@ func New(reg *registry.Client, cache *layers.Cache, blobs Blobs, o Options) (*An
 	}
 	if o.MaxIndexManifests <= 0 {
 		o.MaxIndexManifests = DefaultMaxIndexManifests
+	}
+	if o.MaxLayers <= 0 {
+		o.MaxLayers = DefaultMaxLayers
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -262,6 +269,9 @@ func (a *Analyzer) image(ctx context.Context, req Request, repo name.Repository,
 	m, err := v1.ParseManifest(bytes.NewReader(raw))
 	if err != nil {
 		return fmt.Errorf("analyze: manifest %s: %w", ref, err)
+	}
+	if len(m.Layers) > a.o.MaxLayers {
+		return fmt.Errorf("analyze: %s: %w: it has %d layers, more than analysis.max_layers (%d): raise it if this image is legitimate", ref, ErrLimit, len(m.Layers), a.o.MaxLayers)
 	}
 	if m.Config.MediaType != "" && !m.Config.MediaType.IsConfig() {
 		return fmt.Errorf("analyze: %s: config media type %s is not an image config", ref, m.Config.MediaType)
@@ -475,6 +485,11 @@ func (a *Analyzer) blob(ctx context.Context, repo name.Repository, digest string
 	}
 	return b, nil
 }
+
+// DefaultMaxLayers bounds an image's layers unless configured: Docker's
+// builders stop at 127, and each layer is a download, a cache file and a
+// mount at promotion.
+const DefaultMaxLayers = 256
 
 // DefaultMaxIndexManifests bounds an index's entries unless configured: a
 // multi-platform image lists a platform image and, from BuildKit, an

@@ -326,6 +326,23 @@ func TestHostileImagesFailForGoodWithTheReason(t *testing.T) {
 		lim:   limits{indexManifests: 64},
 		stage: pipeline.StageResolve, want: "it lists 10000 manifests, more than analysis.max_index_manifests (64): raise it",
 	}, {
+		name: "an image of 20,000 layers",
+		push: func(t *testing.T, h *hostile) string {
+			var b strings.Builder
+			b.WriteString(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:` + strings.Repeat("0", 64) + `","size":2},"layers":[`)
+			for i := range 20000 {
+				if i > 0 {
+					b.WriteString(",")
+				}
+				fmt.Fprintf(&b, `{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%064x","size":32}`, i)
+			}
+			b.WriteString("]}")
+			return pushRaw(t, h.reg, h.host, "deep/image", []byte(b.String()), types.OCIManifestSchema1)
+		},
+		// The default (256): refused before the config or any layer is fetched.
+		noLayerGets: true,
+		stage:       pipeline.StageAnalyse, want: "it has 20000 layers, more than analysis.max_layers (256): raise it",
+	}, {
 		name: "a 32 MiB manifest",
 		push: func(t *testing.T, h *hostile) string {
 			raw := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],"annotations":{"pad":"` + strings.Repeat("x", 32*mib) + `"}}`

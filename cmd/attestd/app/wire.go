@@ -158,6 +158,7 @@ func newAnalyzer(cfg *configs.Config, db *store.DB, rc *registry.Client, vs anal
 			Entries:         files,
 		},
 		MaxIndexManifests: a.MaxIndexManifests,
+		MaxLayers:         a.MaxLayers,
 		Vulns:             vs,
 		Version:           ver,
 		Logger:            log,
