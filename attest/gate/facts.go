@@ -64,7 +64,16 @@ func (g *Gate) input(ev *Evaluation, tags []string, now time.Time) (policy.Input
 			// Several verified reports of one type (a digest analysed again):
 			// every one is read, and the facts combine to the worst case.
 			for _, e := range res.All[pt] {
-				if err := addFacts(&ps, pt, e.Predicate, policy.Signed{Issuer: e.Issuer, Subject: e.Subject}); err != nil {
+				var err error
+				if pt == attest.PredicateSPDX {
+					var n int
+					if n, err = g.spdxPackages(e); err == nil {
+						ps.SBOM = &policy.SBOMFacts{Packages: n}
+					}
+				} else {
+					err = addFacts(&ps, pt, e.Predicate, policy.Signed{Issuer: e.Issuer, Subject: e.Subject})
+				}
+				if err != nil {
 					// Verified but unreadable: no fact of this type stands
 					// (not even another report's), so a rule needing it
 					// denies; say why.
@@ -115,15 +124,54 @@ func addFacts(s *policy.Subject, predicateType string, pred json.RawMessage, sig
 			s.Claims = mergeClaims(s.Claims, claims)
 		}
 	case attest.PredicateSPDX:
-		var p struct {
-			Packages []json.RawMessage `json:"packages"`
-		}
-		if err := json.Unmarshal(pred, &p); err != nil {
+		n, err := countSPDXPackages(pred)
+		if err != nil {
 			return err
 		}
-		s.SBOM = &policy.SBOMFacts{Packages: len(p.Packages)}
+		s.SBOM = &policy.SBOMFacts{Packages: n}
 	}
 	return nil
+}
+
+func countSPDXPackages(pred json.RawMessage) (int, error) {
+	var p struct {
+		Packages []json.RawMessage `json:"packages"`
+	}
+	if err := json.Unmarshal(pred, &p); err != nil {
+		return 0, err
+	}
+	return len(p.Packages), nil
+}
+
+// maxRememberedCounts bounds the remembered SPDX package counts (a few
+// dozen bytes each); when full, they are forgotten and read again.
+const maxRememberedCounts = 1 << 14
+
+// spdxPackages counts the packages of e's SPDX predicate, remembered by the
+// digest of the signed statement it is part of, which fixes every byte of
+// it: evaluation, the re-decision at promotion and the check in prod parse
+// a megabyte SBOM once. A predicate that does not parse is not remembered.
+func (g *Gate) spdxPackages(e verify.Evidence) (int, error) {
+	if e.Statement == "" {
+		return countSPDXPackages(e.Predicate)
+	}
+	g.packagesMu.Lock()
+	n, ok := g.packages[e.Statement]
+	g.packagesMu.Unlock()
+	if ok {
+		return n, nil
+	}
+	n, err := countSPDXPackages(e.Predicate)
+	if err != nil {
+		return 0, err
+	}
+	g.packagesMu.Lock()
+	if g.packages == nil || len(g.packages) >= maxRememberedCounts {
+		g.packages = map[string]int{}
+	}
+	g.packages[e.Statement] = n
+	g.packagesMu.Unlock()
+	return n, nil
 }
 
 // dropFacts removes what addFacts read for predicateType.

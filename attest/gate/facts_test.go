@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/attestd/attestd/attest"
+	"github.com/attestd/attestd/attest/verify"
 	"github.com/attestd/attestd/policy"
 )
 
@@ -44,5 +45,31 @@ func TestFactsWorstCase(t *testing.T) {
 	}
 	if err := addFacts(&s, attest.PredicateHardening, json.RawMessage(`{"checks":[{"id":"x","status":"maybe"}]}`), policy.Signed{}); err == nil {
 		t.Fatal("a hardening report with an unknown status was accepted")
+	}
+}
+
+// An SPDX package count is remembered by the digest of the signed
+// statement (which fixes the predicate's bytes); an unreadable predicate
+// is not remembered.
+func TestSPDXPackagesRemembered(t *testing.T) {
+	g := &Gate{}
+	ev := func(stmt, pred string) verify.Evidence {
+		return verify.Evidence{Statement: stmt, Predicate: json.RawMessage(pred)}
+	}
+	if n, err := g.spdxPackages(ev("sha256:a", `{"packages":[{},{}]}`)); n != 2 || err != nil {
+		t.Fatalf("count = %d, %v", n, err)
+	}
+	// The same statement digest is the same bytes: the count is not read again.
+	if n, _ := g.spdxPackages(ev("sha256:a", `{"packages":[]}`)); n != 2 {
+		t.Errorf("remembered count = %d, want 2", n)
+	}
+	if n, _ := g.spdxPackages(ev("", `{"packages":[{}]}`)); n != 1 {
+		t.Errorf("without a statement digest: %d, want 1", n)
+	}
+	if _, err := g.spdxPackages(ev("sha256:b", `{"packages":`)); err == nil {
+		t.Error("an unreadable predicate was counted")
+	}
+	if n, err := g.spdxPackages(ev("sha256:b", `{"packages":[{},{},{}]}`)); n != 3 || err != nil {
+		t.Errorf("after an unreadable predicate: %d, %v (an error is not remembered)", n, err)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/attestd/attestd/attest/verify"
@@ -75,6 +76,10 @@ type Options struct {
 // Gate is the evaluate and promote stages.
 type Gate struct {
 	o Options
+	// packages remembers SPDX package counts by signed statement digest
+	// (see spdxPackages).
+	packagesMu sync.Mutex
+	packages   map[string]int
 }
 
 // New checks o and builds a Gate.
