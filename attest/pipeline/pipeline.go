@@ -147,6 +147,11 @@ func (p *Pipeline) Wake() {
 // every worker has stopped.
 func (p *Pipeline) Run(ctx context.Context) error {
 	n, err := p.q.ReleaseClaims(ctx, false)
+	if ctx.Err() != nil {
+		// Stopped before the workers started (a SIGTERM while the daemon
+		// was still warming up): a clean stop, with nothing to drain.
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("pipeline: resume: %w", err)
 	}

@@ -236,6 +236,27 @@ func TestPermanentBuriesAtOnce(t *testing.T) {
 	}
 }
 
+// A pipeline stopped before it ran (SIGTERM while the daemon warmed up)
+// returns cleanly, touches no job, and leaves claims for the next start.
+func TestRunStoppedBeforeStart(t *testing.T) {
+	t.Parallel()
+	db := openDB(t)
+	enqueue(t, db, ref(1))
+	if _, err := db.Claim(context.Background(), "dead-process/0", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	s := &stage{}
+	p, _ := New(db, Stages{Resolver: s}, Options{Workers: 1})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := p.Run(ctx); err != nil {
+		t.Fatalf("Run after its context ended: %v, want nil", err)
+	}
+	if calls := s.got(); len(calls) != 0 {
+		t.Errorf("stages ran: %v", calls)
+	}
+}
+
 func TestRunDrainsAndResumes(t *testing.T) {
 	t.Parallel()
 	db := openDB(t)
