@@ -274,8 +274,10 @@ func (s *Scan) Documents(ctx context.Context) (*Documents, error) {
 		}
 	}
 	// No json.Valid pass over the megabytes here: syft's encoders write
-	// through encoding/json, and attest.Statement checks each document
-	// it embeds as it compacts it.
+	// through encoding/json, so the output is JSON by construction.
+	// attest.Statement checks a document again as it embeds it; one over
+	// signing.max_payload is stored as an artifact of its own and only
+	// its digest is signed.
 	return d, nil
 }
 

@@ -160,6 +160,18 @@ func (db *DB) Audit(ctx context.Context, e AuditEntry) error {
 // noticed repeatedly, such as an exception that has expired. It reports
 // whether it appended.
 func (db *DB) AuditOnce(ctx context.Context, key string, e AuditEntry) (bool, error) {
+	return db.auditMarked(ctx, key, e, true)
+}
+
+// AuditMarked appends e and marks key as AuditOnce does, whether or not
+// key was marked before: an event that must be logged every time it
+// happens, which a later AuditOnce under key must not log again.
+func (db *DB) AuditMarked(ctx context.Context, key string, e AuditEntry) error {
+	_, err := db.auditMarked(ctx, key, e, false)
+	return err
+}
+
+func (db *DB) auditMarked(ctx context.Context, key string, e AuditEntry, once bool) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
@@ -170,7 +182,7 @@ func (db *DB) AuditOnce(ctx context.Context, key string, e AuditEntry) (bool, er
 	added := false
 	err := db.bolt.Update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
-		if meta.Get(marker) != nil {
+		if once && meta.Get(marker) != nil {
 			return nil
 		}
 		if err := appendAudit(tx, e); err != nil {

@@ -742,3 +742,41 @@ func TestClaimReadsLegacyQueueEntries(t *testing.T) {
 		t.Fatalf("claim = %+v, %v", j, err)
 	}
 }
+
+// AuditOnce appends under a key once; AuditMarked appends every time and
+// marks the key, so a later AuditOnce under it appends nothing.
+func TestAuditOnceAndMarked(t *testing.T) {
+	db, _ := open(t)
+	ctx := context.Background()
+	e := AuditEntry{Actor: "pipeline", Action: AuditPromotion, Subject: "r/x@sha256:1"}
+	count := func() int {
+		n := 0
+		_ = db.AuditEntries(ctx, 0, func(a AuditEntry, _ []byte) error {
+			if a.Action == AuditPromotion {
+				n++
+			}
+			return nil
+		})
+		return n
+	}
+	if added, err := db.AuditOnce(ctx, "k1", e); !added || err != nil {
+		t.Fatalf("first AuditOnce: %v %v", added, err)
+	}
+	if added, _ := db.AuditOnce(ctx, "k1", e); added {
+		t.Error("second AuditOnce under k1 appended")
+	}
+	for range 2 {
+		if err := db.AuditMarked(ctx, "k2", e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if added, _ := db.AuditOnce(ctx, "k2", e); added {
+		t.Error("AuditOnce after AuditMarked appended")
+	}
+	if n := count(); n != 3 {
+		t.Errorf("%d entries, want 3 (one AuditOnce, two AuditMarked)", n)
+	}
+	if err := db.AuditMarked(ctx, "k1", e); err != nil || count() != 4 {
+		t.Errorf("AuditMarked under a marked key: %v, %d entries", err, count())
+	}
+}

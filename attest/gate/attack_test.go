@@ -289,6 +289,21 @@ func TestAttackUnevaluatedIndexChild(t *testing.T) {
 			t.Error("the runnable child reached prod")
 		}
 	})
+	t.Run("attestation manifest of 100 statements", func(t *testing.T) {
+		am := empty.Image
+		for i := range 100 {
+			am, _ = mutate.AppendLayers(am, static.NewLayer([]byte(fmt.Sprintf(`{"_type":"https://in-toto.io/Statement/v0.1","n":%d}`, i)), "application/vnd.in-toto+json"))
+		}
+		ref := build(am, att)
+		w.store.tag(w.stage.String(), ref.DigestStr(), "wide")
+		w.mustAllow(ref)
+		if err := w.promote(ref); err == nil || !pipeline.IsPermanent(err) || !strings.Contains(err.Error(), "100 layers, more than the 64") {
+			t.Fatalf("promote = %v, want a permanent refusal naming the layer count", err)
+		}
+		if w.prodHas(ref.DigestStr()) || w.inProd("wide") != "" {
+			t.Error("the index reached prod")
+		}
+	})
 	t.Run("genuine attestation manifest", func(t *testing.T) {
 		layer := static.NewLayer([]byte(`{"_type":"https://in-toto.io/Statement/v0.1"}`), "application/vnd.in-toto+json")
 		am, _ := mutate.AppendLayers(empty.Image, layer)
@@ -605,15 +620,35 @@ func TestPromotionAuditedOncePerJob(t *testing.T) {
 		}
 		return n, jobs
 	}
-	for _, job := range []uint64{7, 7, 8} {
+	promote := func(ref name.Digest, job uint64) {
+		t.Helper()
 		tgt := w.target(ref)
 		tgt.Job = job
 		if err := w.gate.Promote(w.ctx, tgt); err != nil {
 			t.Fatalf("job %d: %v", job, err)
 		}
 	}
+	promote(ref, 7)
+	promote(ref, 7) // redone: prod:v1 is on ref already
+	promote(ref, 8) // a requeue
 	if n, jobs := promotions(); n != 2 || !slices.Equal(jobs, []string{"7", "8"}) {
 		t.Errorf("%d promotion entries for jobs %q, want one for job 7 (redone) and one for job 8", n, jobs)
+	}
+	// Another digest takes prod:v1 (job 9); then job 7, retried, moves the
+	// tag back: a real move, logged although job 7 logged v1 before.
+	other := w.image("v1")
+	w.signAll(other)
+	w.mustAllow(other)
+	promote(other, 9)
+	promote(ref, 7)
+	if n, jobs := promotions(); n != 4 || !slices.Equal(jobs, []string{"7", "8", "9", "7"}) {
+		t.Errorf("%d promotion entries for jobs %q, want jobs 7, 8, 9, 7", n, jobs)
+	}
+	w.store.mu.Lock()
+	last := w.store.audit[len(w.store.audit)-1]
+	w.store.mu.Unlock()
+	if last.Details["replaced"] != other.DigestStr() {
+		t.Errorf("the last entry does not say which digest it replaced: %v", last.Details)
 	}
 	if w.inProd("v1") != ref.DigestStr() {
 		t.Error("prod:v1 is not the promoted digest")

@@ -46,8 +46,10 @@ type Attester interface {
 type Store interface {
 	Image(ctx context.Context, ref string) (*store.Record, error)
 	Audit(ctx context.Context, e store.AuditEntry) error
-	// AuditOnce appends e unless an entry was appended under key before.
+	// AuditOnce appends e unless an entry was appended under key before;
+	// AuditMarked appends e and marks key in any case.
 	AuditOnce(ctx context.Context, key string, e store.AuditEntry) (bool, error)
+	AuditMarked(ctx context.Context, key string, e store.AuditEntry) error
 }
 
 // Options configure a Gate.

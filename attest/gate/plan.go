@@ -194,6 +194,11 @@ func (g *Gate) planChildren(ctx context.Context, repo name.Repository, ev *Evalu
 	return nil
 }
 
+// maxAttestationLayers bounds the statements of a BuildKit attestation
+// manifest copied with an index: BuildKit writes one per attestation (an
+// SBOM, a provenance), and each is a copy at promotion.
+const maxAttestationLayers = 64
+
 // checkAttestationManifest makes sure d is an image manifest whose every
 // layer is an in-toto statement — nothing a runtime could run — and that
 // refers, if to anything, to its platform. Its statements are BuildKit's
@@ -213,6 +218,9 @@ func (g *Gate) checkAttestationManifest(ctx context.Context, d name.Digest, plat
 	}
 	if len(m.Layers) == 0 {
 		return fmt.Errorf("no layers")
+	}
+	if len(m.Layers) > maxAttestationLayers {
+		return fmt.Errorf("%d layers, more than the %d an attestation manifest may have", len(m.Layers), maxAttestationLayers)
 	}
 	if m.Subject != nil && m.Subject.Digest.String() != platform {
 		return fmt.Errorf("it names %s as its subject, not the platform %s", m.Subject.Digest, platform)

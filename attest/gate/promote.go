@@ -242,16 +242,25 @@ func (g *Gate) Run(ctx context.Context, plan *Plan, override *Override) error {
 		}
 		// The tag last: only a complete, verified copy is ever visible by tag.
 		for _, tag := range byRepo[dstName] {
+			// What the tag pointed at before: a redo that finds it on
+			// plan.Digest already is not a new move.
+			prev := ""
+			if _, desc, err := rc.Resolve(ctx, dst.Tag(tag)); err == nil {
+				prev = desc.Digest.String()
+			}
 			if err := rc.Tag(ctx, dst.Digest(plan.Digest), dst.Tag(tag)); err != nil {
 				return err
 			}
 			details := map[string]string{"from": ref, "to": dst.Tag(tag).String(), "digest": plan.Digest}
+			if prev != "" && prev != plan.Digest {
+				details["replaced"] = prev
+			}
 			if override != nil {
 				details["reason"], details["phase"] = override.Reason, "done"
 				if err := g.audit(ctx, actor, store.AuditOverride, plan, details); err != nil {
 					return err
 				}
-			} else if err := g.auditPromotion(ctx, plan, details); err != nil {
+			} else if err := g.auditPromotion(ctx, plan, details, prev == plan.Digest); err != nil {
 				return err
 			}
 			g.o.Logger.InfoContext(ctx, "promoted", "digest", ref, "to", dst.Tag(tag).String(), "override", override != nil)
@@ -265,17 +274,25 @@ func (g *Gate) audit(ctx context.Context, actor, action string, plan *Plan, deta
 		Repo: plan.Source, Digest: plan.Digest, Details: details})
 }
 
-// auditPromotion records that plan's job promoted to details["to"]: once
-// per job and tag, so a promotion redone after a kill between its audit
-// entry and the job's state change is not logged as a second one. (A
-// requeue is a new job, and its promotion a new entry.)
-func (g *Gate) auditPromotion(ctx context.Context, plan *Plan, details map[string]string) error {
+// auditPromotion records that plan's job promoted to details["to"]. Every
+// move of the tag is logged. A redo that found the tag on plan.Digest
+// already (the job was killed after tagging, perhaps after its entry) is
+// logged only if this job never logged a promotion to that tag, so a
+// crash does not log one promotion twice. (A requeue is a new job, and
+// its promotion a new entry; a retry that moves the tag back after another
+// job moved it is a move, and logged.)
+func (g *Gate) auditPromotion(ctx context.Context, plan *Plan, details map[string]string, already bool) error {
 	if plan.Job == 0 {
 		return g.audit(ctx, "pipeline", store.AuditPromotion, plan, details)
 	}
 	details["job"] = strconv.FormatUint(plan.Job, 10)
-	_, err := g.o.Store.AuditOnce(ctx, "promotion/job-"+details["job"]+"/"+details["to"], store.AuditEntry{Actor: "pipeline",
-		Action: store.AuditPromotion, Subject: plan.Source + "@" + plan.Digest, Repo: plan.Source, Digest: plan.Digest, Details: details})
+	key := "promotion/job-" + details["job"] + "/" + details["to"]
+	e := store.AuditEntry{Actor: "pipeline", Action: store.AuditPromotion, Subject: plan.Source + "@" + plan.Digest,
+		Repo: plan.Source, Digest: plan.Digest, Details: details}
+	if !already {
+		return g.o.Store.AuditMarked(ctx, key, e)
+	}
+	_, err := g.o.Store.AuditOnce(ctx, key, e)
 	return err
 }
 

@@ -447,6 +447,14 @@ func (m *memStore) AuditOnce(_ context.Context, key string, e store.AuditEntry) 
 	return true, nil
 }
 
+func (m *memStore) AuditMarked(_ context.Context, key string, e store.AuditEntry) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.once[key] = true
+	m.audit = append(m.audit, e)
+	return nil
+}
+
 func (m *memStore) actions() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
