@@ -50,11 +50,16 @@ type Subject struct {
 	Digest map[string]string `json:"digest"`
 }
 
+// statementHead is a statement without its predicate, which comes last.
+type statementHead struct {
+	Type          string    `json:"_type"`
+	Subject       []Subject `json:"subject"`
+	PredicateType string    `json:"predicateType"`
+}
+
 type statement struct {
-	Type          string          `json:"_type"`
-	Subject       []Subject       `json:"subject"`
-	PredicateType string          `json:"predicateType"`
-	Predicate     json.RawMessage `json:"predicate"`
+	statementHead
+	Predicate json.RawMessage `json:"predicate"`
 }
 
 // Statement wraps predicate (a JSON object, compacted, nothing else
@@ -73,11 +78,7 @@ func Statement(name, digest, predicateType string, predicate []byte) ([]byte, er
 	if len(p) == 0 {
 		p = []byte("{}")
 	}
-	head, err := json.Marshal(struct {
-		Type          string    `json:"_type"`
-		Subject       []Subject `json:"subject"`
-		PredicateType string    `json:"predicateType"`
-	}{StatementType, []Subject{{Name: name, Digest: map[string]string{alg: hex}}}, predicateType})
+	head, err := json.Marshal(statementHead{StatementType, []Subject{{Name: name, Digest: map[string]string{alg: hex}}}, predicateType})
 	if err != nil {
 		return nil, err
 	}

@@ -64,16 +64,7 @@ func (g *Gate) input(ev *Evaluation, tags []string, now time.Time) (policy.Input
 			// Several verified reports of one type (a digest analysed again):
 			// every one is read, and the facts combine to the worst case.
 			for _, e := range res.All[pt] {
-				var err error
-				if pt == attest.PredicateSPDX {
-					var n int
-					if n, err = g.spdxPackages(e); err == nil {
-						ps.SBOM = &policy.SBOMFacts{Packages: n}
-					}
-				} else {
-					err = addFacts(&ps, pt, e.Predicate, policy.Signed{Issuer: e.Issuer, Subject: e.Subject})
-				}
-				if err != nil {
+				if err := g.addFacts(&ps, pt, e); err != nil {
 					// Verified but unreadable: no fact of this type stands
 					// (not even another report's), so a rule needing it
 					// denies; say why.
@@ -89,7 +80,8 @@ func (g *Gate) input(ev *Evaluation, tags []string, now time.Time) (policy.Input
 }
 
 // addFacts reads the facts a policy uses out of one verified predicate.
-func addFacts(s *policy.Subject, predicateType string, pred json.RawMessage, signer policy.Signed) error {
+func (g *Gate) addFacts(s *policy.Subject, predicateType string, e verify.Evidence) error {
+	pred, signer := e.Predicate, policy.Signed{Issuer: e.Issuer, Subject: e.Subject}
 	switch predicateType {
 	case attest.PredicateHardening:
 		passed, failed, err := harden.ReadReport(pred)
@@ -124,7 +116,7 @@ func addFacts(s *policy.Subject, predicateType string, pred json.RawMessage, sig
 			s.Claims = mergeClaims(s.Claims, claims)
 		}
 	case attest.PredicateSPDX:
-		n, err := countSPDXPackages(pred)
+		n, err := g.spdxPackages(e)
 		if err != nil {
 			return err
 		}

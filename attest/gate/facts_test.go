@@ -20,7 +20,7 @@ func TestFactsWorstCase(t *testing.T) {
 		`{"checks":[{"id":"nonroot-user","status":"pass"},{"id":"healthcheck","status":"pass"}]}`,
 		`{"checks":[{"id":"nonroot-user","status":"fail"},{"id":"healthcheck","status":"pass"}]}`,
 	} {
-		if err := addFacts(&s, attest.PredicateHardening, json.RawMessage(r), policy.Signed{}); err != nil {
+		if err := (&Gate{}).addFacts(&s, attest.PredicateHardening, verify.Evidence{Predicate: json.RawMessage(r)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -43,7 +43,7 @@ func TestFactsWorstCase(t *testing.T) {
 	if _, err := readVulnPredicate(json.RawMessage(`{"invocation":{}}`), now); err == nil {
 		t.Fatal("a vuln predicate without counts was accepted")
 	}
-	if err := addFacts(&s, attest.PredicateHardening, json.RawMessage(`{"checks":[{"id":"x","status":"maybe"}]}`), policy.Signed{}); err == nil {
+	if err := (&Gate{}).addFacts(&s, attest.PredicateHardening, verify.Evidence{Predicate: json.RawMessage(`{"checks":[{"id":"x","status":"maybe"}]}`)}); err == nil {
 		t.Fatal("a hardening report with an unknown status was accepted")
 	}
 }

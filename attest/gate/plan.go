@@ -42,9 +42,9 @@ type Plan struct {
 	// Skipped are referrers and tags left behind, with why.
 	Skipped []Item
 	Edges   []promote.Edge
-	// Job is the pipeline job promoting (0: none, e.g. an override). A
-	// job's promotion to a tag is audited once, however often a crash
-	// makes it redo the copy.
+	// Job is the pipeline job promoting (0: none, e.g. an override): it
+	// keys the audit entry of a promotion a crash made it redo (see
+	// auditPromotion).
 	Job uint64 `json:"job,omitempty"`
 }
 

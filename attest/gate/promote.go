@@ -270,8 +270,12 @@ func (g *Gate) Run(ctx context.Context, plan *Plan, override *Override) error {
 }
 
 func (g *Gate) audit(ctx context.Context, actor, action string, plan *Plan, details map[string]string) error {
-	return g.o.Store.Audit(ctx, store.AuditEntry{Actor: actor, Action: action, Subject: plan.Source + "@" + plan.Digest,
-		Repo: plan.Source, Digest: plan.Digest, Details: details})
+	return g.o.Store.Audit(ctx, auditEntry(actor, action, plan, details))
+}
+
+func auditEntry(actor, action string, plan *Plan, details map[string]string) store.AuditEntry {
+	return store.AuditEntry{Actor: actor, Action: action, Subject: plan.Source + "@" + plan.Digest,
+		Repo: plan.Source, Digest: plan.Digest, Details: details}
 }
 
 // auditPromotion records that plan's job promoted to details["to"]. Every
@@ -287,8 +291,7 @@ func (g *Gate) auditPromotion(ctx context.Context, plan *Plan, details map[strin
 	}
 	details["job"] = strconv.FormatUint(plan.Job, 10)
 	key := "promotion/job-" + details["job"] + "/" + details["to"]
-	e := store.AuditEntry{Actor: "pipeline", Action: store.AuditPromotion, Subject: plan.Source + "@" + plan.Digest,
-		Repo: plan.Source, Digest: plan.Digest, Details: details}
+	e := auditEntry("pipeline", store.AuditPromotion, plan, details)
 	if !already {
 		return g.o.Store.AuditMarked(ctx, key, e)
 	}
